@@ -1,0 +1,1 @@
+"""MCCP: the browser-facing JSON call-control protocol (pure codec and session) and its WSS server."""

@@ -1,0 +1,1 @@
+"""The SIP side: a sans-IO core (messages, transactions, dialogs, digest) under a thin Trio edge."""
