@@ -1,0 +1,514 @@
+"""The bridge's settings: one frozen `Config`, loaded from four layers.
+
+Precedence, lowest first: built-in defaults < the TOML file (`--config`, else `MCCP_BRIDGE_CONFIG`, else
+`<data_dir>/config.toml`) < the environment (`MCCP_BRIDGE_<KEY>`, e.g. `MCCP_BRIDGE_WSS_PORT=5063`) <
+command-line flags (`--wss-port 5063`). Every setting is described once, in `SETTINGS`; the CLI builds its
+flags and `--help` text from that table, and `default_config_text()` writes the commented template.
+
+Every bad value raises `ConfigError`, whose `str()` is one line naming the key, what is wrong, the value
+seen and where it came from, e.g. ``wss_port: must be an integer 0-65535, got 'abc' (from /x/config.toml)``.
+Values from the environment and flags arrive as strings; values from TOML keep their TOML type, and each
+parser accepts both.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+ENV_PREFIX = "MCCP_BRIDGE_"
+CONFIG_FILE_NAME = "config.toml"
+
+
+class ConfigError(ValueError):
+    """A setting could not be used. `str()` is the one-line message the CLI prints."""
+
+    def __init__(self, key: str | None, problem: str, source: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.source = source
+        text = f"{key}: {problem}" if key else problem
+        if source:
+            text += f" (from {source})"
+        super().__init__(text)
+
+
+class SipTransport(StrEnum):
+    """The SIP transport the bridge listens on and uses by default."""
+
+    UDP = "udp"
+    TCP = "tcp"
+
+
+class DtmfMode(StrEnum):
+    """How DTMF from the page reaches the SIP side: RFC 4733 events in the media, or SIP INFO."""
+
+    RFC4733 = "rfc4733"
+    INFO = "info"
+
+
+class LogLevel(StrEnum):
+    """The `logging` level names accepted by `log_level`."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The SIP proxy/PBX the bridge sends calls to: `sip:HOST[:PORT][;transport=tcp]`."""
+
+    host: str
+    port: int = 5060
+    transport: SipTransport = SipTransport.UDP
+
+    def uri(self) -> str:
+        """The SIP URI this upstream was written as (normalised)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        text = f"sip:{host}:{self.port}"
+        if self.transport is not SipTransport.UDP:
+            text += f";transport={self.transport.value}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of the bridge. Build it with `load_config`; see `SETTINGS` for the meaning of each."""
+
+    data_dir: Path
+    listen: str = "0.0.0.0"
+    wss_port: int = 5062
+    sip_port: int = 5060
+    sip_transport: SipTransport = SipTransport.UDP
+    rtp_ports: tuple[int, int] = (20000, 29999)
+    upstream: Upstream | None = None
+    public_address: str | None = None
+    log_level: LogLevel = LogLevel.INFO
+    ring_timeout: float = 60.0
+    media_timeout: float = 30.0
+    echo_extension: str = "600"
+    realm: str = "mccp-bridge"
+    dtmf_mode: DtmfMode = DtmfMode.RFC4733
+    workers: int = 1
+    allow_file_origin: bool = True
+    auth_max_failures: int = 5
+    auth_window: float = 300.0
+    auth_delay: float = 1.0
+    auth_lockout_failures: int = 10
+    auth_lockout: float = 900.0
+    shutdown_grace: float = 5.0
+    # Where the TOML layer was read from (None: no file); not a setting itself.
+    config_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def cert_dir(self) -> Path:
+        """`<data_dir>/wrtcCert`, holding `server.crt` and `server.key`."""
+        return self.data_dir / "wrtcCert"
+
+    @property
+    def extensions_file(self) -> Path:
+        """`<data_dir>/extensions.toml`, the extension table (hashed passwords only)."""
+        return self.data_dir / "extensions.toml"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Value parsers: each takes a string (environment, flag) or a TOML value, returns the typed value, or
+# raises _Bad(problem) which the loader turns into a ConfigError naming the key and the source.
+
+
+class _Bad(ValueError):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _got(value: object) -> str:
+    return f"got {value!r}"
+
+
+def _int_in(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        problem = f"must be an integer {low}-{high}, {_got(value)}"
+        if isinstance(value, bool):
+            raise _Bad(problem)
+        if isinstance(value, str):
+            if not re.fullmatch(r"[+-]?[0-9]{1,10}", value.strip()):
+                raise _Bad(problem)
+            value = int(value.strip())
+        if not isinstance(value, int) or not low <= value <= high:
+            raise _Bad(problem)
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        problem = f"must be a number of seconds {low:g}-{high:g}, {_got(value)}"
+        if isinstance(value, bool):
+            raise _Bad(problem)
+        if isinstance(value, str):
+            if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", value.strip()):
+                raise _Bad(problem)
+            value = float(value.strip())
+        if not isinstance(value, int | float) or not low <= value <= high:
+            raise _Bad(problem)
+        return float(value)
+
+    return parse
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(enum: type[_E]) -> Callable[[object], _E]:
+    def parse(value: object) -> _E:
+        names = ", ".join(repr(member.value) for member in enum)
+        if isinstance(value, str):
+            try:
+                return enum(value.strip().lower())
+            except ValueError:
+                pass
+        raise _Bad(f"must be one of {names}, {_got(value)}")
+
+    return parse
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+    raise _Bad(f"must be true or false, {_got(value)}")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, {_got(value)}")
+    return value
+
+
+def _path(value: object) -> Path:
+    text = _text(value)
+    if not text.strip():
+        raise _Bad(f"must be a directory path, {_got(value)}")
+    return Path(text).expanduser()
+
+
+def _ip_address(value: object) -> str:
+    text = _text(value).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Bad(f"must be an IPv4 or IPv6 address, {_got(value)}") from None
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _host(value: object) -> str:
+    text = _text(value).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        if _HOSTNAME.fullmatch(text) and not text.replace(".", "").isdigit():
+            return text
+    raise _Bad(f"must be a hostname or an IP address, {_got(value)}")
+
+
+def _optional_host(value: object) -> str | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _host(value)
+
+
+def _port_range(value: object) -> tuple[int, int]:
+    problem = f"must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535, {_got(value)}"
+    if not isinstance(value, str):
+        raise _Bad(problem)
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", value)
+    if not match:
+        raise _Bad(problem)
+    low, high = int(match[1]), int(match[2])
+    if not 1024 <= low < high <= 65535:
+        raise _Bad(problem)
+    return low, high
+
+
+_UPSTREAM = re.compile(
+    r"sip:(\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:;\[\]/@\s]+))(:(?P<port>[0-9]{1,5}))?(?P<params>(;[^;\s]+)*)"
+)
+
+
+def _upstream(value: object) -> Upstream | None:
+    text = _text(value).strip()
+    if not text:
+        return None
+    problem = f"must be a SIP URI sip:HOST[:PORT][;transport=udp|tcp], {_got(value)}"
+    match = _UPSTREAM.fullmatch(text)
+    if not match:
+        raise _Bad(problem)
+    try:
+        host = _host(match["v6"] or match["host"])
+    except _Bad:
+        raise _Bad(problem) from None
+    port = int(match["port"]) if match["port"] else 5060
+    if not 1 <= port <= 65535:
+        raise _Bad(problem)
+    transport = SipTransport.UDP
+    for param in filter(None, match["params"].split(";")):
+        name, _, val = param.partition("=")
+        if name.lower() == "transport" and val.lower() in ("udp", "tcp"):
+            transport = SipTransport(val.lower())
+        elif name.lower() != "lr":
+            raise _Bad(problem)
+    return Upstream(host, port, transport)
+
+
+_EXTENSION = re.compile(r"[0-9A-Za-z*#+._-]{1,32}")
+
+
+def extension_number(value: object) -> str:
+    """Validate an extension number (1-32 of digits, letters, `*#+._-`)."""
+    text = _text(value).strip()
+    if not _EXTENSION.fullmatch(text):
+        raise _Bad(f"must be 1-32 characters of digits, letters or *#+._-, {_got(value)}")
+    return text
+
+
+def _realm(value: object) -> str:
+    text = _text(value)
+    if not re.fullmatch(
+        r"[\x21\x23-\x5b\x5d-\x7e]([\x20\x21\x23-\x5b\x5d-\x7e]{0,62}[\x21\x23-\x5b\x5d-\x7e])?", text
+    ):
+        raise _Bad(f"must be 1-64 printable ASCII characters without quotes or backslashes, {_got(value)}")
+    return text
+
+
+def _workers(value: object) -> int:
+    count = _int_in(1, 64)(value)
+    if count != 1:
+        raise _Bad(f"only 1 worker process is supported so far, {_got(value)}")
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its key (TOML key, `--key-with-dashes` flag, `MCCP_BRIDGE_KEY` variable) and help."""
+
+    key: str
+    parse: Callable[[object], object]
+    help: str
+    metavar: str
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag of this setting."""
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        """The environment variable of this setting."""
+        return ENV_PREFIX + self.key.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", _path, "data directory: config.toml, extensions.toml, wrtcCert/", "DIR"),
+    Setting("listen", _ip_address, "address the WSS and SIP listeners bind", "ADDR"),
+    Setting(
+        "wss_port", _int_in(0, 65535), "TCP port of the HTTPS page and WSS (MCCP); 0 picks a free one", "PORT"
+    ),
+    Setting("sip_port", _int_in(0, 65535), "SIP port (UDP and TCP); 0 picks a free one", "PORT"),
+    Setting("sip_transport", _choice(SipTransport), "default SIP transport: udp or tcp", "udp|tcp"),
+    Setting("rtp_ports", _port_range, "UDP port range for media", "LOW-HIGH"),
+    Setting(
+        "upstream", _upstream, "SIP proxy/PBX for outgoing calls (empty: none, local registrar)", "SIP-URI"
+    ),
+    Setting(
+        "public_address", _optional_host, "address announced in SDP/SIP and put in the certificate", "HOST"
+    ),
+    Setting("log_level", _choice(LogLevel), "debug, info, warning or error", "LEVEL"),
+    Setting("ring_timeout", _seconds(1, 3600), "seconds a call may ring before it is given up", "SECONDS"),
+    Setting("media_timeout", _seconds(1, 3600), "seconds without media before a call is ended", "SECONDS"),
+    Setting("echo_extension", extension_number, "number of the built-in echo extension", "NUMBER"),
+    Setting("realm", _realm, "SIP digest realm of the local extensions", "REALM"),
+    Setting("dtmf_mode", _choice(DtmfMode), "DTMF towards SIP: rfc4733 or info", "MODE"),
+    Setting("workers", _workers, "worker processes (only 1 so far)", "N"),
+    Setting("allow_file_origin", _boolean, "accept pages opened from file:// (Origin: null)", "BOOL"),
+    Setting(
+        "auth_max_failures",
+        _int_in(1, 1000),
+        "failed logins (per source and per extension) before delays",
+        "N",
+    ),
+    Setting("auth_window", _seconds(1, 86400), "seconds a failed login is remembered", "SECONDS"),
+    Setting(
+        "auth_delay", _seconds(0, 60), "first delay after auth_max_failures; doubles per failure", "SECONDS"
+    ),
+    Setting("auth_lockout_failures", _int_in(1, 1000), "failed logins in the window that lock out", "N"),
+    Setting("auth_lockout", _seconds(1, 86400), "seconds a lock-out lasts", "SECONDS"),
+    Setting("shutdown_grace", _seconds(0, 300), "seconds calls get to hang up cleanly on SIGTERM", "SECONDS"),
+)
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+assert set(SETTINGS_BY_KEY) == {f.name for f in fields(Config)} - {"config_file"}
+
+
+def default_data_dir(home: Path) -> Path:
+    """`$HOME/.mccp-bridge`."""
+    return home / ".mccp-bridge"
+
+
+def default_value_text(key: str) -> str:
+    """The default of a setting as written in TOML (for --help and the config template)."""
+    value = {f.name: f.default for f in fields(Config)}.get(key)
+    match value:
+        case None:
+            return '""'
+        case bool():
+            return "true" if value else "false"
+        case StrEnum():
+            return f'"{value.value}"'
+        case str():
+            return f'"{value}"'
+        case (int(low), int(high)):
+            return f'"{low}-{high}"'
+        case int() | float():
+            return f"{value:g}" if isinstance(value, float) else str(value)
+        case _:
+            return "(see --data-dir)"
+
+
+def _check_cross(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    failures = values["auth_max_failures"]
+    lockout = values["auth_lockout_failures"]
+    assert isinstance(failures, int)
+    assert isinstance(lockout, int)
+    if lockout < failures:
+        raise ConfigError(
+            "auth_lockout_failures",
+            f"must be at least auth_max_failures ({failures}), got {lockout!r}",
+            sources.get("auth_lockout_failures"),
+        )
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(None, f"cannot read config file: {exc.strerror or exc}", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(None, "config file is not UTF-8 text", str(path)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(None, f"invalid TOML: {exc}", str(path)) from None
+
+
+def load_config(
+    *,
+    flags: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    home: Path,
+) -> Config:
+    """Build the `Config` from defaults < TOML < environment < flags.
+
+    `flags` maps setting keys to the strings given on the command line; `env` is the environment (only
+    `MCCP_BRIDGE_*` names are looked at; an unknown one is an error); `config_path` is `--config` if given.
+    The TOML file is `config_path`, else `$MCCP_BRIDGE_CONFIG`, else `<data_dir>/config.toml`; an explicit
+    file must exist, the default one may be missing (first start). Raises `ConfigError`.
+    """
+    flags = dict(flags or {})
+    env_layer: dict[str, str] = {}
+    explicit: tuple[Path, str] | None = (config_path, "--config") if config_path is not None else None
+    for name, raw in (env or {}).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key == "config":
+            if explicit is None and raw.strip():
+                explicit = (Path(raw).expanduser(), name)
+            continue
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(name, "unknown setting (see mccp-bridge --help)", "environment")
+        env_layer[key] = raw
+    for key in flags:
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(key, "unknown setting", "command line")
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+
+    def take(key: str, raw: object, source: str) -> None:
+        try:
+            values[key] = SETTINGS_BY_KEY[key].parse(raw)
+        except _Bad as bad:
+            raise ConfigError(key, bad.problem, source) from None
+        sources[key] = source
+
+    # data_dir decides where the default config file is, so resolve it from the upper layers first.
+    data_dir = default_data_dir(home)
+    if "data_dir" in flags:
+        take("data_dir", flags["data_dir"], SETTINGS_BY_KEY["data_dir"].flag)
+    elif "data_dir" in env_layer:
+        take("data_dir", env_layer["data_dir"], SETTINGS_BY_KEY["data_dir"].env)
+    if isinstance(chosen := values.get("data_dir"), Path):
+        data_dir = chosen
+
+    if explicit is not None:
+        path, how = explicit
+        if not path.is_file():
+            raise ConfigError(None, "config file not found", f"{how} {path}")
+    else:
+        path = data_dir / CONFIG_FILE_NAME
+    file_used: Path | None = None
+    if path.is_file():
+        file_used = path
+        for key, toml_value in _read_toml(path).items():
+            if key not in SETTINGS_BY_KEY:
+                raise ConfigError(key, "unknown setting (see mccp-bridge --help)", str(path))
+            if key == "data_dir" and "data_dir" in values:
+                continue  # the upper layer already chose it
+            take(key, toml_value, str(path))
+    for key, raw in env_layer.items():
+        take(key, raw, SETTINGS_BY_KEY[key].env)
+    for key, raw in flags.items():
+        take(key, raw, SETTINGS_BY_KEY[key].flag)
+
+    values.setdefault("data_dir", data_dir)
+    defaults = {f.name: f.default for f in fields(Config) if f.name not in ("data_dir", "config_file")}
+    merged = {**defaults, **values}
+    _check_cross(merged, sources)
+    return Config(config_file=file_used, **merged)  # type: ignore[arg-type]
+
+
+def default_config_text() -> str:
+    """The commented config.toml written on first start: every setting, commented out, at its default."""
+    lines = [
+        "# mccp-bridge configuration. Every setting is shown at its default, commented out.",
+        "# Precedence: these values < environment MCCP_BRIDGE_<KEY> < command-line flags --<key>.",
+        "# Extensions (numbers and hashed passwords) live in extensions.toml beside this file;",
+        "# manage them with `mccp-bridge extension add|list|remove`.",
+        "",
+    ]
+    for setting in SETTINGS:
+        if setting.key == "data_dir":
+            continue
+        lines.append(f"# {setting.help}")
+        lines.append(f"# {setting.key} = {default_value_text(setting.key)}")
+        lines.append("")
+    return "\n".join(lines)
