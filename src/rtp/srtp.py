@@ -1,0 +1,184 @@
+"""SRTP/SRTCP (RFC 3711, RFC 7714) for DTLS-SRTP (RFC 5764), behind our own API over pylibsrtp.
+
+pylibsrtp facts this wrapper is built around (see shared/recipes/perf/README.md):
+
+* it accepts only `bytes` (a `bytearray`/`memoryview` raises TypeError), returns fresh `bytes`;
+* one `Session` per direction: `SSRC_ANY_OUTBOUND` to protect, `SSRC_ANY_INBOUND` to unprotect;
+* replay protection applies on both sides, and every failure is a bare `pylibsrtp.Error` whose
+  message tells authentication from replay. We turn each into `SrtpError(kind)`, so callers can
+  count per cause; a packet is refused, never the session. `allow_repeat_tx` stays off: the relay
+  never sends the same index twice (it rewrites sequence numbers to be continuous).
+
+Key export (RFC 5764 §4.2): after the DTLS handshake both ends export
+`2 * (key_length + salt_length)` bytes with the label "EXTRACTOR-dtls_srtp" and no context, laid
+out as client_write_key | server_write_key | client_write_salt | server_write_salt. Each side
+protects with its own write key and unprotects with the peer's.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import pylibsrtp
+
+from rtp.errors import SrtpError, SrtpErrorKind
+
+__all__ = [
+    "EXPORTER_LABEL",
+    "MAX_PROTECT_INPUT",
+    "SrtpProfile",
+    "SrtpRx",
+    "SrtpTx",
+    "keys_from_dtls",
+]
+
+EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
+# pylibsrtp copies into a 1500-byte buffer and reserves the largest trailer (144 bytes).
+MAX_PROTECT_INPUT = 1356
+
+
+class SrtpProfile(enum.Enum):
+    """The DTLS-SRTP protection profiles we negotiate (RFC 5764 §4.1.2, RFC 7714 §14.2).
+
+    The value is the OpenSSL/pyOpenSSL profile name used in `set_tlsext_use_srtp` and returned by
+    `get_selected_srtp_profile`.
+    """
+
+    AES128_CM_HMAC_SHA1_80 = "SRTP_AES128_CM_SHA1_80"
+    AEAD_AES_128_GCM = "SRTP_AEAD_AES_128_GCM"
+
+    @property
+    def dtls_name(self) -> str:
+        """The profile name in DTLS (OpenSSL) terms."""
+        return self.value
+
+    @property
+    def key_length(self) -> int:
+        """Master key length in bytes."""
+        return 16
+
+    @property
+    def salt_length(self) -> int:
+        """Master salt length in bytes: 112 bits for AES-CM (RFC 3711), 96 for GCM (RFC 7714 §12)."""
+        return 14 if self is SrtpProfile.AES128_CM_HMAC_SHA1_80 else 12
+
+    @property
+    def keying_material_length(self) -> int:
+        """How many bytes to export with `EXPORTER_LABEL` (RFC 5764 §4.2)."""
+        return 2 * (self.key_length + self.salt_length)
+
+    @property
+    def rtp_overhead(self) -> int:
+        """Bytes SRTP adds to an RTP packet: an 80-bit tag, or the 16-byte GCM tag."""
+        return 10 if self is SrtpProfile.AES128_CM_HMAC_SHA1_80 else 16
+
+    @property
+    def _libsrtp_profile(self) -> int:
+        if self is SrtpProfile.AES128_CM_HMAC_SHA1_80:
+            return int(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+        return int(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+
+    @classmethod
+    def from_dtls_name(cls, name: str | bytes) -> SrtpProfile:
+        """The profile for a DTLS profile name (as pyOpenSSL returns it, bytes or str).
+
+        Raises `ValueError` for a profile we did not offer.
+        """
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        for profile in cls:
+            if profile.value == text:
+                return profile
+        raise ValueError(f"unsupported DTLS-SRTP profile {text!r}")
+
+    @classmethod
+    def dtls_offer(cls) -> bytes:
+        """The colon-separated list for `Context.set_tlsext_use_srtp`, preferred first (GCM)."""
+        return b":".join(p.value.encode() for p in (cls.AEAD_AES_128_GCM, cls.AES128_CM_HMAC_SHA1_80))
+
+
+def keys_from_dtls(
+    profile: SrtpProfile, keying_material: bytes, we_are_dtls_client: bool
+) -> tuple[bytes, bytes]:
+    """Split exported keying material into `(tx_key_salt, rx_key_salt)` (RFC 5764 §4.2).
+
+    Each result is master key || master salt, the form `SrtpTx`/`SrtpRx` take. The DTLS client
+    writes with the client key and salt; the server with the server's.
+    """
+    k, s = profile.key_length, profile.salt_length
+    if len(keying_material) != profile.keying_material_length:
+        raise ValueError(
+            f"{profile.name} needs {profile.keying_material_length} bytes of keying material, "
+            f"got {len(keying_material)}"
+        )
+    client = keying_material[0:k] + keying_material[2 * k : 2 * k + s]
+    server = keying_material[k : 2 * k] + keying_material[2 * k + s : 2 * k + 2 * s]
+    return (client, server) if we_are_dtls_client else (server, client)
+
+
+def _session(profile: SrtpProfile, key_salt: bytes, ssrc_type: int) -> pylibsrtp.Session:
+    need = profile.key_length + profile.salt_length
+    if len(key_salt) != need:
+        raise ValueError(f"{profile.name} needs a {need}-byte master key+salt, got {len(key_salt)}")
+    policy = pylibsrtp.Policy(key=bytes(key_salt), ssrc_type=ssrc_type, srtp_profile=profile._libsrtp_profile)
+    return pylibsrtp.Session(policy=policy)
+
+
+def _error(exc: Exception) -> SrtpError:
+    text = str(exc)
+    if "replay" in text:
+        return SrtpError(SrtpErrorKind.REPLAY, text)
+    if "auth" in text:
+        return SrtpError(SrtpErrorKind.AUTH, text)
+    return SrtpError(SrtpErrorKind.MALFORMED, text)
+
+
+class SrtpTx:
+    """The sending context of one direction: protects RTP and RTCP with our write key."""
+
+    __slots__ = ("_session", "profile")
+
+    def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
+        self.profile = profile
+        self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+
+    def protect(self, rtp: bytes) -> bytes:
+        """Encrypt and authenticate one RTP packet (RFC 3711 §3.3).
+
+        Raises `SrtpError` (MALFORMED for a packet too short or longer than `MAX_PROTECT_INPUT`,
+        REPLAY when the same sequence number is protected twice).
+        """
+        try:
+            return bytes(self._session.protect(rtp))
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _error(exc) from None
+
+    def protect_rtcp(self, rtcp: bytes) -> bytes:
+        """Encrypt and authenticate one compound RTCP packet (RFC 3711 §3.4), adding the index."""
+        try:
+            return bytes(self._session.protect_rtcp(rtcp))
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _error(exc) from None
+
+
+class SrtpRx:
+    """The receiving context of one direction: authenticates and decrypts with the peer's key."""
+
+    __slots__ = ("_session", "profile")
+
+    def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
+        self.profile = profile
+        self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+
+    def unprotect(self, srtp: bytes) -> bytes:
+        """Authenticate and decrypt one SRTP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
+        try:
+            return bytes(self._session.unprotect(srtp))
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _error(exc) from None
+
+    def unprotect_rtcp(self, srtcp: bytes) -> bytes:
+        """Authenticate and decrypt one SRTCP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
+        try:
+            return bytes(self._session.unprotect_rtcp(srtcp))
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise _error(exc) from None
