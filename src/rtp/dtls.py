@@ -1,0 +1,401 @@
+"""DTLS-SRTP key agreement with the browser (RFC 5763, RFC 5764, RFC 6347), sans-IO.
+
+Theory of operation
+-------------------
+`DtlsEndpoint` drives a pyOpenSSL `Connection` through memory BIOs: datagrams from the network
+go in with `feed_untrusted(datagram, now)`, datagrams to send come out of `outgoing()`, and time
+goes in with `handle_timeout(now)` when `next_deadline()` has passed. It owns no socket and no
+clock.
+
+    HANDSHAKING --(handshake done, fingerprint ok, SRTP profile agreed)--> CONNECTED
+         |                                                                   |
+         +--(fatal alert, fingerprint mismatch, no SRTP profile)--> FAILED   +--(close_notify
+         |                                                                   |   either way)
+         +--(close())-------------------------------------------> CLOSED <---+
+
+Datagrams and records. A memory BIO is a byte stream, so the datagram boundaries of what
+OpenSSL writes are lost; we read everything it produced, split it into DTLS records by their
+13-byte headers (RFC 6347 section 4.1) and pack whole records into datagrams of at most `MTU`
+bytes. `set_ciphertext_mtu(MTU)` keeps each record (handshake messages are fragmented by
+OpenSSL) under that size, so certificates never need IP fragmentation (RFC 6347 4.1.1).
+
+Retransmission (RFC 6347 section 4.2.4). OpenSSL's own DTLS timer reads the wall clock
+(`DTLSv1_get_timeout`/`DTLSv1_handle_timeout` compare against gettimeofday), which would make the
+object impure and untestable under a fake clock. So, as trio's DTLS does, we keep our own timer
+on the `now` the caller passes: each new flight OpenSSL emits while handshaking is remembered,
+`next_deadline()` is `sent_at + rto`, and `handle_timeout(now)` re-sends the remembered flight
+and doubles `rto` (1 s initially, at most 60 s). Re-sent datagrams are byte-identical, so the
+peer's replay window drops the records it already has and keeps the ones it lost. The final
+flight (the one that completes the peer's handshake) has no timer (RFC 6347 4.2.4): it is
+re-sent, at most MAX_FINAL_RESENDS times, whenever handshake records still arrive once we are
+connected, which means the peer never got it and is retransmitting its own last flight.
+Giving up is the caller's job (a `fail_after` around the ICE+DTLS phase): pure layers report
+deadlines, never enforce them.
+
+Trust. `feed_untrusted` never raises on network input: datagrams that are not a sequence of
+well-formed DTLS records are dropped and counted before OpenSSL sees them; records OpenSSL
+cannot authenticate are discarded by OpenSSL itself (RFC 6347 4.1.2.7). The peer certificate is
+accepted only if its digest equals the SDP `a=fingerprint` (RFC 5763 section 5; RFC 8122), which
+is checked in the verify callback so that a mismatch aborts the handshake with an alert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import enum
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+
+from rtp.errors import LocalProtocolError
+from rtp.srtp import EXPORTER_LABEL, SrtpProfile
+
+__all__ = [
+    "MTU",
+    "DtlsCertificate",
+    "DtlsCounters",
+    "DtlsEndpoint",
+    "DtlsRole",
+    "DtlsState",
+    "format_fingerprint",
+]
+
+# Bytes of DTLS per datagram: well under the 1280-byte IPv6 minimum MTU minus IP/UDP headers.
+MTU = 1200
+INITIAL_RTO = 1.0  # RFC 6347 4.2.4.1: initial timer 1 s
+MAX_RTO = 60.0  # RFC 6347 4.2.4.1: at least 60 s maximum
+RECORD_HEADER = 13
+MAX_FINAL_RESENDS = 10
+# RFC 6347 4.1: content types change_cipher_spec(20), alert(21), handshake(22), application_data(23)
+RECORD_TYPES = range(20, 24)
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha-1": hashes.SHA1,
+    "sha-224": hashes.SHA224,
+    "sha-256": hashes.SHA256,
+    "sha-384": hashes.SHA384,
+    "sha-512": hashes.SHA512,
+}
+
+
+class DtlsRole(enum.Enum):
+    """Who sends the ClientHello: a=setup:active is the client, a=setup:passive the server."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class DtlsState(enum.Enum):
+    """The endpoint's state; FAILED and CLOSED are final."""
+
+    HANDSHAKING = "handshaking"
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+def format_fingerprint(digest: bytes) -> str:
+    """Upper-case hex pairs joined by colons, the SDP a=fingerprint form (RFC 8122 section 5)."""
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def _normalize_fingerprint(alg: str, value: str) -> tuple[str, str]:
+    alg = alg.strip().lower()
+    if alg not in _HASHES:
+        raise ValueError(f"unsupported fingerprint hash {alg!r}")
+    return alg, value.strip().upper()
+
+
+def certificate_fingerprint(cert: x509.Certificate, alg: str = "sha-256") -> str:
+    """The `a=fingerprint` value of `cert` under hash `alg` (RFC 8122 hash names)."""
+    alg, _ = _normalize_fingerprint(alg, "")
+    return format_fingerprint(cert.fingerprint(_HASHES[alg]()))
+
+
+@dataclass(frozen=True, slots=True)
+class DtlsCertificate:
+    """Our DTLS identity: an ECDSA P-256 key and a self-signed certificate (RFC 8827 6.5).
+
+    Generate it once per process and share it between calls; its `fingerprint_sha256` goes
+    into every SDP answer as `a=fingerprint:sha-256 ...`.
+    """
+
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+    fingerprint_sha256: str
+
+    @classmethod
+    def generate(cls, common_name: str = "mccp-bridge") -> DtlsCertificate:
+        """A fresh P-256 key and self-signed certificate.
+
+        The validity period is fixed (2020-2120): WebRTC peers authenticate the certificate by
+        its fingerprint only and ignore its dates, so no clock is needed here.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+            .not_valid_after(datetime.datetime(2120, 1, 1, tzinfo=datetime.UTC))
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key, certificate_fingerprint(cert))
+
+
+@dataclass(slots=True)
+class DtlsCounters:
+    """Datagrams handled by one endpoint."""
+
+    datagrams_in: int = 0
+    malformed: int = 0
+    after_end: int = 0
+    datagrams_out: int = 0
+    retransmits: int = 0
+
+
+def split_records_untrusted(data: bytes) -> list[bytes] | None:
+    """Split a datagram (or a BIO read) into DTLS records; None if it is not a clean sequence of
+    records with DTLS versions (major byte 0xFE) and consistent lengths (RFC 6347 4.1)."""
+    records: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < RECORD_HEADER:
+            return None
+        ctype, major = data[pos], data[pos + 1]
+        (length,) = struct.unpack_from("!H", data, pos + 11)
+        end = pos + RECORD_HEADER + length
+        if ctype not in RECORD_TYPES or major != 0xFE or end > len(data):
+            return None
+        records.append(data[pos:end])
+        pos = end
+    return records or None
+
+
+def _pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
+    out: list[bytes] = []
+    current = b""
+    for rec in records:
+        if current and len(current) + len(rec) > mtu:
+            out.append(current)
+            current = b""
+        current += rec
+    if current:
+        out.append(current)
+    return out
+
+
+@dataclass(slots=True)
+class DtlsEndpoint:
+    """One DTLS-SRTP association over memory BIOs (see the module docstring).
+
+    `remote_fingerprint` is `(hash name, value)` from the peer's SDP `a=fingerprint` line, e.g.
+    `("sha-256", "AB:CD:...")`.
+    """
+
+    role: DtlsRole
+    certificate: DtlsCertificate
+    remote_fingerprint: tuple[str, str]
+    mtu: int = MTU
+    state: DtlsState = DtlsState.HANDSHAKING
+    failure_reason: str | None = None
+    counters: DtlsCounters = field(default_factory=DtlsCounters)
+    _conn: SSL.Connection = field(init=False, repr=False)
+    _out: list[bytes] = field(default_factory=list, repr=False)
+    _flight: list[bytes] = field(default_factory=list, repr=False)
+    _final_flight: list[bytes] = field(default_factory=list, repr=False)
+    _final_resends: int = 0
+    _deadline: float | None = None
+    _rto: float = INITIAL_RTO
+    _fingerprint_ok: bool | None = None
+    _profile: SrtpProfile | None = None
+
+    def __post_init__(self) -> None:
+        alg, expected = _normalize_fingerprint(*self.remote_fingerprint)
+        self.remote_fingerprint = (alg, expected)
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
+        ctx.use_certificate(self.certificate.certificate)
+        ctx.use_privatekey(self.certificate.private_key)
+        ctx.check_privatekey()
+        ctx.set_tlsext_use_srtp(SrtpProfile.dtls_offer())
+
+        def verify(_conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
+            # RFC 5763 section 5: the certificate is self-signed; it is authenticated by
+            # comparing its digest with the signalled fingerprint, nothing else.
+            if depth != 0:
+                return True
+            digest = cert.to_cryptography().fingerprint(_HASHES[alg]())
+            self._fingerprint_ok = format_fingerprint(digest) == expected
+            return self._fingerprint_ok
+
+        # RFC 5763 section 5: both ends MUST present a certificate (the server requests one).
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        self._conn = SSL.Connection(ctx, None)
+        self._conn.set_ciphertext_mtu(self.mtu)
+        if self.role is DtlsRole.CLIENT:
+            self._conn.set_connect_state()
+        else:
+            self._conn.set_accept_state()
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin the handshake: a client emits its ClientHello; a server just waits for one."""
+        if self.state is DtlsState.HANDSHAKING and self.role is DtlsRole.CLIENT:
+            self._handshake(now)
+
+    def feed_untrusted(self, datagram: bytes, now: float) -> None:
+        """Process one datagram classified as DTLS (RFC 7983). Never raises on network input."""
+        self.counters.datagrams_in += 1
+        if self.state in (DtlsState.FAILED, DtlsState.CLOSED):
+            self.counters.after_end += 1
+            return
+        records = split_records_untrusted(datagram)
+        if records is None:
+            self.counters.malformed += 1
+            return
+        # Handshake records once connected: the peer is still handshaking, so our final flight
+        # was lost and must be re-sent (RFC 6347 4.2.4).
+        if (
+            self.state is DtlsState.CONNECTED
+            and any(r[0] in (20, 22) for r in records)
+            and self._final_flight
+            and self._final_resends < MAX_FINAL_RESENDS
+        ):
+            self._final_resends += 1
+            self.counters.retransmits += 1
+            self._out.extend(self._final_flight)
+        self._conn.bio_write(datagram)
+        if self.state is DtlsState.HANDSHAKING:
+            self._handshake(now)
+        if self.state is DtlsState.CONNECTED:
+            self._read_after_handshake()
+
+    def next_deadline(self) -> float | None:
+        """When `handle_timeout` must next be called (our retransmission timer), or None."""
+        return self._deadline if self.state is DtlsState.HANDSHAKING else None
+
+    def handle_timeout(self, now: float) -> None:
+        """Re-send the last flight if its timer has expired (RFC 6347 4.2.4) and back off."""
+        if self.state is not DtlsState.HANDSHAKING or self._deadline is None or now < self._deadline:
+            return
+        self._out.extend(self._flight)
+        self.counters.retransmits += 1
+        self._rto = min(self._rto * 2, MAX_RTO)
+        self._deadline = now + self._rto
+
+    def close(self) -> None:
+        """Send close_notify (if connected) and end; `outgoing()` then holds the alert."""
+        if self.state is DtlsState.CONNECTED:
+            with contextlib.suppress(SSL.Error):
+                self._conn.shutdown()
+            self._collect(None)
+        if self.state in (DtlsState.HANDSHAKING, DtlsState.CONNECTED):
+            self.state = DtlsState.CLOSED
+
+    # --- outputs --------------------------------------------------------------------------
+
+    def outgoing(self) -> list[bytes]:
+        """Datagrams to send to the peer, in order; each call empties the queue."""
+        out, self._out = self._out, []
+        self.counters.datagrams_out += len(out)
+        return out
+
+    @property
+    def srtp_profile(self) -> SrtpProfile:
+        """The SRTP protection profile the handshake agreed on (RFC 5764 4.1.2)."""
+        if self._profile is None or self.state is not DtlsState.CONNECTED:
+            raise LocalProtocolError("no SRTP profile before the DTLS handshake completes")
+        return self._profile
+
+    def keying_material(self) -> bytes:
+        """The exported SRTP keying material (RFC 5764 4.2), `srtp.keys_from_dtls` splits it."""
+        profile = self.srtp_profile
+        return bytes(self._conn.export_keying_material(EXPORTER_LABEL, profile.keying_material_length))
+
+    @property
+    def is_client(self) -> bool:
+        """True if we are the DTLS client (decides which half of the keys we write with)."""
+        return self.role is DtlsRole.CLIENT
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        self.state = DtlsState.FAILED
+        self.failure_reason = reason
+        self._deadline = None
+
+    def _handshake(self, now: float) -> None:
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            self._collect(now)
+            return
+        except SSL.Error as exc:
+            self._collect(None)  # the alert OpenSSL queued, if any
+            if self._fingerprint_ok is False:
+                self._fail("fingerprint mismatch")
+            else:
+                self._fail(f"DTLS handshake failed: {exc}")
+            return
+        self._final_flight = self._collect(None)  # a server's final flight (CCS, Finished)
+        if self._fingerprint_ok is not True:
+            # Cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT, but never trust an unchecked peer.
+            self._fail("fingerprint mismatch")
+            return
+        selected = self._conn.get_selected_srtp_profile()
+        try:
+            self._profile = SrtpProfile.from_dtls_name(selected)
+        except ValueError:
+            # RFC 5764 4.1.2: without an agreed profile there is no SRTP to key.
+            self._fail("no common DTLS-SRTP profile")
+            return
+        self.state = DtlsState.CONNECTED
+        self._deadline = None
+
+    def _read_after_handshake(self) -> None:
+        while True:
+            try:
+                self._conn.recv(2048)  # WebRTC audio carries no DTLS application data: discard
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.state = DtlsState.CLOSED
+                self.failure_reason = "peer sent close_notify"
+                break
+            except SSL.Error as exc:
+                self._fail(f"DTLS error after handshake: {exc}")
+                break
+        self._collect(None)  # e.g. a re-sent final flight answering the peer's retransmission
+
+    def _collect(self, now: float | None) -> list[bytes]:
+        """Move what OpenSSL wrote into datagrams; with `now`, it is a new flight to time."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(65536))
+            except SSL.WantReadError:
+                break
+        if not chunks:
+            return []
+        records = split_records_untrusted(b"".join(chunks))
+        if records is None:  # OpenSSL wrote something that is not records: cannot happen
+            raise LocalProtocolError("OpenSSL produced a malformed DTLS record stream")
+        datagrams = _pack_datagrams(records, self.mtu)
+        self._out.extend(datagrams)
+        if now is not None and self.state is DtlsState.HANDSHAKING:
+            self._flight = datagrams
+            self._rto = INITIAL_RTO
+            self._deadline = now + self._rto
+        return datagrams
