@@ -1,0 +1,425 @@
+"""The media relay's per-packet logic: SRTP <-> RTP with payload type, SSRC, sequence and timestamp
+rewriting, optional PCMU <-> PCMA transcoding, and per-direction counters. Pure and synchronous:
+the Trio edge (`rtp.media`) owns the sockets, passes each datagram in with `now`, and sends what
+comes back. Nothing here raises on bad input: a refused packet returns None and is counted.
+
+Theory of operation
+-------------------
+
+Browser -> SIP (`Relay.browser_rtp` / `browser_rtcp`):
+    SRTP is authenticated and decrypted (RFC 3711 §3.3), the RTP header checked, and the payload
+    type mapped through `CodecMap.to_sip` (e.g. telephone-event 126 -> 101, RFC 4733 §2.1 keeps the
+    8000 Hz clock); PCMU is transcoded to PCMA (or back) when the SIP side accepted only the other
+    law. Payload types not in the map (opus, CN, the 48 kHz telephone-event...) are dropped and
+    counted. The browser's SSRC, sequence numbers and timestamps pass unchanged. SRTCP is
+    decrypted and report blocks about our browser-facing SSRC are mapped to the SIP stream's SSRC.
+
+SIP -> browser (`Relay.sip_rtp` / `sip_rtcp`):
+    The SIP side's stream may change SSRC or jump in sequence/timestamp at any time (music on hold,
+    transfer, re-INVITE, a PBX switching sources). The browser must see ONE stream: a WebRTC
+    receiver keyed by SSRC would otherwise stall or glitch. So every packet leaves with our SSRC
+    and `seq_out = seq_in + seq_delta`, `ts_out = ts_in + ts_delta` (mod 2**16 / 2**32). On a new
+    source (another SSRC, or a jump beyond RFC 3550 A.1's MAX_DROPOUT/MAX_MISORDER, or a timestamp
+    running backwards while the sequence advances) the deltas are recomputed so that the sequence
+    continues at last+1 and the timestamp at last + elapsed time (`now`) in clock units (at least
+    one frame), and the marker bit is set (RFC 3551 §4.1: first packet of a talkspurt). Packets
+    of the previous SSRC arriving within `STALE_GRACE` seconds of a switch are late stragglers
+    and are dropped rather than switching back and forth. RTP is then protected (SRTP) with our
+    key. RTCP from the SIP side gets the SSRCs of the streams we rewrote mapped to ours, the SR's
+    RTP timestamp shifted by the same delta, and its BYE packets removed (a BYE of an old source
+    would end our one continuing stream at the browser); then it is protected as SRTCP.
+
+Allocation: the browser->SIP path returns pylibsrtp's result unchanged when no rewrite is needed,
+else one `bytearray` copy; the SIP->browser path rewrites the caller's buffer in place and copies
+once into `bytes` because pylibsrtp accepts nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from rtp import g711
+from rtp.errors import RtpParseError, SrtpError, SrtpErrorKind
+from rtp.packet import (
+    check_untrusted,
+    get_sequence,
+    get_ssrc,
+    get_timestamp,
+    is_rtcp,
+    set_marker,
+    set_payload_type,
+    set_sequence,
+    set_ssrc,
+    set_timestamp,
+)
+from rtp.rtcp import RtcpType, rewrite_ssrcs, walk_untrusted
+from rtp.srtp import SrtpRx, SrtpTx
+
+__all__ = [
+    "CodecMap",
+    "DropCause",
+    "LegCounters",
+    "PtRoute",
+    "Relay",
+    "Transcode",
+]
+
+Datagram: TypeAlias = bytes | bytearray
+
+MAX_DROPOUT = 3000  # RFC 3550 appendix A.1
+MAX_MISORDER = 100
+MAX_TIMESTAMP_JUMP = 8000 * 60  # a forward jump of over a minute at 8 kHz is a new source
+STALE_GRACE = 0.5  # seconds during which the previous SSRC's stragglers are dropped
+_SSRC_HISTORY = 16
+
+
+class DropCause(enum.Enum):
+    """Why the relay refused a packet."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_PT = "unknown_pt"
+    SRTP_AUTH = "srtp_auth"
+    SRTP_REPLAY = "srtp_replay"
+    NOT_FROM_PEER = "not_from_peer"  # counted by the edge, which knows the source address
+    NOT_READY = "not_ready"  # before the SRTP keys are known
+    STALE_STREAM = "stale_stream"  # late packet of the SIP side's previous SSRC
+
+
+_SRTP_CAUSE = {
+    SrtpErrorKind.AUTH: DropCause.SRTP_AUTH,
+    SrtpErrorKind.REPLAY: DropCause.SRTP_REPLAY,
+    SrtpErrorKind.MALFORMED: DropCause.MALFORMED,
+}
+
+
+@dataclass(slots=True)
+class LegCounters:
+    """Counters of one direction. `last_packet_time` (the `now` of the last forwarded RTP packet)
+    drives the no-media timeout."""
+
+    packets: int = 0
+    octets: int = 0
+    rtcp_packets: int = 0
+    last_packet_time: float | None = None
+    dropped: dict[DropCause, int] = field(default_factory=lambda: dict.fromkeys(DropCause, 0))
+
+    def drop(self, cause: DropCause) -> None:
+        """Count one refused packet."""
+        self.dropped[cause] += 1
+
+    @property
+    def dropped_total(self) -> int:
+        """All refused packets."""
+        return sum(self.dropped.values())
+
+
+class Transcode(enum.Enum):
+    """Payload conversion on a route."""
+
+    NONE = "none"
+    ULAW_TO_ALAW = "ulaw_to_alaw"
+    ALAW_TO_ULAW = "alaw_to_ulaw"
+
+    @property
+    def table(self) -> bytes | None:
+        """The `bytes.translate` table, None for no conversion."""
+        match self:
+            case Transcode.NONE:
+                return None
+            case Transcode.ULAW_TO_ALAW:
+                return g711.ULAW_TO_ALAW
+            case Transcode.ALAW_TO_ULAW:
+                return g711.ALAW_TO_ULAW
+
+
+@dataclass(frozen=True, slots=True)
+class PtRoute:
+    """Where one incoming payload type goes: the outgoing payload type and any transcoding."""
+
+    out_pt: int
+    transcode: Transcode = Transcode.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class CodecMap:
+    """The negotiated payload types between the legs, built by the SDP offer/answer code.
+
+    `to_sip` maps the browser's payload types to the SIP side's, `to_browser` the reverse.
+    `clock_rate` and `frame_samples` (ptime 20 ms) are those of the G.711 stream.
+    """
+
+    to_sip: Mapping[int, PtRoute]
+    to_browser: Mapping[int, PtRoute]
+    clock_rate: int = 8000
+    frame_samples: int = 160
+
+    @property
+    def transcoding(self) -> bool:
+        """Whether any route converts between PCMU and PCMA."""
+        return any(
+            r.transcode is not Transcode.NONE for r in (*self.to_sip.values(), *self.to_browser.values())
+        )
+
+
+def _route_table(routes: Mapping[int, PtRoute]) -> list[tuple[int, bytes | None] | None]:
+    table: list[tuple[int, bytes | None] | None] = [None] * 128
+    for pt, route in routes.items():
+        table[pt] = (route.out_pt, route.transcode.table)
+    return table
+
+
+def _signed(value: int, bits: int) -> int:
+    half = 1 << (bits - 1)
+    return ((value + half) & ((1 << bits) - 1)) - half
+
+
+class Relay:
+    """The per-call relay state: both directions, their counters, and the SRTP contexts.
+
+    `ssrc`, `initial_sequence` and `initial_timestamp` are those of the stream we send to the
+    browser; pass random values (RFC 3550 §5.1: random initial sequence and timestamp).
+    The SRTP contexts arrive later with `start_srtp` (after the DTLS handshake); until then
+    packets are dropped as NOT_READY.
+    """
+
+    def __init__(
+        self,
+        codec_map: CodecMap,
+        *,
+        ssrc: int,
+        initial_sequence: int,
+        initial_timestamp: int,
+        srtp_tx: SrtpTx | None = None,
+        srtp_rx: SrtpRx | None = None,
+    ) -> None:
+        self.to_sip = LegCounters()
+        self.to_browser = LegCounters()
+        self.ssrc = ssrc
+        self._tx = srtp_tx
+        self._rx = srtp_rx
+        self.set_codec_map(codec_map)
+        self._next_sequence = initial_sequence & 0xFFFF
+        self._next_timestamp = initial_timestamp & 0xFFFFFFFF
+        self._started = False
+        self._in_ssrc = 0
+        self._prev_ssrc: int | None = None
+        self._switch_time: float | None = None
+        self._seq_delta = 0
+        self._ts_delta = 0
+        self._max_in_seq = 0
+        self._last_in_ts = 0
+        self._last_out_seq = 0
+        self._last_out_ts = 0
+        self._last_out_time: float | None = None
+        self._ts_deltas: dict[int, int] = {}  # SIP SSRC -> timestamp delta, for SR rewriting
+        self.stream_changes = 0
+
+    def start_srtp(self, tx: SrtpTx, rx: SrtpRx) -> None:
+        """Install the SRTP contexts (our key to protect, the browser's to unprotect)."""
+        self._tx, self._rx = tx, rx
+
+    def set_codec_map(self, codec_map: CodecMap) -> None:
+        """Install a new payload type map (SIP answer, re-INVITE)."""
+        self.codec_map = codec_map
+        self._to_sip = _route_table(codec_map.to_sip)
+        self._to_browser = _route_table(codec_map.to_browser)
+
+    @property
+    def sip_ssrc(self) -> int | None:
+        """The SSRC of the SIP side's current stream, None before its first packet."""
+        return self._in_ssrc if self._started else None
+
+    # -- browser -> SIP ---------------------------------------------------------------------
+
+    def browser_rtp(self, srtp: bytes, now: float) -> Datagram | None:
+        """An SRTP packet from the browser -> the RTP packet for the SIP side, or None (counted)."""
+        c = self.to_sip
+        if self._rx is None:
+            c.drop(DropCause.NOT_READY)
+            return None
+        try:
+            plain = self._rx.unprotect(srtp)
+            start, end = check_untrusted(plain)
+        except SrtpError as exc:
+            c.drop(_SRTP_CAUSE[exc.kind])
+            return None
+        except RtpParseError:
+            c.drop(DropCause.MALFORMED)
+            return None
+        pt = plain[1] & 0x7F
+        route = self._to_sip[pt]
+        if route is None:
+            c.drop(DropCause.UNKNOWN_PT)
+            return None
+        out_pt, table = route
+        out: Datagram = plain
+        if out_pt != pt or table is not None:
+            out = bytearray(plain)
+            set_payload_type(out, out_pt)
+            if table is not None:
+                out[start:end] = out[start:end].translate(table)
+        c.packets += 1
+        c.octets += len(out)
+        c.last_packet_time = now
+        return out
+
+    def browser_rtcp(self, srtcp: bytes, now: float) -> Datagram | None:
+        """An SRTCP packet from the browser -> the RTCP packet for the SIP side, or None."""
+        c = self.to_sip
+        if self._rx is None:
+            c.drop(DropCause.NOT_READY)
+            return None
+        try:
+            out = bytearray(self._rx.unprotect_rtcp(srtcp))
+            if self._started:
+                # Reports about the stream we send the browser are about the SIP side's stream.
+                rewrite_ssrcs(out, {self.ssrc: self._in_ssrc})
+            else:
+                walk_untrusted(out)
+        except SrtpError as exc:
+            c.drop(_SRTP_CAUSE[exc.kind])
+            return None
+        except RtpParseError:
+            c.drop(DropCause.MALFORMED)
+            return None
+        c.rtcp_packets += 1
+        return out
+
+    def browser_packet(self, srtp_or_srtcp: bytes, now: float) -> tuple[bool, Datagram] | None:
+        """Demultiplex (RFC 5761 §4) and relay: `(is_rtcp, datagram for SIP)` or None."""
+        if len(srtp_or_srtcp) < 2:
+            self.to_sip.drop(DropCause.MALFORMED)
+            return None
+        if is_rtcp(srtp_or_srtcp):
+            out = self.browser_rtcp(srtp_or_srtcp, now)
+            return None if out is None else (True, out)
+        out = self.browser_rtp(srtp_or_srtcp, now)
+        return None if out is None else (False, out)
+
+    # -- SIP -> browser ---------------------------------------------------------------------
+
+    def sip_rtp(self, buf: bytearray | memoryview, now: float | None) -> bytes | None:
+        """A datagram from the SIP side's RTP socket -> SRTP (or SRTCP) for the browser, or None.
+
+        `buf` must be writable: the header is rewritten in place. RTCP arriving on the RTP port
+        (a peer that muxes anyway) is recognised (RFC 5761 §4) and handled as `sip_rtcp`.
+        """
+        c = self.to_browser
+        if self._tx is None:
+            c.drop(DropCause.NOT_READY)
+            return None
+        try:
+            check_untrusted(buf)
+        except RtpParseError:
+            c.drop(DropCause.MALFORMED)
+            return None
+        if is_rtcp(buf):
+            return self.sip_rtcp(buf, now)
+        route = self._to_browser[buf[1] & 0x7F]
+        if route is None:
+            c.drop(DropCause.UNKNOWN_PT)
+            return None
+        ssrc, seq, ts = get_ssrc(buf), get_sequence(buf), get_timestamp(buf)
+        forward = True
+        new_stream = False
+        if self._started and ssrc == self._in_ssrc:
+            d = _signed(seq - self._max_in_seq, 16)
+            if -MAX_MISORDER <= d <= MAX_DROPOUT:
+                forward = d > 0
+                dts = _signed(ts - self._last_in_ts, 32)
+                if forward and (dts < 0 or dts > MAX_TIMESTAMP_JUMP):
+                    new_stream = True
+            else:
+                new_stream = True
+        elif (
+            self._started
+            and ssrc == self._prev_ssrc
+            and now is not None
+            and self._switch_time is not None
+            and now - self._switch_time < STALE_GRACE
+        ):
+            c.drop(DropCause.STALE_STREAM)
+            return None
+        else:
+            new_stream = True
+        if new_stream:
+            self._new_stream(ssrc, seq, ts, now)
+        out_seq = (seq + self._seq_delta) & 0xFFFF
+        out_ts = (ts + self._ts_delta) & 0xFFFFFFFF
+        out_pt, table = route
+        set_payload_type(buf, out_pt)
+        set_sequence(buf, out_seq)
+        set_timestamp(buf, out_ts)
+        set_ssrc(buf, self.ssrc)
+        if new_stream:
+            set_marker(buf, True)
+        if table is not None:
+            start, end = check_untrusted(buf)
+            buf[start:end] = bytes(buf[start:end]).translate(table)
+        try:
+            out = self._tx.protect(bytes(buf))
+        except SrtpError as exc:
+            c.drop(_SRTP_CAUSE[exc.kind])
+            return None
+        if forward:
+            self._max_in_seq, self._last_in_ts = seq, ts
+            self._last_out_seq, self._last_out_ts, self._last_out_time = out_seq, out_ts, now
+        c.packets += 1
+        c.octets += len(out)
+        if now is not None:
+            c.last_packet_time = now
+        return out
+
+    def _new_stream(self, ssrc: int, seq: int, ts: int, now: float | None) -> None:
+        if self._started:
+            step = self.codec_map.frame_samples
+            if now is not None and self._last_out_time is not None:
+                step = max(step, round((now - self._last_out_time) * self.codec_map.clock_rate))
+            out_seq = (self._last_out_seq + 1) & 0xFFFF
+            out_ts = (self._last_out_ts + step) & 0xFFFFFFFF
+            if ssrc != self._in_ssrc:
+                self._prev_ssrc, self._switch_time = self._in_ssrc, now
+            self.stream_changes += 1
+        else:
+            out_seq, out_ts = self._next_sequence, self._next_timestamp
+        self._started = True
+        self._in_ssrc = ssrc
+        self._seq_delta = out_seq - seq
+        self._ts_delta = out_ts - ts
+        self._ts_deltas.pop(ssrc, None)
+        self._ts_deltas[ssrc] = self._ts_delta
+        while len(self._ts_deltas) > _SSRC_HISTORY:
+            del self._ts_deltas[next(iter(self._ts_deltas))]
+        # Make the first packet of the new source count as "forward" for the bookkeeping.
+        self._max_in_seq = (seq - 1) & 0xFFFF
+        self._last_in_ts = ts
+
+    def sip_rtcp(self, data: bytes | bytearray | memoryview, now: float | None) -> bytes | None:
+        """A datagram from the SIP side's RTCP socket -> SRTCP for the browser, or None (counted)."""
+        c = self.to_browser
+        if self._tx is None:
+            c.drop(DropCause.NOT_READY)
+            return None
+        try:
+            parts = walk_untrusted(data)
+            kept = [(off, n) for pt, _count, off, n in parts if pt != RtcpType.BYE]
+            if not kept:
+                return None  # only a BYE: nothing the browser should see
+            out = (
+                bytearray(data)
+                if len(kept) == len(parts)
+                else bytearray().join(data[off : off + n] for off, n in kept)
+            )
+            rewrite_ssrcs(out, dict.fromkeys(self._ts_deltas, self.ssrc), self._ts_deltas)
+            srtcp = self._tx.protect_rtcp(bytes(out))
+        except RtpParseError:
+            c.drop(DropCause.MALFORMED)
+            return None
+        except SrtpError as exc:
+            c.drop(_SRTP_CAUSE[exc.kind])
+            return None
+        c.rtcp_packets += 1
+        return srtcp
