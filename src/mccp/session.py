@@ -26,6 +26,8 @@ Transitions (docs/mccp.md, "States", is the authority; this table is the code)::
                    hangup           -> ENDED
     any but ENDED  ping             -> (same)        error, pong            -> (same)
     ENDED          (nothing)                         error                  -> ENDED
+                                                     hangup (once, only
+                                                     after the page's)      -> ENDED
 
 The call timeout is a timer input in the sans-IO style: :meth:`Session.next_deadline` says when,
 and :meth:`Session.handle_timeout` returns the ``hangup`` (code 408) to send if no ``call`` came.
@@ -85,6 +87,7 @@ class Session:
         self.ended_by: str | None = None
         """``"page"`` or ``"bridge"`` once the session is ENDED."""
         self._call_deadline: float | None = now + call_timeout
+        self._bridge_hung_up = False
         self._max_chars = max_chars
 
     # ------------------------------------------------------------------ page -> bridge
@@ -152,8 +155,10 @@ class Session:
                 self.answer_sdp = msg.sdp
                 self.state = _S.ANSWERED
             case Hangup():
-                self._require(msg, state is not _S.ENDED)
-                self._end("bridge")
+                # After the page's own hangup the bridge may confirm once, with the final code.
+                self._require(msg, not self._bridge_hung_up)
+                self._bridge_hung_up = True
+                self._end(self.ended_by or "bridge")
             case _:
                 assert_never(msg)
         return encode(msg)

@@ -145,6 +145,15 @@ def test_dtmf_before_media_is_refused() -> None:
         s.receive_text('{"type":"dtmf","digits":"1"}')
 
 
+def test_bridge_may_confirm_page_hangup_once() -> None:
+    s = session_in(S.ANSWERED)
+    s.receive(HangupRequest())
+    s.send(Hangup(200, "Bye"))
+    assert (s.state, s.ended_by) == (S.ENDED, "page")
+    with pytest.raises(LocalProtocolError, match="cannot send 'hangup' in state ended"):
+        s.send(Hangup(200, "Bye"))
+
+
 def test_bridge_hangup_ends() -> None:
     s = session_in(S.ANSWERED)
     s.send(Hangup(200, "Normal"))
