@@ -1,0 +1,430 @@
+"""SIP over UDP and TCP on Trio (RFC 3261 §18, RFC 3581): the sockets and nothing else.
+
+Theory of operation:
+
+* `SipTransport.run()` binds one UDP socket and one TCP listener on the same port (`port=0` picks a
+  free one), reports itself through `task_status`, and owns every socket for its whole life: one
+  reader task per socket, all in the transport's nursery. Closing = cancelling `run()`.
+* Inbound bytes are parsed with the core's `_untrusted` parsers. A bad datagram is dropped and
+  counted; a bad message on a TCP stream is answered 400 when its head can be read, and the
+  connection is closed (the stream is out of sync after a framing error). Every parsed message goes
+  to `inbound` (a bounded channel: signalling uses backpressure) as an `Inbound(message, source)`.
+* RFC 3581 §4 / RFC 3261 §18.2.1: a request's top Via gets `received=` when the sent-by host is not
+  the source address, and `rport=` filled with the source port when the client asked for it, so
+  that the responses built from that Via go back where the request really came from
+  (`response_address()`).
+* `send(data, dest)` sends to (host, port, transport). TCP connections are reused per destination
+  (inbound ones too: a response goes back over the connection its request arrived on, §18.2.2),
+  written under one lock each, and closed after `tcp_idle_timeout` without traffic.
+  Failures raise `TransportError`, which a UA maps to 503 (RFC 3261 §8.1.3.1).
+* `public_host`/`public_port` (what goes into Via sent-by and Contact) are separate from the bind
+  address, for a bridge behind a static NAT or bound to the wildcard.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Self
+
+import trio
+from sip.errors import SipParseError
+from sip.message import Request, Response, error_response
+from sip.parser import BadMessage, KeepAlive, StreamParser, parse_datagram_untrusted
+
+__all__ = [
+    "Address",
+    "Inbound",
+    "SipTransport",
+    "Transport",
+    "TransportError",
+    "TransportStats",
+]
+
+log = logging.getLogger("sip.transport")
+
+MAX_DATAGRAM = 65535
+DEFAULT_RCVBUF = 4 * 1024 * 1024
+
+
+class Transport(Enum):
+    """The transports of a SIP hop (the Via transport token)."""
+
+    UDP = "UDP"
+    TCP = "TCP"
+
+    @classmethod
+    def from_token(cls, token: str) -> Transport:
+        """`udp`/`UDP` -> Transport.UDP; raises ValueError for anything we do not speak."""
+        try:
+            return cls(token.upper())
+        except ValueError:
+            raise ValueError(f"unsupported SIP transport {token!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a message came from or goes to: an IP literal or host name, a port, a transport."""
+
+    host: str
+    port: int
+    transport: Transport = Transport.UDP
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport.value.lower()}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A parsed message and the address it came from."""
+
+    message: Request | Response
+    source: Address
+
+
+class TransportError(Exception):
+    """A message could not be sent (unresolvable host, refused or broken connection)."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters, for metrics and tests."""
+
+    received: int = 0
+    sent: int = 0
+    bad_datagrams: int = 0
+    bad_stream_messages: int = 0
+    keepalives: int = 0
+    send_errors: int = 0
+    tcp_accepted: int = 0
+    tcp_connected: int = 0
+    tcp_closed: int = 0
+    tcp_refused: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Conn:
+    stream: trio.SocketStream
+    peer: Address
+    last_used: float
+    lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
+    closed: bool = False
+
+
+class SipTransport:
+    """UDP + TCP SIP transport bound to `bind_host:port`; see the module docstring.
+
+    Use::
+
+        transport = SipTransport("127.0.0.1", 0)
+        await nursery.start(transport.run)      # bound; transport.port is the real port
+        await transport.send(data, Address("127.0.0.1", 5070))
+        async for inbound in transport.inbound: ...
+    """
+
+    def __init__(
+        self,
+        bind_host: str = "127.0.0.1",
+        port: int = 5060,
+        *,
+        public_host: str | None = None,
+        public_port: int | None = None,
+        udp: bool = True,
+        tcp: bool = True,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        tcp_idle_timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        max_tcp_connections: int = 512,
+        inbound_queue: int = 256,
+    ) -> None:
+        if not (udp or tcp):
+            raise ValueError("a SIP transport needs UDP or TCP")
+        self.bind_host = bind_host
+        self.port = port
+        self.public_host = public_host or bind_host
+        self._public_port = public_port
+        self.udp_enabled, self.tcp_enabled = udp, tcp
+        self.rcvbuf = rcvbuf
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.connect_timeout = connect_timeout
+        self.max_tcp_connections = max_tcp_connections
+        self.stats = TransportStats()
+        self._send_inbound, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
+        self._udp: trio.socket.SocketType | None = None
+        self._listener: trio.SocketListener | None = None
+        self._conns: dict[tuple[str, int], _Conn] = {}
+        self._connecting: dict[tuple[str, int], trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._family = trio.socket.AF_INET6 if ":" in bind_host else trio.socket.AF_INET
+        # Tests may hook outgoing datagrams (loss): return False to drop.
+        self.send_filter: Callable[[bytes, Address], bool] | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def public_port(self) -> int:
+        """The port advertised in Via/Contact (the bound port unless configured)."""
+        return self._public_port or self.port
+
+    def sent_by(self) -> str:
+        """`host:port` for Via sent-by and Contact (IPv6 in brackets)."""
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        return f"{host}:{self.public_port}"
+
+    @property
+    def default_transport(self) -> Transport:
+        return Transport.UDP if self.udp_enabled else Transport.TCP
+
+    async def run(self, *, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, start the readers, report `self` as started, and serve until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._bind()
+                if self._udp is not None:
+                    nursery.start_soon(self._udp_reader, self._udp)
+                if self._listener is not None:
+                    nursery.start_soon(self._tcp_acceptor, self._listener)
+                log.info("SIP transport on %s port %d (udp=%s tcp=%s)", self.bind_host, self.port,
+                         self.udp_enabled, self.tcp_enabled)  # fmt: skip
+                task_status.started(self)
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                with trio.CancelScope(shield=True):
+                    for conn in list(self._conns.values()):
+                        await self._close(conn)
+                    if self._listener is not None:
+                        await self._listener.aclose()
+                    if self._udp is not None:
+                        self._udp.close()
+                await self._send_inbound.aclose()
+
+    async def send(self, data: bytes, dest: Address) -> None:
+        """Send one message to `dest`; raises TransportError when it cannot be sent."""
+        if self.send_filter is not None and not self.send_filter(data, dest):
+            return
+        match dest.transport:
+            case Transport.UDP:
+                await self._send_udp(data, dest)
+            case Transport.TCP:
+                await self._send_tcp(data, dest)
+        self.stats.sent += 1
+
+    def response_address(self, request: Request, source: Address) -> Address:
+        """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581 §4)."""
+        if source.transport is Transport.TCP or "Via" not in request.headers:
+            return source  # back over the connection (or the address) it came from
+        via = request.top_via
+        host = via.received or source.host
+        if via.rport is not None:
+            return Address(host, via.rport, Transport.UDP)
+        return Address(host, via.port or 5060, Transport.UDP)
+
+    # ------------------------------------------------------------------ binding
+
+    async def _bind(self) -> None:
+        for _attempt in range(20):
+            port = self.port
+            udp = listener = None
+            try:
+                if self.udp_enabled:
+                    udp = trio.socket.socket(self._family, trio.socket.SOCK_DGRAM)
+                    udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, self.rcvbuf)
+                    await udp.bind((self.bind_host, port))
+                    port = udp.getsockname()[1]
+                if self.tcp_enabled:
+                    listeners = await trio.open_tcp_listeners(port, host=self.bind_host)
+                    listener = listeners[0]
+                    for extra in listeners[1:]:
+                        await extra.aclose()
+                    port = listener.socket.getsockname()[1]
+            except OSError as exc:
+                if udp is not None:
+                    udp.close()
+                # With port 0 the UDP port may be taken for TCP: try another.
+                if self.port == 0 and exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            self._udp, self._listener, self.port = udp, listener, port
+            return
+        raise OSError(errno.EADDRINUSE, "no free port for both UDP and TCP")
+
+    # ------------------------------------------------------------------ inbound
+
+    async def _deliver(self, message: Request | Response, source: Address) -> None:
+        if isinstance(message, Request):
+            message = _stamp_via(message, source)
+        self.stats.received += 1
+        await self._send_inbound.send(Inbound(message, source))
+
+    async def _udp_reader(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            try:
+                data, addr = await sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:  # e.g. ICMP errors reported on the socket
+                log.debug("UDP receive error: %s", exc)
+                continue
+            source = Address(addr[0], addr[1], Transport.UDP)
+            try:
+                message = parse_datagram_untrusted(data)
+            except SipParseError as exc:
+                self.stats.bad_datagrams += 1
+                log.info("dropped bad datagram from %s: %s", source, exc)
+                continue
+            if isinstance(message, KeepAlive):
+                self.stats.keepalives += 1
+                continue
+            await self._deliver(message, source)
+
+    async def _tcp_acceptor(self, listener: trio.SocketListener) -> None:
+        while True:
+            stream = await listener.accept()
+            if len(self._conns) >= self.max_tcp_connections:
+                self.stats.tcp_refused += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            peer = stream.socket.getpeername()
+            conn = _Conn(stream, Address(peer[0], peer[1], Transport.TCP), trio.current_time())
+            self._conns[(conn.peer.host, conn.peer.port)] = conn
+            self.stats.tcp_accepted += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._tcp_reader, conn)
+
+    async def _tcp_reader(self, conn: _Conn) -> None:
+        parser = StreamParser()
+        try:
+            while not conn.closed:
+                with trio.move_on_at(conn.last_used + self.tcp_idle_timeout) as idle:
+                    try:
+                        data = await conn.stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                if idle.cancelled_caught:
+                    if conn.last_used + self.tcp_idle_timeout <= trio.current_time():
+                        log.debug("closing idle connection %s", conn.peer)
+                        return
+                    continue
+                if not data:
+                    return  # EOF
+                conn.last_used = trio.current_time()
+                parser.feed(data)
+                while (event := parser.next_event()) is not None:
+                    match event:
+                        case KeepAlive(ping=ping):
+                            self.stats.keepalives += 1
+                            if ping:  # RFC 5626 §4.4.1: answer a CRLFCRLF ping with a CRLF pong
+                                await self._write(conn, b"\r\n")
+                        case BadMessage(error=error, fatal=fatal):
+                            self.stats.bad_stream_messages += 1
+                            log.info("bad message on %s: %s", conn.peer, error)
+                            reply = error_response(error)
+                            if reply is not None:
+                                await self._write(conn, bytes(reply))
+                            if fatal:
+                                return  # the stream is out of sync: close it
+                        case Request() | Response():
+                            await self._deliver(event, conn.peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            await self._close(conn)
+
+    # ------------------------------------------------------------------ outbound
+
+    async def _send_udp(self, data: bytes, dest: Address) -> None:
+        if self._udp is None:
+            raise TransportError("UDP is not enabled")
+        try:
+            await self._udp.sendto(data, (dest.host, dest.port))
+        except OSError as exc:  # includes socket.gaierror (unresolvable)
+            self.stats.send_errors += 1
+            raise TransportError(f"cannot send to {dest}: {exc}") from exc
+
+    async def _send_tcp(self, data: bytes, dest: Address) -> None:
+        conn = await self._connection(dest)
+        try:
+            await self._write(conn, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.stats.send_errors += 1
+            await self._close(conn)
+            raise TransportError(f"connection to {dest} broke: {exc}") from exc
+
+    async def _write(self, conn: _Conn, data: bytes) -> None:
+        async with conn.lock:
+            await conn.stream.send_all(data)
+        conn.last_used = trio.current_time()
+
+    async def _connection(self, dest: Address) -> _Conn:
+        key = (dest.host, dest.port)
+        while True:
+            conn = self._conns.get(key)
+            if conn is not None and not conn.closed:
+                return conn
+            pending = self._connecting.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        if self._nursery is None:
+            raise TransportError("transport is not running")
+        if len(self._conns) >= self.max_tcp_connections:
+            raise TransportError("too many TCP connections")
+        done = self._connecting[key] = trio.Event()
+        try:
+            with trio.move_on_after(self.connect_timeout) as timeout:
+                try:
+                    stream = await trio.open_tcp_stream(dest.host, dest.port)
+                except OSError as exc:
+                    self.stats.send_errors += 1
+                    raise TransportError(f"cannot connect to {dest}: {exc}") from exc
+            if timeout.cancelled_caught:
+                self.stats.send_errors += 1
+                raise TransportError(f"timed out connecting to {dest}")
+            conn = _Conn(stream, dest, trio.current_time())
+            self._conns[key] = conn
+            self.stats.tcp_connected += 1
+            self._nursery.start_soon(self._tcp_reader, conn)
+            return conn
+        finally:
+            del self._connecting[key]
+            done.set()
+
+    async def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        key = (conn.peer.host, conn.peer.port)
+        if self._conns.get(key) is conn:
+            del self._conns[key]
+        self.stats.tcp_closed += 1
+        await trio.aclose_forcefully(conn.stream)
+
+
+def _stamp_via(request: Request, source: Address) -> Request:
+    """RFC 3261 §18.2.1 `received` and RFC 3581 §4 `rport` on the request's top Via."""
+    values = request.headers.get_all("Via")
+    if not values:
+        return request
+    via = request.top_via
+    new = via
+    if _host_differs(via.host, source.host):
+        new = new.with_param("received", source.host)
+    if via.has_rport and via.rport is None:
+        # RFC 3581 §4: fill rport with the source port, and add received even if equal.
+        new = new.with_param("rport", str(source.port)).with_param("received", source.host)
+    if new is via:
+        return request
+    headers = request.headers.replace("Via", [str(new), *values[1:]])
+    return Request(request.method, request.uri, headers, request.body)
+
+
+def _host_differs(sent_by: str, source: str) -> bool:
+    try:
+        return ipaddress.ip_address(sent_by.strip("[]")) != ipaddress.ip_address(source)
+    except ValueError:
+        return True  # a host name in sent-by: always add received
