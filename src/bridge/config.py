@@ -374,6 +374,8 @@ def default_data_dir(home: Path) -> Path:
 
 def default_value_text(key: str) -> str:
     """The default of a setting as written in TOML (for --help and the config template)."""
+    if key == "data_dir":
+        return '"$HOME/.mccp-bridge"'
     value = {f.name: f.default for f in fields(Config)}.get(key)
     match value:
         case None:
@@ -389,7 +391,7 @@ def default_value_text(key: str) -> str:
         case int() | float():
             return f"{value:g}" if isinstance(value, float) else str(value)
         case _:
-            return "(see --data-dir)"
+            return repr(value)
 
 
 def _check_cross(values: Mapping[str, object], sources: Mapping[str, str]) -> None:

@@ -1,0 +1,436 @@
+"""`serve`: the bridge process. One Trio nursery holds the MCCP server, the call services and signals.
+
+Theory of operation
+-------------------
+`run_bridge(config, services=...)` loads the certificate and the extension table, opens the *services*,
+starts `mccp.server.serve_mccp` on the TLS listener, and reports a `BridgeContext` via `task_status`.
+Every WSS connection goes through `BridgeContext.handle_connection`:
+
+1. If the page was opened from `file://` (`Origin: null`) and `allow_file_origin` is off, the page gets
+   `hangup` 403 and the connection is closed.
+2. The first message must be a `call` (the MCCP server itself answers `ping` and enforces its call
+   timeout with `hangup` 408; `FIRST_MESSAGE_TIMEOUT` is a backstop).
+3. The caller is checked by `bridge.auth.Authenticator`: scrypt runs in a worker thread and the
+   throttle delay is waited. A refusal gets `hangup` 403 (wrong credentials) or 429 (locked out), the
+   connection is closed and nothing else happens.
+4. An accepted call goes to the `CallHandler` (with an `AuthenticatedCall`) inside its own cancel scope,
+   so a graceful stop can cancel calls before the listener.
+
+The seam for the per-call code is `services`: an async context manager factory
+`(BridgeContext) -> AsyncContextManager[CallHandler]`. It is entered once, before the listener starts,
+inside the bridge's nursery. It is the place to start the SIP UA, the registrar and the echo extension
+and to yield the handler that runs one call (`bridge.call`). The default, `no_call_services`, answers
+every authenticated call with `hangup` 503 "calls not available yet". It is a placeholder, not a feature.
+
+Signals (trio.open_signal_receiver): SIGHUP re-reads extensions.toml and the certificate (reloaded into
+the same SSLContext, so new connections get it). SIGTERM/SIGINT stop gracefully: new connections are
+refused with 503, live calls are cancelled, and they get `shutdown_grace` seconds for their own bounded
+clean-up before the listener and the services are cancelled, and `run_bridge` returns. A second
+SIGTERM/SIGINT during that time exits the process at once with status 128+signal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import logging
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, assert_never
+
+import trio
+from bridge.auth import Authenticator, AuthOutcome, AuthResult, Pending, ThrottlePolicy
+from bridge.certs import (
+    CertError,
+    CertInfo,
+    cert_paths,
+    ensure_certificate,
+    host_names,
+    load_into,
+    new_server_context,
+)
+from bridge.config import Config
+from bridge.extensions import ExtensionsError, load_extensions
+from mccp.messages import Call, Dtmf, Hangup, HangupRequest, Ping
+from mccp.server import MccpConnection, PageGone, serve_mccp
+
+log = logging.getLogger("bridge.app")
+
+FIRST_MESSAGE_TIMEOUT = 15.0  # seconds a new connection has to send its `call`
+CLOSE_TIMEOUT = 2.0  # bound on closing a refused connection
+AUTH_THREADS = 4  # concurrent scrypt checks (16 MiB and ~60 ms of CPU each)
+
+REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+class StartupError(Exception):
+    """The bridge cannot start (certificate, extensions, page); `str()` is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedCall:
+    """A `call` that passed authentication, handed to the `CallHandler`.
+
+    `auth.outcome` is `ACCEPTED` (a local extension, password checked here) or `UPSTREAM` (not checked
+    here: use `call.clr` / `call.pwd` to answer the upstream's digest challenge, and report a refusal
+    with `BridgeContext.upstream_rejected`).
+    """
+
+    call: Call
+    remote: tuple[str, int]
+    auth: AuthResult
+    log: logging.LoggerAdapter[logging.Logger] = field(repr=False, compare=False)
+
+    @property
+    def caller(self) -> str:
+        """The calling extension (`clr`)."""
+        return self.call.clr
+
+    @property
+    def callee(self) -> str:
+        """The called number (`cld`)."""
+        return self.call.cld
+
+
+CallHandler = Callable[[MccpConnection, AuthenticatedCall], Awaitable[None]]
+Services = Callable[["BridgeContext"], AbstractAsyncContextManager[CallHandler]]
+
+
+async def calls_unavailable(conn: MccpConnection, call: AuthenticatedCall) -> None:
+    """The placeholder call handler: `hangup` 503 "calls not available yet" (bridge.call replaces it)."""
+    call.log.info("call from %s to %s: calls not available yet (503)", call.caller, call.callee)
+    await conn.send(Hangup(503, "calls not available yet"))
+
+
+@asynccontextmanager
+async def no_call_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
+    """Services that start nothing and yield `calls_unavailable`.
+
+    The lead's replacement starts the SIP UA (sip.ua), the registrar and the echo extension
+    (`context.config.echo_extension`) in the bridge nursery here, and yields the `bridge.call` handler.
+    """
+    del context
+    yield calls_unavailable
+
+
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the connection's remote address."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"[{self.extra['remote'] if self.extra else '?'}] {msg}", kwargs
+
+
+def _hard_exit(status: int) -> NoReturn:
+    logging.shutdown()
+    os._exit(status)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def load_page() -> bytes:
+    """The MCCP web page shipped in the `mccp` package (static/lite.html)."""
+    try:
+        return importlib.resources.files("mccp").joinpath("static/lite.html").read_bytes()
+    except OSError as exc:
+        raise StartupError(
+            f"the web page mccp/static/lite.html is missing from the installation: {exc}"
+        ) from None
+
+
+def prepare_certificate(
+    config: Config, context: ssl.SSLContext, *, now: dt.datetime
+) -> tuple[CertInfo, bool]:
+    """Make sure the certificate exists (self-signed if missing) and load it into `context`.
+
+    Returns the info and whether it was generated; raises `CertError`.
+    """
+    _, generated = ensure_certificate(config.cert_dir, host_names(config.public_address), now=now)
+    cert_file, key_file = cert_paths(config.cert_dir)
+    return load_into(context, cert_file, key_file, now=now), generated
+
+
+class BridgeContext:
+    """The running bridge: config, TLS context, authenticator, bound addresses; `reload()` and `stop()`.
+
+    `run_bridge` passes it to `task_status.started()` and to the services factory.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        ssl_context: ssl.SSLContext,
+        authenticator: Authenticator,
+        *,
+        nursery: trio.Nursery,
+        force_exit: Callable[[int], object],
+    ) -> None:
+        self.config = config
+        self.ssl_context = ssl_context
+        self.authenticator = authenticator
+        self.wss_addresses: list[tuple[str, int]] = []
+        self.stopping = False
+        self._nursery = nursery
+        self._force_exit = force_exit
+        self._serve_scope = trio.CancelScope()
+        self._calls: set[trio.CancelScope] = set()
+        self._calls_ended = trio.Event()
+        self._auth_limiter = trio.CapacityLimiter(AUTH_THREADS)
+        self._call_handler: CallHandler = calls_unavailable
+
+    @property
+    def active_calls(self) -> int:
+        """Calls being handled right now."""
+        return len(self._calls)
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read extensions.toml and the certificate; on an error keep the old ones and log it."""
+        path = self.config.extensions_file
+        try:
+            table = load_extensions(path)
+        except ExtensionsError as exc:
+            log.error("reload: extensions not reloaded, keeping %d: %s", len(self.authenticator.table), exc)
+        else:
+            self.authenticator.replace_table(table)
+            log.info("reload: %d extensions loaded from %s", len(table), path)
+        cert_file, key_file = cert_paths(self.config.cert_dir)
+        try:
+            info = load_into(self.ssl_context, cert_file, key_file, now=dt.datetime.now(dt.UTC))
+        except CertError as exc:
+            log.error("reload: certificate not reloaded, keeping the old one: %s", exc)
+        else:
+            log.info("reload: certificate %s loaded, SHA-256 %s", cert_file, info.fingerprint)
+
+    def stop(self) -> None:
+        """Start a graceful stop (idempotent): refuse new calls, cancel live ones, then the listener."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: %d active call(s), grace %gs", len(self._calls), self.config.shutdown_grace)
+        self._nursery.start_soon(self._shutdown)
+
+    async def _shutdown(self) -> None:
+        for scope in list(self._calls):
+            scope.cancel()
+        if self._calls:
+            with trio.move_on_after(self.config.shutdown_grace) as grace:
+                await self._calls_ended.wait()
+            if grace.cancelled_caught:
+                log.warning("stopping: %d call(s) still ending after the grace period", len(self._calls))
+        self._serve_scope.cancel()
+
+    async def watch_signals(self) -> None:
+        """SIGHUP: reload. SIGTERM/SIGINT: graceful stop; the second one exits at once."""
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.info("%s: reloading", name)
+                    self.reload()
+                elif self.stopping:
+                    log.warning("%s again: exiting now", name)
+                    self._force_exit(128 + signum)
+                else:
+                    log.info("%s: graceful stop", name)
+                    self.stop()
+
+    def upstream_rejected(self, call: AuthenticatedCall) -> AuthResult:
+        """Count an upstream's refusal of the caller's credentials (401/403 after the digest challenge)."""
+        result = self.authenticator.record_failure(
+            source=call.remote[0], extension=call.caller, now=trio.current_time()
+        )
+        self._log_lockout(result, call.log)
+        return result
+
+    # -- connections -------------------------------------------------------------------------------
+
+    async def handle_connection(self, conn: MccpConnection) -> None:
+        """Serve one WSS connection: first `call`, authentication, then the call handler."""
+        conn_log = ConnectionLog(log, {"remote": _format_address(*conn.remote[:2])})
+        try:
+            await self._handle(conn, conn_log)
+        except PageGone:
+            conn_log.info("page gone")
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await conn.aclose()
+
+    async def _refuse(self, conn: MccpConnection, code: int, reason: str) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await conn.send(Hangup(code, reason))
+
+    async def _handle(self, conn: MccpConnection, conn_log: ConnectionLog) -> None:
+        if self.stopping:
+            conn_log.info("refused: the bridge is stopping")
+            await self._refuse(conn, 503, "bridge is shutting down")
+            return
+        if conn.origin == "null" and not self.config.allow_file_origin:
+            conn_log.info("refused: page opened from file:// and allow_file_origin is off")
+            await self._refuse(conn, 403, "pages opened from file:// are not allowed")
+            return
+        call = await self._first_call(conn, conn_log)
+        if call is None:
+            return
+        result = await self._authenticate(conn.remote[0], call)
+        if result.delay:
+            await trio.sleep(result.delay)
+        self._log_lockout(result, conn_log)
+        code = result.mccp_code
+        if code is not None:
+            conn_log.info("call from %s to %s refused: %d %s", call.clr, call.cld, code, result.outcome.value)
+            await self._refuse(conn, code, REASONS[code])
+            return
+        mode = "upstream" if result.outcome is AuthOutcome.UPSTREAM else "local"
+        conn_log.info("call from %s to %s authenticated (%s)", call.clr, call.cld, mode)
+        accepted = AuthenticatedCall(call, (conn.remote[0], conn.remote[1]), result, conn_log)
+        with trio.CancelScope() as scope:
+            self._calls.add(scope)
+            try:
+                await self._call_handler(conn, accepted)
+            finally:
+                self._calls.discard(scope)
+                if not self._calls:
+                    self._calls_ended.set()
+                    self._calls_ended = trio.Event()
+
+    async def _first_call(self, conn: MccpConnection, conn_log: ConnectionLog) -> Call | None:
+        with trio.move_on_after(FIRST_MESSAGE_TIMEOUT):
+            while True:
+                message = await conn.receive()
+                match message:
+                    case Call():
+                        return message
+                    case HangupRequest():
+                        conn_log.info("page hung up before calling")
+                        return None
+                    case Dtmf() | Ping():
+                        continue  # the server answers these itself before a call
+                    case _:
+                        assert_never(message)
+        conn_log.info("no call message within %gs", FIRST_MESSAGE_TIMEOUT)
+        return None
+
+    async def _authenticate(self, source: str, call: Call) -> AuthResult:
+        admitted = self.authenticator.admit(source=source, extension=call.clr, now=trio.current_time())
+        if isinstance(admitted, AuthResult):
+            return admitted
+        pending: Pending = admitted
+        ok = await trio.to_thread.run_sync(pending.verify, call.pwd, limiter=self._auth_limiter)
+        return self.authenticator.conclude(pending, ok, now=trio.current_time())
+
+    def _log_lockout(self, result: AuthResult, conn_log: logging.LoggerAdapter[logging.Logger]) -> None:
+        for key in result.lockout_started:
+            conn_log.warning(
+                "locked out %s for %gs after %d failed logins",
+                key,
+                self.authenticator.policy.lockout,
+                self.authenticator.policy.lockout_failures,
+            )
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    async def serve(
+        self, services: Services, page: bytes, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the services, start the listener, log `start WSS service`, run until stopped."""
+        with self._serve_scope:
+            async with services(self) as handler, trio.open_nursery() as nursery:
+                self._call_handler = handler
+                bound: list[tuple[str, int]] = await nursery.start(
+                    _serve_mccp_task, self.handle_connection, self.config, self.ssl_context, page
+                )
+                self.wss_addresses = [(host, port) for host, port, *_ in bound]
+                for host, port in self.wss_addresses:
+                    address = _format_address(host, port)
+                    log.info(
+                        "start WSS service on wss://%s/mccp (page https://%s/lite.html)", address, address
+                    )
+                task_status.started()
+
+
+async def _serve_mccp_task(
+    handler: Callable[[MccpConnection], Awaitable[None]],
+    config: Config,
+    ssl_context: ssl.SSLContext,
+    page: bytes,
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_mccp(
+        handler,
+        host=config.listen,
+        port=config.wss_port,
+        ssl_context=ssl_context,
+        page=page,
+        task_status=task_status,
+    )
+
+
+async def run_bridge(
+    config: Config,
+    *,
+    services: Services = no_call_services,
+    handle_signals: bool = True,
+    force_exit: Callable[[int], object] = _hard_exit,
+    task_status: trio.TaskStatus[BridgeContext] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the bridge until stopped (SIGTERM/SIGINT, or `BridgeContext.stop()`), then return.
+
+    Raises `StartupError` (certificate, extensions, page) before anything listens; `OSError` if the
+    port cannot be bound. `task_status.started(context)` once the listener is up and logged.
+    """
+    page = load_page()
+    ssl_context = new_server_context()
+    try:
+        info, generated = prepare_certificate(config, ssl_context, now=dt.datetime.now(dt.UTC))
+    except CertError as exc:
+        raise StartupError(f"certificate error: {exc}") from None
+    if generated:
+        log.info(
+            "created a self-signed certificate %s for %s, SHA-256 %s; to use a real one, put its chain in "
+            "server.crt and its key in server.key there, or run `mccp-bridge cert --force` to renew",
+            info.cert_file,
+            ", ".join(info.names),
+            info.fingerprint,
+        )
+    else:
+        log.info(
+            "certificate %s loaded, SHA-256 %s, valid until %s",
+            info.cert_file,
+            info.fingerprint,
+            info.not_after,
+        )
+    try:
+        table = load_extensions(config.extensions_file)
+    except ExtensionsError as exc:
+        raise StartupError(f"config error: {exc}") from None
+    authenticator = Authenticator(
+        table,
+        policy=ThrottlePolicy.from_config(config),
+        realm=config.realm,
+        upstream=config.upstream is not None,
+    )
+    if config.upstream is not None:
+        log.info("upstream %s: passwords are checked by its digest challenge", config.upstream.uri())
+    log.info("%d extensions loaded from %s", len(table), config.extensions_file)
+    async with trio.open_nursery() as nursery:
+        context = BridgeContext(config, ssl_context, authenticator, nursery=nursery, force_exit=force_exit)
+        if handle_signals:
+            nursery.start_soon(context.watch_signals)
+
+        async def serve_until_stopped(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                await context.serve(services, page, task_status=task_status)
+            finally:
+                nursery.cancel_scope.cancel()  # the signal watcher
+
+        await nursery.start(serve_until_stopped)
+        task_status.started(context)
+    log.info("stopped")
