@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from importlib import resources
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import assert_never
@@ -301,6 +302,11 @@ class MccpConnection:
                 return
 
 
+def load_page() -> bytes:
+    """The bundled web page, ``static/lite.html`` (pass it as ``serve_mccp(page=...)``)."""
+    return resources.files("mccp").joinpath("static/lite.html").read_bytes()
+
+
 def _close_text(reason: trio_websocket.CloseReason | None) -> str:
     if reason is None:
         return "closed"
@@ -520,5 +526,6 @@ __all__ = [
     "PageGone",
     "ServerLimits",
     "ServerStats",
+    "load_page",
     "serve_mccp",
 ]
