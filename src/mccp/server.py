@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from importlib import resources
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import assert_never
 
 import h11
