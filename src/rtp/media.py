@@ -1,0 +1,443 @@
+"""The per-call media plane on Trio: ICE-lite + DTLS-SRTP towards the browser, RTP/RTCP to SIP.
+
+This is the Trio edge of `rtp`: it owns the call's three UDP sockets and runs the pure cores
+(`ice_lite`, `dtls`, `demux`, `srtp`, `relay`) on the datagrams it reads. Nothing else here
+knows a protocol.
+
+API (what `bridge.call` composes into the call nursery)
+-----------------------------------------------------
+
+    media = MediaSession(browser_sock=..., sip_rtp_sock=..., sip_rtcp_sock=...,
+                         ice=IceLiteAgent(...), dtls=DtlsEndpoint(...))
+    try:
+        async with trio.open_nursery() as call:
+            await call.start(media.run_ice_dtls)    # returns once DTLS is connected (keys ready)
+            call.start_soon(media.run_relay)
+            ...                                      # later, from the SIP dialog task:
+            media.set_sip_remote(SipRemote(...))    # 183 or 200: codec map + remote address
+    finally:
+        media.close()                               # close_notify, descriptors released
+
+Tasks and sockets (STYLE.md 2.3): each socket has exactly one reader. `run_ice_dtls` reads the
+browser port for the whole call: it classifies each datagram (RFC 7983), answers STUN inline,
+feeds DTLS under the endpoint's retransmission deadline, and relays SRTP/SRTCP to the SIP leg
+inline (unprotect, rewrite, send). `run_relay` reads the SIP leg's RTP and RTCP sockets (one
+task each) and sends SRTP/SRTCP to the browser's nominated address. Readers wait with
+`trio.lowlevel.wait_readable` and then drain with non-blocking `recvfrom_into` into one buffer
+(the perf recipe); sends are non-blocking `sendto`, and a full socket buffer drops (counted).
+
+Ending: `run_ice_dtls` raises `MediaEnded` when ICE+DTLS do not complete within
+`handshake_timeout`, when DTLS fails (including a fingerprint mismatch), when the peer closes
+DTLS, when ICE consent expires (RFC 7675: 30 s without a valid check), or when the browser sends
+no media for `media_timeout` seconds once connected. Bad packets never end a task: they are
+dropped and counted in `stats()`.
+
+Time: `now` for the pure cores is `trio.current_time()`. The DTLS retransmission timer runs on
+that clock too (see `rtp.dtls`: OpenSSL's own timer reads the wall clock, so it is not used).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+from rtp.demux import DemuxCounters, PacketKind, classify
+from rtp.dtls import DtlsCounters, DtlsEndpoint, DtlsRole, DtlsState
+from rtp.ice_lite import IceCounters, IceLiteAgent
+from rtp.relay import CodecMap, LegCounters, Relay
+from rtp.srtp import SrtpRx, SrtpTx, keys_from_dtls
+from rtp.stun import Address
+
+__all__ = [
+    "EdgeCounters",
+    "MediaEnded",
+    "MediaSession",
+    "MediaStats",
+    "SipRemote",
+]
+
+log = logging.getLogger(__name__)
+
+BUFSIZE = 2048
+DRAIN_CAP = 256  # datagrams per wakeup before yielding to other tasks
+RCVBUF = 1 << 20  # SO_RCVBUF: the default 208 KiB holds only ~256 packets (perf recipe)
+HANDSHAKE_TIMEOUT = 20.0
+MEDIA_TIMEOUT = 30.0
+EMPTY_CODEC_MAP = CodecMap(to_sip={}, to_browser={})
+
+
+class MediaEnded(Exception):
+    """The media plane ended the call: `reason` for logs and the MCCP hangup, `code` SIP-like
+    (408 for a timeout or lost consent, 488 for a DTLS failure, 487 when the peer closed)."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(f"{code} {reason}")
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class SipRemote:
+    """Where the SIP side's media goes, and which payload types map to which (from its SDP)."""
+
+    rtp: Address
+    rtcp: Address
+    codec_map: CodecMap
+
+
+@dataclass(slots=True)
+class EdgeCounters:
+    """Drops decided by the edge (it knows the source addresses and the sockets)."""
+
+    not_validated: int = 0  # DTLS/SRTP from an address that passed no ICE check
+    before_keys: int = 0  # SRTP before the DTLS handshake completed
+    no_browser_address: int = 0  # SIP media before the browser's address is known
+    unknown_source: int = 0  # SIP media from an address other than the answer's (once latched)
+    no_sip_address: int = 0  # browser media before the SIP answer
+    send_failed: int = 0  # sendto raised (full buffer, ICMP unreachable)
+    latched: int = 0  # symmetric RTP: the SIP source differed from its SDP address
+
+
+@dataclass(frozen=True, slots=True)
+class MediaStats:
+    """A snapshot of every counter of the call's media plane."""
+
+    demux: DemuxCounters
+    ice: IceCounters
+    dtls: DtlsCounters
+    to_sip: LegCounters
+    to_browser: LegCounters
+    edge: EdgeCounters
+    dtls_state: DtlsState
+    selected: Address | None
+
+
+class _Socket(Protocol):
+    def fileno(self) -> int: ...
+
+
+def _raw_socket(sock: _Socket) -> socket.socket:
+    """A non-blocking stdlib socket on a duplicate of `sock`'s descriptor (the perf recipe's
+    drain loop needs synchronous `recvfrom_into`); the caller keeps ownership of `sock`."""
+    raw = socket.socket(fileno=os.dup(sock.fileno()))
+    raw.setblocking(False)
+    with suppress(OSError):
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    return raw
+
+
+def _addr(raw: Any) -> Address:
+    # IPv6 sources come as (host, port, flowinfo, scope_id); the agents key on (host, port).
+    return (str(raw[0]), int(raw[1]))
+
+
+class MediaSession:
+    """One call's media plane (see the module docstring for the task and socket rules).
+
+    Built by `open_media`, or directly from bound sockets: `browser_sock` (ICE/DTLS/SRTP, rtcp-mux),
+    `sip_rtp_sock` and `sip_rtcp_sock` (the SIP leg's pair). `ice` holds the ICE credentials,
+    `dtls` the certificate, role and the browser's fingerprint.
+    """
+
+    def __init__(
+        self,
+        *,
+        browser_sock: _Socket,
+        sip_rtp_sock: _Socket,
+        sip_rtcp_sock: _Socket,
+        ice: IceLiteAgent,
+        dtls: DtlsEndpoint,
+        relay: Relay | None = None,
+        browser_answer: str = "",
+        sip_offer: str = "",
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        media_timeout: float | None = MEDIA_TIMEOUT,
+        sip_answer_parser: Callable[[str], SipRemote] | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        self.ice = ice
+        self.dtls = dtls
+        self.relay = relay or Relay(
+            EMPTY_CODEC_MAP,
+            ssrc=int.from_bytes(secrets.token_bytes(4), "big"),
+            initial_sequence=secrets.randbelow(1 << 16),
+            initial_timestamp=int.from_bytes(secrets.token_bytes(4), "big"),
+        )
+        self.browser_answer = browser_answer
+        self.sip_offer = sip_offer
+        self.handshake_timeout = handshake_timeout
+        self.media_timeout = media_timeout
+        self.demux = DemuxCounters()
+        self.edge = EdgeCounters()
+        self.log = logger or log
+        self._sip_answer_parser = sip_answer_parser
+        self._browser = _raw_socket(browser_sock)
+        self._sip_rtp = _raw_socket(sip_rtp_sock)
+        self._sip_rtcp = _raw_socket(sip_rtcp_sock)
+        self._sip: SipRemote | None = None
+        self._sip_latched = False
+        self._sip_rtcp_latched = False
+        self._dtls_peer: Address | None = None
+        self._last_validated: Address | None = None
+        self._last_browser_media: float | None = None
+        self._keys_ready = trio.Event()
+        self._closed = False
+
+    # --- control (called from other tasks of the call) -------------------------------------
+
+    def set_sip_remote(self, remote: SipRemote) -> None:
+        """Point the SIP leg at `remote` and install its codec map (early media starts now)."""
+        if self._sip is None or remote.rtp != self._sip.rtp:
+            self._sip_latched = self._sip_rtcp_latched = False
+        self._sip = remote
+        self.relay.set_codec_map(remote.codec_map)
+
+    def set_sip_answer(self, sdp: str) -> None:
+        """Apply the SIP side's SDP answer (183 or 200): remote address and codec map."""
+        if self._sip_answer_parser is None:
+            raise RuntimeError("this MediaSession was built without an SDP answer parser")
+        self.set_sip_remote(self._sip_answer_parser(sdp))
+
+    @property
+    def keys_ready(self) -> bool:
+        """True once DTLS has connected and SRTP is keyed."""
+        return self._keys_ready.is_set()
+
+    @property
+    def browser_address(self) -> Address | None:
+        """Where media to the browser goes: the nominated pair, else the last validated one."""
+        return self.ice.selected or self._last_validated
+
+    def stats(self) -> MediaStats:
+        """Every counter of the call's media plane."""
+        return MediaStats(
+            demux=self.demux,
+            ice=self.ice.counters,
+            dtls=self.dtls.counters,
+            to_sip=self.relay.to_sip,
+            to_browser=self.relay.to_browser,
+            edge=self.edge,
+            dtls_state=self.dtls.state,
+            selected=self.ice.selected,
+        )
+
+    def close(self) -> None:
+        """Send DTLS close_notify (best effort) and close our socket descriptors. Idempotent;
+        call it after the media tasks have ended (`open_media` does)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.dtls.close()
+        dest = self._dtls_peer or self.browser_address
+        for datagram in self.dtls.outgoing():
+            if dest is not None:
+                self._send(self._browser, datagram, dest)
+        for raw in (self._browser, self._sip_rtp, self._sip_rtcp):
+            raw.close()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _send(self, raw: socket.socket, data: bytes | bytearray, dest: Address) -> None:
+        try:
+            raw.sendto(data, dest)
+        except OSError:  # BlockingIOError (full buffer), ECONNREFUSED from an ICMP error...
+            self.edge.send_failed += 1
+
+    def _flush_dtls(self) -> None:
+        dest = self._dtls_peer or self.browser_address
+        for datagram in self.dtls.outgoing():
+            if dest is None:
+                break
+            self._send(self._browser, datagram, dest)
+
+    def _deadline(self, started_at: float) -> float:
+        deadlines = [trio.current_time() + 3600.0]
+        if not self.keys_ready:
+            deadlines.append(started_at + self.handshake_timeout)
+        dtls_deadline = self.dtls.next_deadline()
+        if dtls_deadline is not None:
+            deadlines.append(dtls_deadline)
+        consent = self.ice.consent_expires_at
+        if consent is not None:
+            deadlines.append(consent)
+        if self.keys_ready and self.media_timeout is not None and self._last_browser_media is not None:
+            deadlines.append(self._last_browser_media + self.media_timeout)
+        return min(deadlines)
+
+    def _check_end(self, now: float, started_at: float) -> None:
+        match self.dtls.state:
+            case DtlsState.FAILED:
+                raise MediaEnded(self.dtls.failure_reason or "DTLS failed", 488)
+            case DtlsState.CLOSED:
+                raise MediaEnded(self.dtls.failure_reason or "DTLS closed", 487)
+            case DtlsState.HANDSHAKING | DtlsState.CONNECTED:
+                pass
+        if not self.keys_ready and now >= started_at + self.handshake_timeout:
+            what = "ICE" if self.browser_address is None else "DTLS"
+            raise MediaEnded(f"{what} did not complete within {self.handshake_timeout:g} s", 408)
+        if self.ice.consent_expired(now):
+            raise MediaEnded("ICE consent expired (RFC 7675)", 408)
+        if (
+            self.keys_ready
+            and self.media_timeout is not None
+            and self._last_browser_media is not None
+            and now >= self._last_browser_media + self.media_timeout
+        ):
+            raise MediaEnded(f"no media from the browser for {self.media_timeout:g} s", 408)
+
+    def _start_srtp(self) -> None:
+        profile = self.dtls.srtp_profile
+        tx, rx = keys_from_dtls(profile, self.dtls.keying_material(), self.dtls.is_client)
+        self.relay.start_srtp(SrtpTx(profile, tx), SrtpRx(profile, rx))
+        self._last_browser_media = trio.current_time()
+        self._keys_ready.set()
+        self.log.info("DTLS connected (%s), SRTP keyed", profile.name)
+
+    # --- the browser port -------------------------------------------------------------------
+
+    async def run_ice_dtls(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the browser port for the whole call (STUN, DTLS, SRTP, SRTCP).
+
+        Calls `task_status.started()` once DTLS is connected and SRTP is keyed; raises
+        `MediaEnded` when the media plane must end the call. Never returns otherwise.
+        """
+        raw = self._browser
+        buf = bytearray(BUFSIZE)
+        view = memoryview(buf)
+        started_at = trio.current_time()
+        reported = False
+        while True:
+            with trio.move_on_at(self._deadline(started_at)):
+                await trio.lowlevel.wait_readable(raw)
+            now = trio.current_time()
+            for _ in range(DRAIN_CAP):
+                try:
+                    n, src = raw.recvfrom_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # e.g. ECONNREFUSED queued by an ICMP error: not a datagram
+                    continue
+                self._on_browser_datagram(view[:n], _addr(src), now)
+            self.dtls.handle_timeout(now)
+            self._flush_dtls()
+            if not reported and self.dtls.state is DtlsState.CONNECTED:
+                self._start_srtp()
+                task_status.started()
+                reported = True
+            self._check_end(now, started_at)
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _on_browser_datagram(self, data: memoryview, src: Address, now: float) -> None:
+        kind = classify(data)
+        self.demux.count(kind)
+        match kind:
+            case PacketKind.STUN:
+                reply = self.ice.handle_stun_untrusted(bytes(data), src, now)
+                if reply is not None:
+                    self._send(self._browser, reply, src)
+                if self.ice.is_validated(src):
+                    self._last_validated = src
+                    if self.dtls.role is DtlsRole.CLIENT and self._dtls_peer is None:
+                        self._dtls_peer = src
+                        self.dtls.start(now)
+            case PacketKind.DTLS:
+                if not self.ice.is_validated(src):
+                    self.edge.not_validated += 1
+                    return
+                if self.dtls.role is DtlsRole.SERVER:
+                    self._dtls_peer = src
+                self.dtls.feed_untrusted(bytes(data), now)
+            case PacketKind.RTP | PacketKind.RTCP:
+                if not self.ice.is_validated(src):
+                    self.edge.not_validated += 1
+                    return
+                if not self.keys_ready:
+                    self.edge.before_keys += 1
+                    return
+                self._last_browser_media = now
+                out = self.relay.browser_packet(bytes(data), now)
+                if out is None:
+                    return
+                sip = self._sip
+                if sip is None:
+                    self.edge.no_sip_address += 1
+                    return
+                is_rtcp, datagram = out
+                if is_rtcp:
+                    self._send(self._sip_rtcp, datagram, sip.rtcp)
+                else:
+                    self._send(self._sip_rtp, datagram, sip.rtp)
+            case PacketKind.UNKNOWN:
+                pass
+
+    # --- the SIP leg ------------------------------------------------------------------------
+
+    async def run_relay(self) -> None:
+        """Read the SIP leg's RTP and RTCP sockets for the whole call; SRTP/SRTCP to the browser.
+
+        Symmetric RTP (RFC 4961): after each new SIP answer, the first packet's source becomes
+        the SIP side's address if it differs from its SDP (NAT, a PBX sending from another port);
+        afterwards packets from other sources are dropped. Never returns; never raises on input.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sip_reader, self._sip_rtp, False)
+            nursery.start_soon(self._sip_reader, self._sip_rtcp, True)
+
+    async def _sip_reader(self, raw: socket.socket, rtcp: bool) -> None:
+        buf = bytearray(BUFSIZE)
+        view = memoryview(buf)
+        relay = self.relay
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            now = trio.current_time()
+            for _ in range(DRAIN_CAP):
+                try:
+                    n, src_raw = raw.recvfrom_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                src = _addr(src_raw)
+                if not self._accept_sip_source(src, rtcp):
+                    continue
+                dest = self.browser_address
+                if dest is None:
+                    self.edge.no_browser_address += 1
+                    continue
+                out = relay.sip_rtcp(view[:n], now) if rtcp else relay.sip_rtp(view[:n], now)
+                if out is not None:
+                    self._send(self._browser, out, dest)
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _accept_sip_source(self, src: Address, rtcp: bool) -> bool:
+        sip = self._sip
+        if sip is None:
+            self.edge.no_sip_address += 1
+            return False
+        expected = sip.rtcp if rtcp else sip.rtp
+        if src == expected:
+            if rtcp:
+                self._sip_rtcp_latched = True
+            else:
+                self._sip_latched = True
+            return True
+        latched = self._sip_rtcp_latched if rtcp else self._sip_latched
+        if latched:
+            self.edge.unknown_source += 1
+            return False
+        # RFC 4961 symmetric RTP: latch onto the real source once.
+        self.edge.latched += 1
+        if rtcp:
+            self._sip_rtcp_latched = True
+            self._sip = SipRemote(sip.rtp, src, sip.codec_map)
+        else:
+            self._sip_latched = True
+            self._sip = SipRemote(src, sip.rtcp, sip.codec_map)
+        return True

@@ -1,0 +1,300 @@
+"""rtp.media over loopback: a browser stand-in built from our own pure objects (an ICE
+controlling check sender + a DTLS client + SRTP) and a plain-RTP peer socket as the SIP side."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+import trio
+from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
+from rtp.ice_lite import IceLiteAgent
+from rtp.media import MediaEnded, MediaSession, SipRemote
+from rtp.relay import CodecMap, PtRoute
+from rtp.srtp import SrtpRx, SrtpTx, keys_from_dtls
+from rtp.stun import StunClass, binding_request, parse_stun_untrusted
+
+BRIDGE_CERT = DtlsCertificate.generate("bridge")
+BROWSER_CERT = DtlsCertificate.generate("browser")
+LUFRAG, LPWD = "brdg", "bridgepasswordbridgepw1"
+RUFRAG, RPWD = "brws", "browserpasswordbrowser2"
+PCMU = CodecMap(to_sip={0: PtRoute(0)}, to_browser={0: PtRoute(0)})
+
+
+def rtp(seq: int, ts: int, ssrc: int, payload: bytes, pt: int = 0) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
+
+
+async def udp() -> trio.socket.SocketType:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class FakeBrowser:
+    """A controlling ICE agent (checks only) + DTLS client + SRTP, on one loopback socket."""
+
+    sock: trio.socket.SocketType
+    bridge: tuple[str, int]
+    dtls: DtlsEndpoint
+    tx: SrtpTx | None = None
+    rx: SrtpRx | None = None
+    received: list[bytes] = field(default_factory=list)
+    stun_replies: list[int] = field(default_factory=list)
+
+    async def check(self, use_candidate: bool = True, pwd: str = LPWD) -> None:
+        req = binding_request(
+            os.urandom(12),
+            username=f"{LUFRAG}:{RUFRAG}",
+            key=pwd.encode(),
+            priority=1,
+            ice_controlling=42,
+            use_candidate=use_candidate,
+        )
+        await self.sock.sendto(req, self.bridge)
+
+    async def flush(self) -> None:
+        for d in self.dtls.outgoing():
+            await self.sock.sendto(d, self.bridge)
+
+    async def run(self) -> None:
+        """Receive forever: STUN replies, DTLS records (until connected), SRTP."""
+        while True:
+            with trio.move_on_at(self.dtls.next_deadline() or trio.current_time() + 0.2):
+                data, _ = await self.sock.recvfrom(2048)
+                if data[0] < 4:
+                    msg = parse_stun_untrusted(data)
+                    assert msg.cls in (StunClass.SUCCESS, StunClass.ERROR)
+                    self.stun_replies.append(msg.error_code or 200)
+                elif 20 <= data[0] < 64:
+                    self.dtls.feed_untrusted(data, trio.current_time())
+                elif self.rx is not None:
+                    self.received.append(self.rx.unprotect(data))
+            self.dtls.handle_timeout(trio.current_time())
+            await self.flush()
+            if self.dtls.state is DtlsState.CONNECTED and self.tx is None:
+                profile = self.dtls.srtp_profile
+                tx, rx = keys_from_dtls(profile, self.dtls.keying_material(), True)
+                self.tx, self.rx = SrtpTx(profile, tx), SrtpRx(profile, rx)
+
+
+@dataclass
+class Rig:
+    media: MediaSession
+    browser: FakeBrowser
+    phone: trio.socket.SocketType
+    phone_rtcp: trio.socket.SocketType
+    sip_rtp_port: int
+    sip_rtcp_port: int
+
+
+@asynccontextmanager
+async def rig(
+    *, browser_expects: str | None = None, bridge_expects: str | None = None, **kwargs: object
+) -> AsyncIterator[Rig]:
+    bsock, srtp_sock, srtcp_sock = await udp(), await udp(), await udp()
+    browser_sock, phone, phone_rtcp = await udp(), await udp(), await udp()
+    with bsock, srtp_sock, srtcp_sock, browser_sock, phone, phone_rtcp:
+        media = MediaSession(
+            browser_sock=bsock,
+            sip_rtp_sock=srtp_sock,
+            sip_rtcp_sock=srtcp_sock,
+            ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG, RPWD),
+            dtls=DtlsEndpoint(
+                DtlsRole.SERVER, BRIDGE_CERT, ("sha-256", bridge_expects or BROWSER_CERT.fingerprint_sha256)
+            ),
+            **kwargs,  # type: ignore[arg-type]
+        )
+        browser = FakeBrowser(
+            browser_sock,
+            bsock.getsockname(),
+            DtlsEndpoint(
+                DtlsRole.CLIENT, BROWSER_CERT, ("sha-256", browser_expects or BRIDGE_CERT.fingerprint_sha256)
+            ),
+        )
+        try:
+            yield Rig(
+                media, browser, phone, phone_rtcp, srtp_sock.getsockname()[1], srtcp_sock.getsockname()[1]
+            )
+        finally:
+            media.close()
+
+
+async def connect(r: Rig, nursery: trio.Nursery) -> None:
+    nursery.start_soon(r.browser.run)
+    await r.browser.check()
+    r.browser.dtls.start(trio.current_time())
+    await r.browser.flush()
+    await nursery.start(r.media.run_ice_dtls)
+    nursery.start_soon(r.media.run_relay)
+    while r.browser.tx is None:
+        await trio.sleep(0.01)
+
+
+async def test_ice_dtls_and_srtp_both_ways() -> None:
+    with trio.fail_after(10):
+        async with rig() as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            assert r.media.keys_ready
+            assert r.media.ice.selected == r.browser.sock.getsockname()
+            assert r.browser.stun_replies == [200]
+            phone_addr = r.phone.getsockname()
+            r.media.set_sip_remote(SipRemote(phone_addr, r.phone_rtcp.getsockname(), PCMU))
+            # browser -> SIP: SRTP in, plain RTP out at the phone
+            assert r.browser.tx is not None
+            for i in range(5):
+                await r.browser.sock.sendto(
+                    r.browser.tx.protect(rtp(100 + i, 160 * i, 0x1111, bytes([i]) * 160)), r.browser.bridge
+                )
+            for i in range(5):
+                data, src = await r.phone.recvfrom(2048)
+                assert data == rtp(100 + i, 160 * i, 0x1111, bytes([i]) * 160)
+                assert src[1] == r.sip_rtp_port
+            # SIP -> browser: plain RTP in, SRTP out (SSRC rewritten to the bridge's own)
+            for i in range(5):
+                await r.phone.sendto(
+                    rtp(7 + i, 1000 + 160 * i, 0x2222, bytes([0x55]) * 160), ("127.0.0.1", r.sip_rtp_port)
+                )
+            while len(r.browser.received) < 5:
+                await trio.sleep(0.01)
+            ssrcs = {struct.unpack_from("!I", p, 8)[0] for p in r.browser.received}
+            assert ssrcs == {r.media.relay.ssrc}
+            assert all(p[12:] == bytes([0x55]) * 160 for p in r.browser.received)
+            seqs = [struct.unpack_from("!H", p, 2)[0] for p in r.browser.received]
+            assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(5)]
+            stats = r.media.stats()
+            assert stats.to_sip.packets == 5
+            assert stats.to_browser.packets == 5
+            assert stats.dtls_state is DtlsState.CONNECTED
+            nursery.cancel_scope.cancel()
+
+
+async def test_bad_packets_are_dropped_and_counted() -> None:
+    with trio.fail_after(10):
+        async with rig() as r, trio.open_nursery() as nursery:
+            stranger = await udp()
+            with stranger:
+                # before any check: DTLS and RTP from unvalidated addresses are dropped
+                await stranger.sendto(b"\x16\xfe\xfd" + bytes(10), r.browser.bridge)
+                await stranger.sendto(rtp(1, 1, 1, b"x"), r.browser.bridge)
+                await stranger.sendto(b"\x05garbage", r.browser.bridge)
+                await stranger.sendto(b"\x00\x01\x00\x00junkjunkjunkjunk", r.browser.bridge)
+                await connect(r, nursery)
+                await r.browser.check(pwd="x" * 22)  # wrong password -> 401
+                r.media.set_sip_remote(SipRemote(r.phone.getsockname(), r.phone_rtcp.getsockname(), PCMU))
+                assert r.browser.tx is not None
+                good = r.browser.tx.protect(rtp(5, 800, 0x1111, b"\x01" * 160))
+                tampered = bytearray(r.browser.tx.protect(rtp(6, 960, 0x1111, b"\x01" * 160)))
+                tampered[20] ^= 1
+                await r.browser.sock.sendto(good, r.browser.bridge)
+                await r.browser.sock.sendto(good, r.browser.bridge)  # replay
+                await r.browser.sock.sendto(bytes(tampered), r.browser.bridge)  # auth failure
+                await r.browser.sock.sendto(b"\x80", r.browser.bridge)  # one byte: not even RTP
+                await r.browser.sock.sendto(b"\x80\x00\x00", r.browser.bridge)  # truncated RTP
+                # SIP side: a stranger after the phone latched, and garbage from the phone
+                await r.phone.sendto(rtp(1, 1, 0x2222, b"\x00" * 160), ("127.0.0.1", r.sip_rtp_port))
+                await r.phone.sendto(b"\x00\x01", ("127.0.0.1", r.sip_rtp_port))
+                await stranger.sendto(rtp(2, 161, 0x3333, b"\x00" * 160), ("127.0.0.1", r.sip_rtp_port))
+                data, _ = await r.phone.recvfrom(2048)
+                assert data == rtp(5, 800, 0x1111, b"\x01" * 160)
+                with trio.move_on_after(0.3):
+                    await r.phone.recvfrom(2048)
+                    pytest.fail("a bad packet went through")
+                stats = r.media.stats()
+                assert stats.edge.not_validated == 2
+                assert stats.demux.unknown == 2
+                assert stats.ice.malformed == 1
+                assert stats.ice.bad_integrity == 1
+                assert stats.to_sip.packets == 1
+                assert stats.to_sip.dropped_total == 3
+                assert stats.edge.unknown_source == 1
+                assert stats.to_browser.dropped_total == 1
+                assert 401 in r.browser.stun_replies
+                nursery.cancel_scope.cancel()
+
+
+async def test_symmetric_rtp_latches_on_the_real_source() -> None:
+    with trio.fail_after(10):
+        async with rig() as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            # the SDP says port 9, the phone really sends from its own socket
+            r.media.set_sip_remote(SipRemote(("127.0.0.1", 9), ("127.0.0.1", 10), PCMU))
+            await r.phone.sendto(rtp(1, 0, 0x2222, b"\x00" * 160), ("127.0.0.1", r.sip_rtp_port))
+            while not r.browser.received:
+                await trio.sleep(0.01)
+            assert r.browser.tx is not None
+            await r.browser.sock.sendto(r.browser.tx.protect(rtp(1, 0, 1, b"\x02" * 160)), r.browser.bridge)
+            data, _ = await r.phone.recvfrom(2048)
+            assert data[12:] == b"\x02" * 160
+            assert r.media.stats().edge.latched == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_fingerprint_mismatch_ends_media() -> None:
+    with trio.fail_after(10):
+        async with rig(bridge_expects=DtlsCertificate.generate().fingerprint_sha256) as r:
+            with pytest.RaisesGroup(pytest.RaisesExc(MediaEnded, match="fingerprint mismatch")):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(r.browser.run)
+                    await r.browser.check()
+                    r.browser.dtls.start(trio.current_time())
+                    await r.browser.flush()
+                    await r.media.run_ice_dtls()
+
+
+async def test_handshake_timeout_without_browser(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with rig(handshake_timeout=5.0) as r:
+            start = trio.current_time()
+            with pytest.raises(MediaEnded, match="ICE did not complete") as info:
+                await r.media.run_ice_dtls()
+            assert info.value.code == 408
+            assert trio.current_time() - start == pytest.approx(5.0)
+
+
+async def test_consent_expires_without_checks(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with rig(media_timeout=None) as r:
+            with pytest.RaisesGroup(pytest.RaisesExc(MediaEnded, match="consent")):
+                async with trio.open_nursery() as nursery:
+                    await connect(r, nursery)
+                    connected = trio.current_time()
+            assert trio.current_time() - connected == pytest.approx(30.0, abs=0.5)
+
+
+async def test_no_media_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with rig(media_timeout=3.0) as r:
+
+            async def keep_consent() -> None:
+                while True:
+                    await trio.sleep(1)
+                    await r.browser.check(use_candidate=False)
+
+            with pytest.RaisesGroup(pytest.RaisesExc(MediaEnded, match="no media")):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(r.browser.run)
+                    await r.browser.check()
+                    r.browser.dtls.start(trio.current_time())
+                    await r.browser.flush()
+                    nursery.start_soon(keep_consent)
+                    await r.media.run_ice_dtls()
+
+
+def test_sockets_are_released() -> None:
+    """close() releases the duplicated descriptors (no fd leak per call)."""
+    before = len(os.listdir("/proc/self/fd"))
+
+    async def main() -> None:
+        async with rig():
+            pass
+
+    for _ in range(5):
+        trio.run(main)
+    assert len(os.listdir("/proc/self/fd")) == before
