@@ -179,7 +179,8 @@ class BridgeContext:
         self._force_exit = force_exit
         self._serve_scope = trio.CancelScope()
         self._calls: set[trio.CancelScope] = set()
-        self._calls_ended = trio.Event()
+        self._connections = 0
+        self._no_connections = trio.Event()
         self._auth_limiter = trio.CapacityLimiter(AUTH_THREADS)
         self._call_handler: CallHandler = calls_unavailable
 
@@ -219,11 +220,17 @@ class BridgeContext:
     async def _shutdown(self) -> None:
         for scope in list(self._calls):
             scope.cancel()
-        if self._calls:
+        # Wait for the calls' own clean-up and for their connections to close (WebSocket close
+        # handshake), bounded by the grace period; then the listener and the rest are cancelled.
+        if self._connections:
             with trio.move_on_after(self.config.shutdown_grace) as grace:
-                await self._calls_ended.wait()
+                await self._no_connections.wait()
             if grace.cancelled_caught:
-                log.warning("stopping: %d call(s) still ending after the grace period", len(self._calls))
+                log.warning(
+                    "stopping: %d call(s), %d connection(s) left after the grace period",
+                    len(self._calls),
+                    self._connections,
+                )
         self._serve_scope.cancel()
 
     async def watch_signals(self) -> None:
@@ -254,6 +261,7 @@ class BridgeContext:
     async def handle_connection(self, conn: MccpConnection) -> None:
         """Serve one WSS connection: first `call`, authentication, then the call handler."""
         conn_log = ConnectionLog(log, {"remote": _format_address(*conn.remote[:2])})
+        self._connections += 1
         try:
             await self._handle(conn, conn_log)
         except PageGone:
@@ -261,6 +269,10 @@ class BridgeContext:
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await conn.aclose()
+            self._connections -= 1
+            if not self._connections:
+                self._no_connections.set()
+                self._no_connections = trio.Event()
 
     async def _refuse(self, conn: MccpConnection, code: int, reason: str) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -296,9 +308,6 @@ class BridgeContext:
                 await self._call_handler(conn, accepted)
             finally:
                 self._calls.discard(scope)
-                if not self._calls:
-                    self._calls_ended.set()
-                    self._calls_ended = trio.Event()
 
     async def _first_call(self, conn: MccpConnection, conn_log: ConnectionLog) -> Call | None:
         with trio.move_on_after(FIRST_MESSAGE_TIMEOUT):
