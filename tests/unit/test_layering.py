@@ -21,6 +21,7 @@ EDGE_MODULES = {
     "mccp.server",
     "sip.transport",
     "sip.ua",
+    "sip.calls",
     "rtp.media",
     "rtp.ports",
 }

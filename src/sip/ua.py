@@ -1,0 +1,521 @@
+"""The bridge's SIP user agent on Trio: outgoing calls, the embedded registrar, OPTIONS, a UAS hook.
+
+Theory of operation:
+
+* One `SipUA` owns one `SipTransport` and runs, in its own nursery (`run()`), the dispatcher (the
+  only reader of `transport.inbound`), a sweeper for expired server-transaction state, and the
+  handlers of incoming INVITEs when a UAS hook is installed (the echo extension).
+* Client transactions (RFC 3261 §17.1) run as coroutines in the task that needs the answer
+  (`_transact`): send, then wait for responses routed to them by Via branch + CSeq method
+  (§17.1.3), retransmitting over UDP on Timer A/E (T1 doubling; E capped at T2) and giving up on
+  Timer B/F (64*T1). After an INVITE's final response the ACK is remembered for 64*T1 so that a
+  retransmitted final (non-2xx: Timer D, §17.1.1.2; 2xx: RFC 6026 §7.2) is ACKed again.
+* Server side (§17.2): a request is answered once; a retransmission (same branch and method)
+  gets the cached last response again until 64*T1 (Timer J/H). A final response to an INVITE is
+  retransmitted on Timer G until its ACK arrives (matched by Call-ID and CSeq number) or 64*T1.
+* Calls: `SipUA.call()` is an async context manager yielding an `OutgoingCall`, whose `events`
+  channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
+  a bounded shielded `move_on_after(grace)`. In-dialog requests from the far end (BYE, INFO,
+  re-INVITE) are routed by Call-ID to the call.
+* REGISTER (when a `Registrar` and an `ha1_lookup` are given): digest challenge with a stateless
+  HMAC nonce (sip.registrar.make_nonce), credentials checked against the HA1 the bridge looks up;
+  nothing is ever proxied. OPTIONS -> 200. Initial INVITEs -> 403 unless an `on_invite` hook
+  accepts them (only the echo extension installs one: the bridge is not an open relay).
+
+Randomness (tags, branches, Call-IDs, cnonces, the nonce key) comes from `token`, injectable.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Self
+
+import trio
+from sip.calls import ALLOW, IncomingCall, OutgoingCall, TransactionTimeout, uri_address
+from sip.digest_interim import DigestError, verify_credentials
+from sip.errors import SipParseError
+from sip.headers import Headers, NameAddr, Via
+from sip.message import Request, Response, make_response
+from sip.registrar import ContactSpec, NonceCheck, Registrar, RegistrarError, check_nonce, make_nonce
+from sip.transport import Address, Inbound, SipTransport, Transport, TransportError
+from sip.uri import Params, SipUri, Uri, parse_sip_uri
+
+__all__ = ["SipUA"]
+
+log = logging.getLogger("sip.ua")
+
+T1 = 0.5  # RFC 3261 §17.1.1.1 RTT estimate
+T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
+
+
+@dataclass(slots=True, eq=False)
+class _ServerTx:
+    response: bytes | None
+    dest: Address
+    expires_at: float
+
+
+# --------------------------------------------------------------------------- the UA
+
+
+class SipUA:
+    """The SIP user agent; see the module docstring.
+
+    `ha1_lookup(user, realm, algorithm)` returns the hex HA1 of an extension (RFC 7616 §3.4.2)
+    or None for an unknown user. `on_invite(call)` handles accepted initial INVITEs (the echo
+    extension); without it every initial INVITE is refused with 403.
+    """
+
+    def __init__(
+        self,
+        transport: SipTransport,
+        *,
+        local_host: str | None = None,
+        public_host: str | None = None,
+        user_agent: str = "mccp-bridge",
+        registrar: Registrar | None = None,
+        ha1_lookup: Callable[[str, str, str], str | None] | None = None,
+        realm: str = "mccp-bridge",
+        challenge_algorithms: Sequence[str] = ("MD5",),
+        on_invite: Callable[[IncomingCall], Awaitable[None]] | None = None,
+        token: Callable[[int], str] = secrets.token_hex,
+        t1: float = T1,
+        t2: float = T2,
+        grace: float = 4.0,
+    ) -> None:
+        self.transport = transport
+        self.host = public_host or local_host or transport.public_host
+        self.user_agent = user_agent
+        self.registrar = registrar
+        self.ha1_lookup = ha1_lookup
+        self.realm = realm
+        self.challenge_algorithms = tuple(challenge_algorithms)
+        self.on_invite = on_invite
+        self.token = token
+        self.t1, self.t2, self.grace = t1, t2, grace
+        self._nonce_key = bytes.fromhex(token(32))
+        self._client: dict[tuple[str, str], trio.MemorySendChannel[Response]] = {}
+        self._acks: dict[str, tuple[bytes, Address, float]] = {}  # INVITE branch -> ACK to resend
+        self._server: dict[tuple[str, str], _ServerTx] = {}
+        self._awaiting_ack: dict[tuple[str, int], trio.Event] = {}
+        self._dialogs: dict[str, OutgoingCall | IncomingCall] = {}
+        self._nursery: trio.Nursery | None = None
+        self._warned_unchallenged = False
+        self.stats: dict[str, int] = {"stray_responses": 0, "bad_requests": 0, "retransmissions": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the UA's tasks (the transport must be running); reports `self` when ready."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._sweeper)
+            task_status.started(self)
+            try:
+                async for inbound in self.transport.inbound:
+                    await self._dispatch(inbound)
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def call(
+        self,
+        target: str,
+        *,
+        caller: str,
+        display: str | None = None,
+        sdp: bytes,
+        credentials: tuple[str, str] | None = None,
+        outbound_proxy: tuple[str, int, str] | None = None,
+    ) -> AsyncIterator[OutgoingCall]:
+        """Place a call to `target` (a SIP URI) as `caller` (the user part); see OutgoingCall."""
+        uri = parse_sip_uri(target)
+        preloaded: list[NameAddr] = []
+        if outbound_proxy is not None:
+            host, port, transport_name = outbound_proxy
+            first_hop = Address(host, port, Transport.from_token(transport_name))
+            # §8.1.2: the outbound proxy as a preloaded loose Route.
+            proxy = SipUri(f"[{host}]" if ":" in host else host, None, port, Params((("lr", None),)))
+            if first_hop.transport is Transport.TCP:
+                proxy = proxy.with_params(proxy.params.set("transport", "tcp"))
+            preloaded = [NameAddr(proxy)]
+        else:
+            first_hop = uri_address(uri, self.transport.default_transport)
+        call = OutgoingCall(
+            self, uri, caller=caller, display=display, sdp=sdp, credentials=credentials,
+            first_hop=first_hop, preloaded_route=preloaded, from_host=uri.host,
+        )  # fmt: skip
+        self._dialogs[call.call_id] = call
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call.run)
+                try:
+                    yield call
+                finally:
+                    if call.ended is None:
+                        with trio.move_on_after(self.grace, shield=True) as scope:
+                            await call.hangup()
+                        if scope.cancelled_caught:
+                            call._end(408, "Request Timeout", "timeout")
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._dialogs.pop(call.call_id, None)
+
+    def note_upstream_challenge(self, call: OutgoingCall, challenged: bool) -> None:
+        if (
+            call.preloaded_route
+            and call.credentials is not None
+            and not challenged
+            and not self._warned_unchallenged
+        ):
+            self._warned_unchallenged = True
+            log.warning(
+                "configuration: the upstream proxy %s answered a call without any digest challenge; "
+                "check that it authenticates the bridge",
+                call.first_hop,
+            )
+
+    # ------------------------------------------------------------ building blocks
+
+    def new_via(self, transport: Transport) -> Via:
+        """A Via for a new client transaction: our sent-by, a fresh branch, rport (RFC 3581)."""
+        via_host = f"[{self.host}]" if ":" in self.host else self.host
+        params = Params((("branch", "z9hG4bK" + self.token(8)), ("rport", None)))
+        return Via(transport.value, via_host, self.transport.public_port, params)
+
+    def contact(self, local_uri: Uri, transport: Transport) -> NameAddr:
+        """Our Contact for a dialog (§8.1.1.8): user@our address, transport=tcp when needed."""
+        user = local_uri.user if isinstance(local_uri, SipUri) else None
+        params = Params((("transport", "tcp"),)) if transport is Transport.TCP else Params()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return NameAddr(SipUri(host, user, self.transport.public_port, params))
+
+    def common_headers(self) -> list[tuple[str, str]]:
+        return [("User-Agent", self.user_agent)]
+
+    def initial_cseq(self) -> int:
+        return int(self.token(2), 16) + 1
+
+    # ------------------------------------------------------------ client transactions
+
+    async def transact(
+        self,
+        request: Request,
+        dest: Address,
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> Response:
+        """Run a client transaction (§17.1) and return its final response.
+
+        Raises `TransactionTimeout` (Timer B/F) or TransportError. For an INVITE with a non-2xx final
+        response the ACK is sent here (§17.1.1.3) and resent on retransmissions for 64*T1.
+        """
+        branch = request.top_via.branch or ""
+        method = request.method
+        key = (branch, method)
+        send, receive = trio.open_memory_channel[Response](32)
+        self._client[key] = send
+        data = bytes(request)
+        reliable = dest.transport is Transport.TCP
+        invite = method == "INVITE"
+        deadline = trio.current_time() + 64 * self.t1  # Timer B (INVITE, until a 1xx) / Timer F
+        interval = self.t1  # Timer A / E
+        proceeding = False
+        try:
+            await self.transport.send(data, dest)
+            while True:
+                timed = not (invite and proceeding)  # §17.1.1.2: no Timer B once Proceeding
+                now = trio.current_time()
+                if timed and now >= deadline:
+                    raise TransactionTimeout(f"no final response to {method} from {dest}")
+                wait = deadline - now if timed else float("inf")
+                if not reliable and timed:
+                    wait = min(wait, interval)
+                with trio.move_on_after(wait):
+                    response = await receive.receive()
+                    if response.status < 200:
+                        if on_provisional is not None:
+                            on_provisional(response)
+                        if not proceeding:
+                            proceeding = True
+                            interval = self.t2  # §17.1.2.2: Proceeding retransmits at T2
+                        continue
+                    if invite and response.status >= 300:
+                        await self._ack_non_2xx(request, response, dest)
+                    return response
+                if trio.current_time() < deadline and not reliable:
+                    self.stats["retransmissions"] += 1
+                    await self.transport.send(data, dest)
+                    interval = interval * 2 if invite else min(interval * 2, self.t2)
+        finally:
+            del self._client[key]
+
+    async def _ack_non_2xx(self, invite: Request, response: Response, dest: Address) -> None:
+        """§17.1.1.3: ACK with the INVITE's Via, Request-URI, From, Call-ID, CSeq number and
+        Route, and the response's To (with its tag); resent for each retransmitted final."""
+        pairs = [("Via", invite.headers.get_all("Via")[0]), ("Max-Forwards", "70")]
+        pairs += [("Route", r) for r in invite.headers.get_all("Route")]
+        pairs += [
+            ("From", invite.headers.get("From") or ""),
+            ("To", response.headers.get("To") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{invite.cseq.seq} ACK"),
+        ]
+        ack = Request("ACK", invite.uri, Headers.from_pairs(pairs))
+        await self.send_ack(ack, dest, invite)
+
+    async def send_ack(self, ack: Request, dest: Address, invite: Request) -> None:
+        """Send an ACK and remember it to answer retransmitted finals of `invite` for 64*T1."""
+        data = bytes(ack)
+        self._acks[invite.top_via.branch or ""] = (data, dest, trio.current_time() + 64 * self.t1)
+        await self.transport.send(data, dest)
+
+    # ------------------------------------------------------------ server side
+
+    async def respond(
+        self,
+        request: Request,
+        source: Address,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        contact: NameAddr | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> bytes:
+        """Answer `request` and cache the answer for its retransmissions (§17.2)."""
+        if to_tag is None and status > 100 and request.to.tag is None:
+            to_tag = self._stateless_tag(request)
+        response = make_response(
+            request, status, reason, to_tag=to_tag, contact=contact,
+            headers=[*self.common_headers(), *headers], body=body, content_type=content_type,
+        )  # fmt: skip
+        data = bytes(response)
+        dest = self.transport.response_address(request, source)
+        key = (request.top_via.branch or "", request.method)
+        self._server[key] = _ServerTx(data, dest, trio.current_time() + 64 * self.t1)
+        try:
+            await self.transport.send(data, dest)
+        except TransportError as exc:
+            log.info("cannot answer %s %s: %s", request.method, request.call_id, exc)
+        return data
+
+    async def respond_invite_final(
+        self,
+        request: Request,
+        source: Address,
+        status: int,
+        reason: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        """A final answer to an INVITE, retransmitted on Timer G until its ACK (§17.2.1, §13.3.1.4)."""
+        data = await self.respond(request, source, status, reason, **kwargs)  # type: ignore[arg-type]
+        acked = trio.Event()
+        key = (request.call_id, request.cseq.seq)
+        self._awaiting_ack[key] = acked
+        dest = self.transport.response_address(request, source)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retransmit_until_ack, key, acked, data, dest)
+
+    async def _retransmit_until_ack(
+        self, key: tuple[str, int], acked: trio.Event, data: bytes, dest: Address
+    ) -> None:
+        interval = self.t1
+        try:
+            with trio.move_on_after(64 * self.t1):  # Timer H
+                while True:
+                    with trio.move_on_after(interval):
+                        await acked.wait()
+                        return
+                    if dest.transport is Transport.UDP:
+                        try:
+                            await self.transport.send(data, dest)
+                        except TransportError:
+                            return
+                    interval = min(interval * 2, self.t2)
+        finally:
+            if self._awaiting_ack.get(key) is acked:
+                del self._awaiting_ack[key]
+
+    def _stateless_tag(self, request: Request) -> str:
+        # The same tag for a retransmission is not needed (the cached answer is resent).
+        return self.token(6)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await trio.sleep(self.t1 * 8)
+            now = trio.current_time()
+            for key in [k for k, tx in self._server.items() if tx.expires_at <= now]:
+                del self._server[key]
+            for branch in [b for b, (_, _, exp) in self._acks.items() if exp <= now]:
+                del self._acks[branch]
+
+    # ------------------------------------------------------------ dispatch
+
+    async def _dispatch(self, inbound: Inbound) -> None:
+        message, source = inbound.message, inbound.source
+        try:
+            if isinstance(message, Response):
+                await self._on_response(message)
+            else:
+                await self._on_request(message, source)
+        except SipParseError as exc:  # a header the parser let through and an accessor refused
+            self.stats["bad_requests"] += 1
+            log.info("dropped a bad message from %s: %s", source, exc)
+
+    async def _on_response(self, response: Response) -> None:
+        branch = response.top_via.branch or ""
+        cseq = response.cseq
+        key = (branch, "INVITE" if cseq.method == "ACK" else cseq.method)
+        channel = self._client.get(key)
+        if channel is not None:
+            with suppress(trio.WouldBlock):
+                channel.send_nowait(response)
+            return
+        if cseq.method == "INVITE" and response.status >= 200 and branch in self._acks:
+            data, dest, _ = self._acks[branch]
+            self.stats["retransmissions"] += 1
+            await self.transport.send(data, dest)  # a retransmitted final: ACK it again
+            return
+        self.stats["stray_responses"] += 1
+
+    async def _on_request(self, request: Request, source: Address) -> None:
+        method = request.method
+        branch = request.top_via.branch or ""
+        if method == "ACK":
+            event = self._awaiting_ack.get((request.call_id, request.cseq.seq))
+            if event is not None:
+                event.set()
+            return
+        cached = self._server.get((branch, method))
+        if cached is not None:  # a retransmission: resend the last answer (§17.2.1, §17.2.2)
+            self.stats["retransmissions"] += 1
+            if cached.response is not None:
+                with suppress(TransportError):
+                    await self.transport.send(cached.response, cached.dest)
+            return
+        if method != "CANCEL":
+            self._server[(branch, method)] = _ServerTx(None, source, trio.current_time() + 64 * self.t1)
+        dialog = self._dialogs.get(request.call_id)
+        if method == "CANCEL":
+            target = self._dialogs.get(request.call_id)
+            if isinstance(target, IncomingCall) and request.top_via.branch == target.invite.top_via.branch:
+                await target.on_request(request, source)
+            else:
+                await self.respond(request, source, 481)
+            return
+        if request.to.tag is not None:
+            if dialog is not None and dialog.local.tag == request.to.tag:
+                await dialog.on_request(request, source)
+            else:
+                await self.respond(request, source, 481)  # §12.2.2
+            return
+        match method:
+            case "REGISTER":
+                await self._on_register(request, source)
+            case "OPTIONS":
+                await self.respond(
+                    request, source, 200, headers=[("Allow", ALLOW), ("Accept", "application/sdp")]
+                )
+            case "INVITE":
+                await self._on_invite(request, source)
+            case "BYE" | "INFO":
+                await self.respond(request, source, 481)
+            case _:
+                await self.respond(request, source, 405, headers=[("Allow", ALLOW)])
+
+    async def _on_invite(self, request: Request, source: Address) -> None:
+        if self.on_invite is None or self._nursery is None:
+            await self.respond(request, source, 403)  # not an open relay
+            return
+        call = IncomingCall(self, request, source)
+        self._dialogs[call.call_id] = call
+        await self.respond(request, source, 100)
+        self._nursery.start_soon(self._run_incoming, call)
+
+    async def _run_incoming(self, call: IncomingCall) -> None:
+        assert self.on_invite is not None
+        try:
+            await self.on_invite(call)
+            if not call.answered and not call.ended.is_set():
+                await call.reject(480)
+            elif call.answered and not call.ended.is_set():
+                await call.hangup()
+        except Exception:
+            log.exception("%s: incoming call handler failed", call.call_id)
+            if not call.answered:
+                await call.reject(500)
+            else:
+                await call.hangup()
+        finally:
+            self._dialogs.pop(call.call_id, None)
+
+    # ------------------------------------------------------------ the embedded registrar
+
+    async def _on_register(self, request: Request, source: Address) -> None:
+        if self.registrar is None or self.ha1_lookup is None:
+            await self.respond(request, source, 403, "Registration not accepted here")
+            return
+        now = trio.current_time()
+        user = request.to.uri.user if isinstance(request.to.uri, SipUri) else None
+        if not user:
+            await self.respond(request, source, 404)
+            return
+        credentials = request.headers.get("Authorization")
+        if credentials is None:
+            await self._challenge(request, source, now, stale=False)
+            return
+        try:
+            verdict = verify_credentials(
+                credentials, method="REGISTER", realm=self.realm, ha1_lookup=self.ha1_lookup,
+                nonce_ok=lambda nonce: check_nonce(self._nonce_key, nonce, now),
+            )  # fmt: skip
+        except DigestError as exc:
+            log.info("REGISTER from %s: bad credentials: %s", source, exc)
+            await self.respond(request, source, 400, "Bad Authorization")
+            return
+        if verdict.nonce is NonceCheck.STALE or verdict.nonce is NonceCheck.INVALID:
+            await self._challenge(request, source, now, stale=verdict.nonce is NonceCheck.STALE)
+            return
+        if not verdict.ok or verdict.user != user:
+            log.info("REGISTER for %s from %s: authentication failed", user, source)
+            await self.respond(request, source, 403)
+            return
+        contacts: list[ContactSpec] = []
+        if request.contact_is_star:
+            contacts.append(ContactSpec("*"))
+        for c in request.contacts:
+            q = c.params.get("q")
+            try:
+                qv = float(q) if q is not None else None
+            except ValueError:
+                qv = -1.0
+            contacts.append(ContactSpec(str(c.uri), c.expires, qv))
+        try:
+            outcome = self.registrar.register(
+                user, contacts, call_id=request.call_id, cseq=request.cseq.seq,
+                expires_header=request.expires, now=now,
+                source=(source.host, source.port, source.transport.value),
+            )  # fmt: skip
+        except RegistrarError as exc:
+            extra = [("Min-Expires", str(exc.min_expires))] if exc.min_expires else []
+            await self.respond(request, source, exc.status, exc.reason, headers=extra)
+            return
+        headers = [("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in outcome.bindings]
+        await self.respond(request, source, 200, headers=headers)
+
+    async def _challenge(self, request: Request, source: Address, now: float, *, stale: bool) -> None:
+        nonce = make_nonce(self._nonce_key, now)
+        headers = []
+        for algorithm in self.challenge_algorithms:
+            value = f'Digest realm="{self.realm}", nonce="{nonce}", qop="auth", algorithm={algorithm}'
+            if stale:
+                value += ", stale=true"
+            headers.append(("WWW-Authenticate", value))
+        await self.respond(request, source, 401, headers=headers)
