@@ -14,6 +14,9 @@ Public API:
 Only `SipParseError` escapes. Its `status_hint` is 400, 505 (version) or 513 (size limits); for a
 request whose head was readable, `error.head` lets `sip.message.error_response` build the answer.
 
+Content-Length is consumed by framing and not kept in `msg.headers` (the serializer writes it
+from the body), so a parsed message equals the built one it came from.
+
 Tolerances (all documented deviations from strict RFC 3261 ABNF): bare LF line ends are
 accepted like CRLF; CR/LF before the start line is skipped (§7.5 requires it on streams);
 invalid UTF-8 is decoded with `surrogateescape`, so it survives a round trip unchanged.
@@ -141,7 +144,7 @@ def _build(head: _Head, body: bytes) -> Request | Response:
     items: list[tuple[str, str]] = []
     for name, value in head.pairs:
         if name == "Content-Length":
-            value = str(len(body))  # normalised: the serializer writes len(body) anyway
+            continue  # framing only: `msg.content_length` is len(body), and bytes(msg) writes it
         if name in LIST_HEADERS:
             for part in split_list(value, name):
                 if part:
@@ -226,7 +229,8 @@ class StreamParser:
     Feed bytes with `feed()`, then call `next_event()` until it returns None. The search for
     the end of the headers resumes where it stopped, so feeding byte by byte stays linear.
     Keep-alives: CRLFCRLF is a ping; a CRLF followed by anything else, or ending the buffered
-    bytes, is a pong (so a ping split across two reads is reported as two pongs).
+    bytes, is a pong, reported at once. When a ping is split across reads, its first CRLF is
+    reported as a pong and its second as the ping, so a server still answers it.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -237,6 +241,7 @@ class StreamParser:
         self._head_error: SipParseError | None = None
         self._body_start = 0
         self._body_length = 0
+        self._lone_crlf = False
         self.broken = False
 
     @property
@@ -263,6 +268,8 @@ class StreamParser:
             return None
         buf = self._buf
         if self._head is None and self._head_error is None:
+            if buf and buf[:1] not in _CRLF_BYTES:
+                self._lone_crlf = False
             if buf[:1] in _CRLF_BYTES:
                 keepalive = self._keepalive()
                 if keepalive is not None or buf[:1] in _CRLF_BYTES:
@@ -329,13 +336,18 @@ class StreamParser:
         while buf[:1] in _CRLF_BYTES:
             if buf.startswith(b"\r\n\r\n"):
                 del buf[:4]
+                self._lone_crlf = False
                 return KeepAlive(ping=True)
             if buf == b"\r" or buf == b"\r\n\r":
                 return None  # wait: this may become a CRLF or a CRLFCRLF ping
             if buf.startswith(b"\r\n"):
                 del buf[:2]
-                return KeepAlive(ping=False)
+                # A CRLF that completes one reported as a pong at the end of the previous
+                # read is the second half of a split ping (RFC 5626 §4.4.1 must answer it).
+                ping, self._lone_crlf = self._lone_crlf, not buf and not self._lone_crlf
+                return KeepAlive(ping=ping)
             del buf[:1]  # a lone CR or LF before a start line is ignored (§7.5)
+            self._lone_crlf = False
         return None
 
     def _fatal(self, message: str, status: int) -> BadMessage:
