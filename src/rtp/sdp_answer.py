@@ -247,7 +247,8 @@ def answer_browser_offer(
             raise NegotiationError(f"a=setup:{remote_setup} is not actpass/active/passive")
     offered, te_pt = _codecs_of(media, supported=codecs)
     if not offered:
-        names = sorted({r.encoding for r in media.rtpmaps().values()})
+        rtpmaps = media.rtpmaps()
+        names = [rtpmaps[pt].encoding if pt in rtpmaps else str(pt) for pt in media.payload_types]
         raise NegotiationError(
             f"no common audio codec: the offer has {', '.join(names) or 'none'}; "
             f"the bridge carries {', '.join(codecs)}"
