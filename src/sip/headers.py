@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sip.errors import SipParseError
 from sip.uri import EMPTY_PARAMS, TOKEN_CHARS, Params, Uri, is_token, parse_host, parse_port, parse_uri
@@ -237,6 +237,11 @@ class Headers:
     """An ordered, immutable multi-map of header fields; names compare case-insensitively."""
 
     items: tuple[tuple[str, str], ...] = ()
+    _keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Lower-cased canonical names, computed once: lookups are the parser's hot path.
+        object.__setattr__(self, "_keys", tuple(canonical_name(n).lower() for n, _ in self.items))
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
@@ -246,15 +251,15 @@ class Headers:
     def get(self, name: str) -> str | None:
         """The first value of header `name`, or None."""
         key = canonical_name(name).lower()
-        for n, v in self.items:
-            if n.lower() == key:
+        for k, (_, v) in zip(self._keys, self.items, strict=True):
+            if k == key:
                 return v
         return None
 
     def get_all(self, name: str) -> list[str]:
         """All values of header `name`, in order."""
         key = canonical_name(name).lower()
-        return [v for n, v in self.items if n.lower() == key]
+        return [v for k, (_, v) in zip(self._keys, self.items, strict=True) if k == key]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -276,7 +281,7 @@ class Headers:
     def remove(self, name: str) -> Headers:
         """A copy without any `name` header."""
         key = canonical_name(name).lower()
-        return Headers(tuple((n, v) for n, v in self.items if n.lower() != key))
+        return Headers(tuple(item for k, item in zip(self._keys, self.items, strict=True) if k != key))
 
     def replace(self, name: str, values: str | Iterable[str]) -> Headers:
         """A copy where the `name` headers are replaced by `values`, at the place of the first one."""
