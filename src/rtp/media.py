@@ -7,16 +7,22 @@ knows a protocol.
 API (what `bridge.call` composes into the call nursery)
 -----------------------------------------------------
 
-    media = MediaSession(browser_sock=..., sip_rtp_sock=..., sip_rtcp_sock=...,
-                         ice=IceLiteAgent(...), dtls=DtlsEndpoint(...))
-    try:
+    async with open_media(ports, browser_offer, advertise_hosts=["192.0.2.10"],
+                          sip_host="192.0.2.10", certificate=cert) as media:
+        page.send(answer=media.browser_answer)      # ICE-lite answer: candidate, fingerprint
+        invite(body=media.sip_offer)                # RTP/AVP offer for the INVITE
         async with trio.open_nursery() as call:
             await call.start(media.run_ice_dtls)    # returns once DTLS is connected (keys ready)
             call.start_soon(media.run_relay)
             ...                                      # later, from the SIP dialog task:
-            media.set_sip_remote(SipRemote(...))    # 183 or 200: codec map + remote address
-    finally:
-        media.close()                               # close_notify, descriptors released
+            media.set_sip_answer(sdp_of_183_or_200) # codec map + address: media flows both ways
+            body = media.answer_sip_offer(reinvite) # hold/resume/new address from the SIP side
+            final = media.confirm_browser_answer()  # optional: answer naming the SIP codec only
+    # leaving the block sends DTLS close_notify and gives the three ports back
+
+`MediaSession(...)` can also be built directly from three bound sockets, an `IceLiteAgent` and a
+`DtlsEndpoint`, and pointed at the SIP side with `set_sip_remote(SipRemote(...))`; the loopback
+tests do that. Call `close()` when done.
 
 Tasks and sockets (STYLE.md 2.3): each socket has exactly one reader. `run_ice_dtls` reads the
 browser port for the whole call: it classifies each datagram (RFC 7983), answers STUN inline,
@@ -42,16 +48,26 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 from rtp.demux import DemuxCounters, PacketKind, classify
-from rtp.dtls import DtlsCounters, DtlsEndpoint, DtlsRole, DtlsState
+from rtp.dtls import DtlsCertificate, DtlsCounters, DtlsEndpoint, DtlsRole, DtlsState
+from rtp.errors import LocalProtocolError
 from rtp.ice_lite import IceCounters, IceLiteAgent
 from rtp.relay import CodecMap, LegCounters, Relay
+from rtp.sdp_answer import (
+    BrowserNegotiation,
+    SipMedia,
+    answer_browser_offer,
+    answer_sip_reoffer,
+    codec_map,
+    offer_for_sip,
+    parse_sip_answer,
+)
 from rtp.srtp import SrtpRx, SrtpTx, keys_from_dtls
 from rtp.stun import Address
 
@@ -60,7 +76,9 @@ __all__ = [
     "MediaEnded",
     "MediaSession",
     "MediaStats",
+    "Negotiation",
     "SipRemote",
+    "open_media",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +108,7 @@ class SipRemote:
     rtp: Address
     rtcp: Address
     codec_map: CodecMap
+    may_send: bool = True  # False while the SIP side holds the call (sendonly/inactive/0.0.0.0)
 
 
 @dataclass(slots=True)
@@ -138,6 +157,32 @@ def _addr(raw: Any) -> Address:
     return (str(raw[0]), int(raw[1]))
 
 
+@dataclass(slots=True)
+class Negotiation:
+    """The SDP state of both legs, kept so later answers and re-offers stay consistent."""
+
+    browser_offer: str
+    browser: BrowserNegotiation
+    fingerprint_sha256: str
+    candidates: list[Address]
+    session_id: int
+    sip_host: str
+    sip_rtp_port: int
+    browser_version: int = 1
+    sip_version: int = 1
+    sip: SipMedia | None = None
+
+
+class PortSource(Protocol):
+    """What `open_media` needs from the port allocator (`rtp.ports.PortAllocator`)."""
+
+    def udp(self) -> AbstractAsyncContextManager[trio.socket.SocketType]: ...
+
+    def udp_pair(
+        self,
+    ) -> AbstractAsyncContextManager[tuple[trio.socket.SocketType, trio.socket.SocketType]]: ...
+
+
 class MediaSession:
     """One call's media plane (see the module docstring for the task and socket rules).
 
@@ -159,7 +204,7 @@ class MediaSession:
         sip_offer: str = "",
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         media_timeout: float | None = MEDIA_TIMEOUT,
-        sip_answer_parser: Callable[[str], SipRemote] | None = None,
+        negotiation: Negotiation | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.ice = ice
@@ -177,7 +222,7 @@ class MediaSession:
         self.demux = DemuxCounters()
         self.edge = EdgeCounters()
         self.log = logger or log
-        self._sip_answer_parser = sip_answer_parser
+        self.negotiation = negotiation
         self._browser = _raw_socket(browser_sock)
         self._sip_rtp = _raw_socket(sip_rtp_sock)
         self._sip_rtcp = _raw_socket(sip_rtcp_sock)
@@ -200,10 +245,73 @@ class MediaSession:
         self.relay.set_codec_map(remote.codec_map)
 
     def set_sip_answer(self, sdp: str) -> None:
-        """Apply the SIP side's SDP answer (183 or 200): remote address and codec map."""
-        if self._sip_answer_parser is None:
-            raise RuntimeError("this MediaSession was built without an SDP answer parser")
-        self.set_sip_remote(self._sip_answer_parser(sdp))
+        """Apply the SIP side's answer to `sip_offer` (from a 183 or the 200): its address and
+        codec, so SIP -> browser media (early media included) flows from now on.
+
+        Raises `SdpParseError` or `NegotiationError` (status_hint 488) for an unusable answer.
+        """
+        neg = self._negotiated()
+        sip = parse_sip_answer(sdp, self.sip_offer)
+        self._apply_sip_media(neg, sip)
+
+    def answer_sip_offer(self, sdp: str) -> str:
+        """Answer an offer from the SIP side (a re-INVITE: hold, resume, new address or codec)
+        and apply it; returns our SDP answer for the 200."""
+        neg = self._negotiated()
+        neg.sip_version += 1
+        current = neg.sip.codec.name if neg.sip is not None else None
+        answer, sip = answer_sip_reoffer(
+            sdp,
+            host=neg.sip_host,
+            rtp_port=neg.sip_rtp_port,
+            session_id=neg.session_id,
+            session_version=neg.sip_version,
+            prefer=current,
+        )
+        self._apply_sip_media(neg, sip)
+        return answer
+
+    def confirm_browser_answer(self) -> str:
+        """A final answer for the page once the SIP side has chosen its codec: the same ICE and
+        DTLS parameters, listing the SIP side's codec alone if the browser offered it (so no
+        transcoding is needed), else the provisional codecs again."""
+        neg = self._negotiated()
+        neg.browser_version += 1
+        codecs = [c.name for c in neg.browser.codecs]
+        if neg.sip is not None and neg.sip.codec.name in codecs:
+            codecs = [neg.sip.codec.name]
+        answer, browser = answer_browser_offer(
+            neg.browser_offer,
+            ice_ufrag=self.ice.local_ufrag,
+            ice_pwd=self.ice.local_pwd,
+            fingerprint_sha256=neg.fingerprint_sha256,
+            candidates=neg.candidates,
+            session_id=neg.session_id,
+            session_version=neg.browser_version,
+            codecs=codecs,
+            ssrc=self.relay.ssrc,
+        )
+        neg.browser = browser
+        if neg.sip is not None:
+            self._apply_sip_media(neg, neg.sip)
+        self.browser_answer = answer
+        return answer
+
+    def _negotiated(self) -> Negotiation:
+        if self.negotiation is None:
+            raise LocalProtocolError("this MediaSession was built without SDP negotiation (open_media)")
+        return self.negotiation
+
+    def _apply_sip_media(self, neg: Negotiation, sip: SipMedia) -> None:
+        neg.sip = sip
+        self.set_sip_remote(
+            SipRemote(
+                rtp=(sip.address, sip.rtp_port),
+                rtcp=(sip.rtcp_address, sip.rtcp_port),
+                codec_map=codec_map(neg.browser, sip),
+                may_send=sip.we_may_send,
+            )
+        )
 
     @property
     def keys_ready(self) -> bool:
@@ -366,7 +474,7 @@ class MediaSession:
                 if out is None:
                     return
                 sip = self._sip
-                if sip is None:
+                if sip is None or not sip.may_send:
                     self.edge.no_sip_address += 1
                     return
                 is_rtcp, datagram = out
@@ -436,8 +544,83 @@ class MediaSession:
         self.edge.latched += 1
         if rtcp:
             self._sip_rtcp_latched = True
-            self._sip = SipRemote(sip.rtp, src, sip.codec_map)
+            self._sip = SipRemote(sip.rtp, src, sip.codec_map, sip.may_send)
         else:
             self._sip_latched = True
-            self._sip = SipRemote(src, sip.rtcp, sip.codec_map)
+            self._sip = SipRemote(src, sip.rtcp, sip.codec_map, sip.may_send)
         return True
+
+
+@asynccontextmanager
+async def open_media(
+    ports: PortSource,
+    browser_offer: str,
+    *,
+    advertise_hosts: Sequence[str],
+    sip_host: str,
+    certificate: DtlsCertificate,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    media_timeout: float | None = MEDIA_TIMEOUT,
+    token: Callable[[int], bytes] = secrets.token_bytes,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+) -> AsyncIterator[MediaSession]:
+    """Allocate the call's ports and negotiate both legs; yields the `MediaSession`.
+
+    Leases one UDP port towards the browser and an RTP/RTCP pair towards SIP, answers the
+    browser's offer (ICE-lite with one host candidate per `advertise_hosts` entry on the browser
+    port, our `certificate`'s fingerprint, a=setup per RFC 8842) and writes the RTP/AVP offer for
+    the INVITE (`sip_host` in c=). Raises `SdpParseError`/`NegotiationError` (488) for an
+    unusable offer, `PortsExhausted` from the allocator. On exit sends DTLS close_notify and
+    gives the ports back. `token` is the randomness for ICE credentials, SSRC and session id.
+    """
+    if not advertise_hosts:
+        raise ValueError("at least one address to advertise to the browser is needed")
+    async with ports.udp() as browser_sock, ports.udp_pair() as (rtp_sock, rtcp_sock):
+        browser_port = int(browser_sock.getsockname()[1])
+        sip_rtp_port = int(rtp_sock.getsockname()[1])
+        ufrag, pwd = token(4).hex(), token(12).hex()  # ice-chars, 8 and 24 long (RFC 8445 5.3)
+        session_id = int.from_bytes(token(8), "big") >> 2
+        relay = Relay(
+            EMPTY_CODEC_MAP,
+            ssrc=int.from_bytes(token(4), "big"),
+            initial_sequence=int.from_bytes(token(2), "big"),
+            initial_timestamp=int.from_bytes(token(4), "big"),
+        )
+        candidates = [(host, browser_port) for host in advertise_hosts]
+        answer, browser = answer_browser_offer(
+            browser_offer,
+            ice_ufrag=ufrag,
+            ice_pwd=pwd,
+            fingerprint_sha256=certificate.fingerprint_sha256,
+            candidates=candidates,
+            session_id=session_id,
+            ssrc=relay.ssrc,
+        )
+        sip_offer = offer_for_sip(host=sip_host, rtp_port=sip_rtp_port, session_id=session_id)
+        role = DtlsRole.CLIENT if browser.we_are_dtls_client else DtlsRole.SERVER
+        session = MediaSession(
+            browser_sock=browser_sock,
+            sip_rtp_sock=rtp_sock,
+            sip_rtcp_sock=rtcp_sock,
+            ice=IceLiteAgent(ufrag, pwd, browser.ice_ufrag, browser.ice_pwd),
+            dtls=DtlsEndpoint(role, certificate, (browser.fingerprint.algorithm, browser.fingerprint.value)),
+            relay=relay,
+            browser_answer=answer,
+            sip_offer=sip_offer,
+            handshake_timeout=handshake_timeout,
+            media_timeout=media_timeout,
+            negotiation=Negotiation(
+                browser_offer=browser_offer,
+                browser=browser,
+                fingerprint_sha256=certificate.fingerprint_sha256,
+                candidates=candidates,
+                session_id=session_id,
+                sip_host=sip_host,
+                sip_rtp_port=sip_rtp_port,
+            ),
+            logger=logger,
+        )
+        try:
+            yield session
+        finally:
+            session.close()

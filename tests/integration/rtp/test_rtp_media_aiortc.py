@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 import struct
 import subprocess
@@ -25,10 +24,8 @@ from tests.support.audio import analyse
 
 import trio
 from rtp import g711
-from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
-from rtp.ice_lite import IceLiteAgent
-from rtp.media import MediaSession, SipRemote
-from rtp.relay import CodecMap, PtRoute
+from rtp.dtls import DtlsCertificate
+from rtp.media import open_media
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(40)]
 
@@ -54,37 +51,28 @@ class Lines:
         return result
 
 
-def offer_value(sdp: str, name: str) -> str:
-    m = re.search(rf"^a={name}:(.+?)\r?$", sdp, re.M)
-    assert m, f"offer has no a={name}"
-    return m.group(1).strip()
+def sip_answer(port: int, rtcp_port: int, codec: str) -> str:
+    """What a phone answers to the bridge's RTP/AVP offer: one G.711 codec + telephone-event."""
+    pt = {"PCMU": 0, "PCMA": 8}[codec]
+    return (
+        "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {codec}/8000\r\n"
+        f"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=rtcp:{rtcp_port}\r\na=sendrecv\r\n"
+    )
 
 
-def answer_for(offer: str, *, port: int, ufrag: str, pwd: str, pt: int, codec: str) -> str:
-    """The ICE-lite, DTLS-passive answer the bridge gives a browser (built by hand here; the
-    bridge builds it with rtp.sdp)."""
-    mid = offer_value(offer, "mid")
-    lines = [
-        "v=0",
-        "o=- 1 1 IN IP4 127.0.0.1",
-        "s=-",
-        "t=0 0",
-        "a=ice-lite",
-        f"a=group:BUNDLE {mid}",
-        f"m=audio {port} UDP/TLS/RTP/SAVPF {pt}",
-        "c=IN IP4 127.0.0.1",
-        f"a=mid:{mid}",
-        "a=sendrecv",
-        "a=rtcp-mux",
-        f"a=ice-ufrag:{ufrag}",
-        f"a=ice-pwd:{pwd}",
-        f"a=fingerprint:sha-256 {CERT.fingerprint_sha256}",
-        "a=setup:passive",
-        f"a=rtpmap:{pt} {codec}/8000",
-        f"a=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host",
-        "a=end-of-candidates",
-    ]
-    return "\r\n".join(lines) + "\r\n"
+class LoopbackPorts:
+    """The port-allocator interface open_media uses, on 127.0.0.1 ephemeral ports."""
+
+    @asynccontextmanager
+    async def udp(self) -> AsyncIterator[trio.socket.SocketType]:
+        with await udp() as sock:
+            yield sock
+
+    @asynccontextmanager
+    async def udp_pair(self) -> AsyncIterator[tuple[trio.socket.SocketType, trio.socket.SocketType]]:
+        with await udp() as rtp_sock, await udp() as rtcp_sock:
+            yield rtp_sock, rtcp_sock
 
 
 async def udp() -> trio.socket.SocketType:
@@ -130,66 +118,62 @@ async def play_tone(
     return n
 
 
-@pytest.mark.parametrize(("codec", "pt"), [("PCMU", 0), ("PCMA", 8)])
-async def test_aiortc_call_audio_both_ways(codec: str, pt: int) -> None:
+@pytest.mark.parametrize(
+    ("browser_codec", "sip_codec"), [("PCMU", "PCMU"), ("PCMA", "PCMA"), ("PCMU", "PCMA")]
+)
+async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -> None:
+    """aiortc offers one codec; the phone answers the bridge's SIP offer with `sip_codec`
+    (PCMU -> PCMA exercises the relay's transcoding)."""
     seconds = 2.0
-    routes = {pt: PtRoute(pt)}
+    sip_pt = {"PCMU": 0, "PCMA": 8}[sip_codec]
     with trio.fail_after(30):
-        bsock, srtp_sock, srtcp_sock, phone, phone_rtcp = [await udp() for _ in range(5)]
-        with bsock, srtp_sock, srtcp_sock, phone, phone_rtcp:
-            async with webrtc_peer("--tone", "440", "--seconds", str(seconds), "--codec", codec) as (
-                proc,
-                out,
+        phone, phone_rtcp = await udp(), await udp()
+        with phone, phone_rtcp:
+            args = ("--tone", "440", "--seconds", str(seconds), "--codec", browser_codec)
+            async with (
+                webrtc_peer(*args) as (proc, out),
+                trio.open_nursery() as call,
             ):
                 offer = await out.next()
                 assert offer["type"] == "offer"
-                sdp = offer["sdp"]
-                alg, fingerprint = offer_value(sdp, "fingerprint").split()
-                ufrag, pwd = secrets.token_hex(4), secrets.token_hex(12)
-                media = MediaSession(
-                    browser_sock=bsock,
-                    sip_rtp_sock=srtp_sock,
-                    sip_rtcp_sock=srtcp_sock,
-                    ice=IceLiteAgent(ufrag, pwd, offer_value(sdp, "ice-ufrag"), offer_value(sdp, "ice-pwd")),
-                    dtls=DtlsEndpoint(DtlsRole.SERVER, CERT, (alg, fingerprint)),
-                )
-                try:
-                    answer = answer_for(
-                        sdp, port=bsock.getsockname()[1], ufrag=ufrag, pwd=pwd, pt=pt, codec=codec
-                    )
+                t0 = trio.current_time()
+                async with open_media(
+                    LoopbackPorts(),
+                    offer["sdp"],
+                    advertise_hosts=["127.0.0.1"],
+                    sip_host="127.0.0.1",
+                    certificate=CERT,
+                ) as media:
+                    assert "a=ice-lite" in media.browser_answer
+                    assert "RTP/AVP" in media.sip_offer
                     assert proc.stdin is not None
-                    await proc.stdin.send_all(json.dumps({"type": "answer", "sdp": answer}).encode() + b"\n")
+                    answer = json.dumps({"type": "answer", "sdp": media.browser_answer})
+                    await proc.stdin.send_all(answer.encode() + b"\n")
                     heard: list[bytes] = []
 
                     async def phone_listen() -> None:
                         while True:
                             data, _ = await phone.recvfrom(2048)
-                            if data[1] & 0x7F == pt:
+                            if data[1] & 0x7F == sip_pt:
                                 heard.append(data[12:])
 
-                    async with trio.open_nursery() as call:
-                        t0 = trio.current_time()
-                        await call.start(media.run_ice_dtls)
-                        dtls_s = trio.current_time() - t0
-                        call.start_soon(media.run_relay)
-                        call.start_soon(phone_listen)
-                        # the SIP answer (say a 183 with early media) arrives while media runs
-                        media.set_sip_remote(
-                            SipRemote(phone.getsockname(), phone_rtcp.getsockname(), CodecMap(routes, routes))
-                        )
-                        connected = await out.next()
-                        assert connected["type"] == "connected"
-                        sent = await play_tone(
-                            phone, ("127.0.0.1", srtp_sock.getsockname()[1]), 1000.0, seconds, pt
-                        )
-                        report = await out.next()
-                        call.cancel_scope.cancel()
-                    assert report["type"] == "report"
-                    assert report["ok"], report
+                    await call.start(media.run_ice_dtls)
+                    dtls_s = trio.current_time() - t0
+                    call.start_soon(media.run_relay)
+                    call.start_soon(phone_listen)
+                    # the phone's answer (a 183 with early media, say) arrives while media runs
+                    media.set_sip_answer(
+                        sip_answer(phone.getsockname()[1], phone_rtcp.getsockname()[1], sip_codec)
+                    )
+                    assert (await out.next())["type"] == "connected"
+                    sip_rtp_port = int(media.sip_offer.split("m=audio ")[1].split()[0])
+                    sent = await play_tone(phone, ("127.0.0.1", sip_rtp_port), 1000.0, seconds, sip_pt)
+                    report = await out.next()
                     stats = media.stats()
-                finally:
-                    media.close()
-        decode = g711.decode_ulaw if pt == 0 else g711.decode_alaw
+                    call.cancel_scope.cancel()
+        assert report["type"] == "report"
+        assert report["ok"], report
+        decode = g711.decode_ulaw if sip_pt == 0 else g711.decode_alaw
         pcm = np.array([s for payload in heard for s in decode(payload)], dtype=np.int16)
         sip_side = analyse(pcm[1600:], 8000)  # skip the first 200 ms
         # aiortc heard the SIP side's 1 kHz, the SIP side heard aiortc's 440 Hz
@@ -205,6 +189,7 @@ async def test_aiortc_call_audio_both_ways(codec: str, pt: int) -> None:
         assert stats.selected is not None
         assert dtls_s < 5
         print(
-            f"{codec}: offer->DTLS {dtls_s * 1000:.0f} ms; aiortc heard {report['freq']:.0f} Hz "
-            f"({report['frames']} frames), SIP side heard {sip_side.freq:.0f} Hz ({len(heard)} packets)"
+            f"{browser_codec}->{sip_codec}: offer->DTLS {dtls_s * 1000:.0f} ms; aiortc heard "
+            f"{report['freq']:.0f} Hz ({report['frames']} frames, {report['dbfs']:.0f} dBFS), "
+            f"SIP side heard {sip_side.freq:.0f} Hz ({len(heard)} packets)"
         )
