@@ -348,6 +348,8 @@ class MediaSession:
             if dest is not None:
                 self._send(self._browser, datagram, dest)
         for raw in (self._browser, self._sip_rtp, self._sip_rtcp):
+            # Wake any reader still parked on the descriptor before it goes away.
+            trio.lowlevel.notify_closing(raw)
             raw.close()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -423,7 +425,10 @@ class MediaSession:
         reported = False
         while True:
             with trio.move_on_at(self._deadline(started_at)):
-                await trio.lowlevel.wait_readable(raw)
+                try:
+                    await trio.lowlevel.wait_readable(raw)
+                except trio.ClosedResourceError:
+                    raise MediaEnded("media session closed", 487) from None
             now = trio.current_time()
             for _ in range(DRAIN_CAP):
                 try:
@@ -503,7 +508,10 @@ class MediaSession:
         view = memoryview(buf)
         relay = self.relay
         while True:
-            await trio.lowlevel.wait_readable(raw)
+            try:
+                await trio.lowlevel.wait_readable(raw)
+            except trio.ClosedResourceError:
+                return  # close() was called: the call is over
             now = trio.current_time()
             for _ in range(DRAIN_CAP):
                 try:

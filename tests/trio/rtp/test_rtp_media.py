@@ -13,9 +13,11 @@ import pytest
 
 import trio
 from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
+from rtp.errors import NegotiationError
 from rtp.ice_lite import IceLiteAgent
-from rtp.media import MediaEnded, MediaSession, SipRemote
+from rtp.media import MediaEnded, MediaSession, SipRemote, open_media
 from rtp.relay import CodecMap, PtRoute
+from rtp.sdp import SessionDescription
 from rtp.srtp import SrtpRx, SrtpTx, keys_from_dtls
 from rtp.stun import StunClass, binding_request, parse_stun_untrusted
 
@@ -47,17 +49,22 @@ class FakeBrowser:
     rx: SrtpRx | None = None
     received: list[bytes] = field(default_factory=list)
     stun_replies: list[int] = field(default_factory=list)
+    we_are_client: bool = True
 
-    async def check(self, use_candidate: bool = True, pwd: str = LPWD) -> None:
+    async def check(self, use_candidate: bool = True, pwd: str = LPWD, ufrag: str = LUFRAG) -> None:
         req = binding_request(
             os.urandom(12),
-            username=f"{LUFRAG}:{RUFRAG}",
+            username=f"{ufrag}:{RUFRAG}",
             key=pwd.encode(),
             priority=1,
             ice_controlling=42,
             use_candidate=use_candidate,
         )
         await self.sock.sendto(req, self.bridge)
+
+    async def send_rtp(self, seq: int, ts: int, payload: bytes) -> None:
+        assert self.tx is not None
+        await self.sock.sendto(self.tx.protect(rtp(seq, ts, 1111, payload)), self.bridge)
 
     async def flush(self) -> None:
         for d in self.dtls.outgoing():
@@ -80,7 +87,7 @@ class FakeBrowser:
             await self.flush()
             if self.dtls.state is DtlsState.CONNECTED and self.tx is None:
                 profile = self.dtls.srtp_profile
-                tx, rx = keys_from_dtls(profile, self.dtls.keying_material(), True)
+                tx, rx = keys_from_dtls(profile, self.dtls.keying_material(), self.we_are_client)
                 self.tx, self.rx = SrtpTx(profile, tx), SrtpRx(profile, rx)
 
 
@@ -298,3 +305,217 @@ def test_sockets_are_released() -> None:
     for _ in range(5):
         trio.run(main)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- open_media: SDP for both legs, ports, hold, DTLS client role -----------------------------
+
+
+class LoopbackPorts:
+    """The allocator interface open_media needs, recording leases so tests can check release."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.leased = 0
+
+    @asynccontextmanager
+    async def udp(self) -> AsyncIterator[trio.socket.SocketType]:
+        self.open += 1
+        self.leased += 1
+        try:
+            with await udp() as sock:
+                yield sock
+        finally:
+            self.open -= 1
+
+    @asynccontextmanager
+    async def udp_pair(self) -> AsyncIterator[tuple[trio.socket.SocketType, trio.socket.SocketType]]:
+        async with self.udp() as a, self.udp() as b:
+            yield a, b
+
+
+def browser_offer(setup: str = "actpass", rtcp_mux: bool = True) -> str:
+    """A Chromium-shaped audio offer (G.711 + telephone-event/8000 as PT 126, BUNDLE, rtcp-mux)."""
+    lines = [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 126",
+        "c=IN IP4 0.0.0.0",
+        f"a=ice-ufrag:{RUFRAG}",
+        f"a=ice-pwd:{RPWD}",
+        "a=ice-options:trickle",
+        f"a=fingerprint:sha-256 {BROWSER_CERT.fingerprint_sha256}",
+        f"a=setup:{setup}",
+        "a=mid:0",
+        "a=sendrecv",
+        *(["a=rtcp-mux"] if rtcp_mux else []),
+        "a=rtpmap:111 opus/48000/2",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:126 telephone-event/8000",
+        "a=ssrc:1111 cname:browser",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def phone_sdp(port: int, codec: str = "PCMU", direction: str = "sendrecv", version: int = 1) -> str:
+    pt = {"PCMU": 0, "PCMA": 8}[codec]
+    return (
+        f"v=0\r\no=phone 7 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {codec}/8000\r\n"
+        f"a=rtpmap:101 telephone-event/8000\r\na={direction}\r\n"
+    )
+
+
+def answer_params(answer: str) -> tuple[int, str, str, str, str]:
+    sdp = SessionDescription.parse_untrusted(answer)
+    audio = sdp.media[0]
+    fp = sdp.fingerprint_for(audio)
+    assert fp is not None
+    return (
+        audio.port,
+        sdp.session_or_media(audio, "ice-ufrag") or "",
+        sdp.session_or_media(audio, "ice-pwd") or "",
+        fp.value,
+        sdp.session_or_media(audio, "setup") or "",
+    )
+
+
+async def test_open_media_call_with_early_media_and_hold() -> None:
+    ports = LoopbackPorts()
+    with trio.fail_after(10):
+        phone = await udp()
+        with phone:
+            async with open_media(
+                ports,
+                browser_offer(),
+                advertise_hosts=["127.0.0.1"],
+                sip_host="127.0.0.1",
+                certificate=BRIDGE_CERT,
+            ) as media:
+                assert ports.open == 3
+                port, ufrag, pwd, fingerprint, setup = answer_params(media.browser_answer)
+                assert setup == "passive"
+                assert fingerprint == BRIDGE_CERT.fingerprint_sha256
+                assert "a=ice-lite" in media.browser_answer
+                assert "a=candidate:" in media.browser_answer
+                sip = SessionDescription.parse_untrusted(media.sip_offer)
+                sip_port = sip.media[0].port
+                browser_sock = await udp()
+                with browser_sock:
+                    browser = FakeBrowser(
+                        browser_sock,
+                        ("127.0.0.1", port),
+                        DtlsEndpoint(DtlsRole.CLIENT, BROWSER_CERT, ("sha-256", fingerprint)),
+                    )
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(browser.run)
+                        await browser.check(ufrag=ufrag, pwd=pwd)
+                        browser.dtls.start(trio.current_time())
+                        await browser.flush()
+                        await nursery.start(media.run_ice_dtls)
+                        nursery.start_soon(media.run_relay)
+                        while browser.tx is None:
+                            await trio.sleep(0.01)
+                        # early media: the 183's SDP
+                        media.set_sip_answer(phone_sdp(phone.getsockname()[1]))
+                        await phone.sendto(rtp(1, 0, 0x2222, b"\x11" * 160), ("127.0.0.1", sip_port))
+                        while not browser.received:
+                            await trio.sleep(0.01)
+                        assert browser.received[0][12:] == b"\x11" * 160
+                        await browser_sock.sendto(
+                            browser.tx.protect(rtp(1, 0, 1111, b"\x22" * 160)), browser.bridge
+                        )
+                        data, _ = await phone.recvfrom(2048)
+                        assert data[12:] == b"\x22" * 160
+                        # the phone holds (sendonly): we answer recvonly and stop sending to it
+                        answer = media.answer_sip_offer(
+                            phone_sdp(phone.getsockname()[1], direction="sendonly", version=2)
+                        )
+                        assert "a=recvonly" in answer
+                        await browser_sock.sendto(
+                            browser.tx.protect(rtp(2, 160, 1111, b"\x33" * 160)), browser.bridge
+                        )
+                        with trio.move_on_after(0.3):
+                            await phone.recvfrom(2048)
+                            pytest.fail("media sent to a phone that holds")
+                        assert media.stats().edge.no_sip_address == 1
+                        # resume
+                        answer = media.answer_sip_offer(phone_sdp(phone.getsockname()[1], version=3))
+                        assert "a=sendrecv" in answer
+                        await browser_sock.sendto(
+                            browser.tx.protect(rtp(3, 320, 1111, b"\x44" * 160)), browser.bridge
+                        )
+                        data, _ = await phone.recvfrom(2048)
+                        assert data[12:] == b"\x44" * 160
+                        nursery.cancel_scope.cancel()
+        assert ports.open == 0
+
+
+async def test_open_media_confirms_the_sip_codec() -> None:
+    ports = LoopbackPorts()
+    async with open_media(
+        ports, browser_offer(), advertise_hosts=["127.0.0.1"], sip_host="127.0.0.1", certificate=BRIDGE_CERT
+    ) as media:
+        first = SessionDescription.parse_untrusted(media.browser_answer)
+        assert first.media[0].payload_types[:2] == (0, 8)
+        media.set_sip_answer(phone_sdp(4000, codec="PCMA"))
+        final = SessionDescription.parse_untrusted(media.confirm_browser_answer())
+        assert final.media[0].payload_types == (8, 126)
+        assert answer_params(str(final))[1:4] == answer_params(str(first))[1:4]
+        assert int(final.origin.session_version) == int(first.origin.session_version) + 1
+        assert media.relay.codec_map.to_sip[8].out_pt == 8
+
+
+async def test_open_media_refuses_a_bad_offer_and_releases_ports() -> None:
+    ports = LoopbackPorts()
+    with pytest.raises(NegotiationError, match="rtcp-mux"):
+        async with open_media(
+            ports,
+            browser_offer(rtcp_mux=False),
+            advertise_hosts=["127.0.0.1"],
+            sip_host="127.0.0.1",
+            certificate=BRIDGE_CERT,
+        ):
+            pytest.fail("unreachable")
+    assert ports.leased == 3
+    assert ports.open == 0
+    async with open_media(
+        ports, browser_offer(), advertise_hosts=["127.0.0.1"], sip_host="127.0.0.1", certificate=BRIDGE_CERT
+    ) as media:
+        with pytest.raises(NegotiationError):
+            media.set_sip_answer(phone_sdp(4000).replace("RTP/AVP 0 101", "RTP/AVP 18"))
+
+
+async def test_open_media_as_dtls_client() -> None:
+    """An offer with a=setup:passive makes us the DTLS client: our ClientHello goes out once a
+    connectivity check has validated the browser's address."""
+    ports = LoopbackPorts()
+    with trio.fail_after(10):
+        async with open_media(
+            ports,
+            browser_offer(setup="passive"),
+            advertise_hosts=["127.0.0.1"],
+            sip_host="127.0.0.1",
+            certificate=BRIDGE_CERT,
+        ) as media:
+            port, ufrag, pwd, fingerprint, setup = answer_params(media.browser_answer)
+            assert setup == "active"
+            browser_sock = await udp()
+            with browser_sock:
+                browser = FakeBrowser(
+                    browser_sock,
+                    ("127.0.0.1", port),
+                    DtlsEndpoint(DtlsRole.SERVER, BROWSER_CERT, ("sha-256", fingerprint)),
+                    we_are_client=False,
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(browser.run)
+                    await browser.check(ufrag=ufrag, pwd=pwd)
+                    await nursery.start(media.run_ice_dtls)
+                    while browser.tx is None:
+                        await trio.sleep(0.01)
+                    assert media.dtls.is_client
+                    nursery.cancel_scope.cancel()
