@@ -60,3 +60,12 @@ class SrtpError(Exception):
     def __init__(self, kind: SrtpErrorKind, message: str) -> None:
         super().__init__(f"{kind.value}: {message}")
         self.kind = kind
+
+
+class PortsExhausted(Exception):
+    """No free UDP port (or even/odd pair) is left in the configured media range.
+
+    The bridge answers the call with 503 Service Unavailable.
+    """
+
+    status_hint = 503

@@ -1,0 +1,158 @@
+"""The media port allocator (Trio edge): UDP sockets bound in the configured port range.
+
+Each call leases one socket towards the browser (ICE, DTLS, SRTP and SRTCP share it: rtcp-mux)
+and an RTP/RTCP pair towards the SIP side (RTP on an even port, RTCP on the next odd one,
+RFC 3550 §11). Leases are async context managers: the socket is bound on entry, closed and its
+port returned to the pool on exit, whatever ends the call.
+
+* Ports held by another process (EADDRINUSE, EACCES) are skipped, not fatal.
+* When the range has nothing left, `PortsExhausted` is raised (the bridge answers 503); no other
+  exception comes out of an allocation except an `OSError` that is not about a busy port (the
+  configured host is not an address of this machine, say), which is a configuration error.
+* The scan resumes after the port last handed out (round robin), so a port just released is not
+  reused at once: stray packets of the previous call then land on a closed port, not a new call.
+* Every socket gets large kernel buffers (4 MiB asked, the kernel caps at net.core.*mem_max; see
+  shared/recipes/perf: the default 212 KB buffer holds only 256 packets and loses bursts).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from rtp.errors import PortsExhausted
+
+__all__ = ["SOCKET_BUFFER_BYTES", "PortAllocator", "PortsExhausted"]
+
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+_BUSY = (errno.EADDRINUSE, errno.EACCES)
+
+
+class PortAllocator:
+    """Hands out UDP sockets bound to `host` on ports `low`..`high` (inclusive).
+
+    One allocator is shared by all calls of a bridge process; it is not thread-safe but is safe
+    for any number of Trio tasks (a port is reserved before the first checkpoint).
+    """
+
+    def __init__(
+        self, low: int, high: int, host: str = "127.0.0.1", *, buffer_bytes: int = SOCKET_BUFFER_BYTES
+    ):
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"port range {low}-{high} invalid")
+        self.low, self.high, self.host = low, high, host
+        self.buffer_bytes = buffer_bytes
+        self._family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        self._in_use: set[int] = set()
+        self._cursor = low
+        self.skipped_busy = 0  # ports found held by another process, over the allocator's life
+
+    @property
+    def in_use(self) -> frozenset[int]:
+        """The ports currently leased by this allocator."""
+        return frozenset(self._in_use)
+
+    def _candidates(self, *, even: bool) -> list[int]:
+        """Every port to try once, starting at the round-robin cursor."""
+        span = range(self.low, self.high + 1)
+        start = self._cursor - self.low
+        ordered = [*span[start:], *span[:start]]
+        if even:
+            return [p for p in ordered if p % 2 == 0 and p + 1 <= self.high]
+        return ordered
+
+    def _tune(self, sock: trio.socket.SocketType) -> None:
+        for option in (trio.socket.SO_RCVBUF, trio.socket.SO_SNDBUF):
+            size = self.buffer_bytes
+            while size >= 65536:
+                try:
+                    sock.setsockopt(trio.socket.SOL_SOCKET, option, size)
+                    break
+                except OSError:
+                    size //= 2  # fall back: some systems refuse rather than cap
+
+    async def _bind(self, port: int) -> trio.socket.SocketType | None:
+        """A socket bound to `port`, or None if another process holds it. The port must be reserved."""
+        sock = trio.socket.socket(self._family, trio.socket.SOCK_DGRAM)
+        try:
+            self._tune(sock)
+            await sock.bind((self.host, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in _BUSY:
+                self.skipped_busy += 1
+                return None
+            raise
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _release(self, *ports: int) -> None:
+        for port in ports:
+            self._in_use.discard(port)
+
+    async def _allocate_one(self) -> tuple[int, trio.socket.SocketType]:
+        for port in self._candidates(even=False):
+            if port in self._in_use:
+                continue
+            self._in_use.add(port)
+            try:
+                sock = await self._bind(port)
+            except BaseException:
+                self._release(port)
+                raise
+            if sock is None:
+                self._release(port)
+                continue
+            self._cursor = port + 1 if port < self.high else self.low
+            return port, sock
+        raise PortsExhausted(f"no free UDP port in {self.low}-{self.high} on {self.host}")
+
+    async def _allocate_pair(self) -> tuple[int, trio.socket.SocketType, trio.socket.SocketType]:
+        for port in self._candidates(even=True):
+            if port in self._in_use or port + 1 in self._in_use:
+                continue
+            self._in_use.update((port, port + 1))
+            rtp: trio.socket.SocketType | None = None
+            try:
+                rtp = await self._bind(port)
+                rtcp = await self._bind(port + 1) if rtp is not None else None
+            except BaseException:
+                if rtp is not None:
+                    rtp.close()
+                self._release(port, port + 1)
+                raise
+            if rtp is None or rtcp is None:
+                if rtp is not None:
+                    rtp.close()
+                self._release(port, port + 1)
+                continue
+            self._cursor = port + 2 if port + 2 <= self.high else self.low
+            return port, rtp, rtcp
+        raise PortsExhausted(f"no free even/odd UDP port pair in {self.low}-{self.high} on {self.host}")
+
+    @asynccontextmanager
+    async def udp(self) -> AsyncIterator[trio.socket.SocketType]:
+        """Lease one bound UDP socket (the browser leg). Raises `PortsExhausted`."""
+        port, sock = await self._allocate_one()
+        try:
+            with sock:
+                yield sock
+        finally:
+            self._release(port)
+
+    @asynccontextmanager
+    async def udp_pair(self) -> AsyncIterator[tuple[trio.socket.SocketType, trio.socket.SocketType]]:
+        """Lease an (RTP, RTCP) pair on an even port and the next one (RFC 3550 §11).
+
+        Raises `PortsExhausted`.
+        """
+        port, rtp, rtcp = await self._allocate_pair()
+        try:
+            with rtp, rtcp:
+                yield rtp, rtcp
+        finally:
+            self._release(port, port + 1)
