@@ -13,8 +13,9 @@ Every WSS connection goes through `BridgeContext.handle_connection`:
 3. The caller is checked by `bridge.auth.Authenticator`: scrypt runs in a worker thread and the
    throttle delay is waited. A refusal gets `hangup` 403 (wrong credentials) or 429 (locked out), the
    connection is closed and nothing else happens.
-4. An accepted call goes to the `CallHandler` (with an `AuthenticatedCall`) inside its own cancel scope,
-   so a graceful stop can cancel calls before the listener.
+4. An accepted call goes to the `CallHandler` (with an `AuthenticatedCall`). Each connection runs in
+   its own cancel scope, so a graceful stop can cancel calls (and pages that have not called yet)
+   before the listener.
 
 The seam for the per-call code is `services`: an async context manager factory
 `(BridgeContext) -> AsyncContextManager[CallHandler]`. It is entered once, before the listener starts,
@@ -57,6 +58,7 @@ from bridge.config import Config
 from bridge.extensions import ExtensionsError, load_extensions
 from mccp.messages import Call, Dtmf, Hangup, HangupRequest, Ping
 from mccp.server import MccpConnection, PageGone, serve_mccp
+from mccp.session import SessionState
 
 log = logging.getLogger("bridge.app")
 
@@ -178,7 +180,8 @@ class BridgeContext:
         self._nursery = nursery
         self._force_exit = force_exit
         self._serve_scope = trio.CancelScope()
-        self._calls: set[trio.CancelScope] = set()
+        self._scopes: set[trio.CancelScope] = set()  # one per connection being handled
+        self._calls = 0
         self._connections = 0
         self._no_connections = trio.Event()
         self._auth_limiter = trio.CapacityLimiter(AUTH_THREADS)
@@ -187,7 +190,7 @@ class BridgeContext:
     @property
     def active_calls(self) -> int:
         """Calls being handled right now."""
-        return len(self._calls)
+        return self._calls
 
     # -- control -----------------------------------------------------------------------------------
 
@@ -214,11 +217,11 @@ class BridgeContext:
         if self.stopping:
             return
         self.stopping = True
-        log.info("stopping: %d active call(s), grace %gs", len(self._calls), self.config.shutdown_grace)
+        log.info("stopping: %d active call(s), grace %gs", self._calls, self.config.shutdown_grace)
         self._nursery.start_soon(self._shutdown)
 
     async def _shutdown(self) -> None:
-        for scope in list(self._calls):
+        for scope in list(self._scopes):
             scope.cancel()
         # Wait for the calls' own clean-up and for their connections to close (WebSocket close
         # handshake), bounded by the grace period; then the listener and the rest are cancelled.
@@ -228,7 +231,7 @@ class BridgeContext:
             if grace.cancelled_caught:
                 log.warning(
                     "stopping: %d call(s), %d connection(s) left after the grace period",
-                    len(self._calls),
+                    self._calls,
                     self._connections,
                 )
         self._serve_scope.cancel()
@@ -263,7 +266,16 @@ class BridgeContext:
         conn_log = ConnectionLog(log, {"remote": _format_address(*conn.remote[:2])})
         self._connections += 1
         try:
-            await self._handle(conn, conn_log)
+            with trio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    await self._handle(conn, conn_log)
+                finally:
+                    self._scopes.discard(scope)
+            if scope.cancelled_caught:
+                conn_log.info("connection ended: the bridge is stopping")
+                if conn.state is not SessionState.ENDED:  # the call handler did not say goodbye
+                    await self._refuse(conn, 503, "bridge is shutting down")
         except PageGone:
             conn_log.info("page gone")
         finally:
@@ -273,6 +285,10 @@ class BridgeContext:
             if not self._connections:
                 self._no_connections.set()
                 self._no_connections = trio.Event()
+
+    def _still_stopping(self) -> bool:
+        # a method, so that mypy does not carry the earlier `if self.stopping` narrowing across awaits
+        return self.stopping
 
     async def _refuse(self, conn: MccpConnection, code: int, reason: str) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -302,12 +318,14 @@ class BridgeContext:
         mode = "upstream" if result.outcome is AuthOutcome.UPSTREAM else "local"
         conn_log.info("call from %s to %s authenticated (%s)", call.clr, call.cld, mode)
         accepted = AuthenticatedCall(call, (conn.remote[0], conn.remote[1]), result, conn_log)
-        with trio.CancelScope() as scope:
-            self._calls.add(scope)
-            try:
-                await self._call_handler(conn, accepted)
-            finally:
-                self._calls.discard(scope)
+        if self._still_stopping():  # stop() came while this call was being authenticated
+            await self._refuse(conn, 503, "bridge is shutting down")
+            return
+        self._calls += 1
+        try:
+            await self._call_handler(conn, accepted)
+        finally:
+            self._calls -= 1
 
     async def _first_call(self, conn: MccpConnection, conn_log: ConnectionLog) -> Call | None:
         with trio.move_on_after(FIRST_MESSAGE_TIMEOUT):

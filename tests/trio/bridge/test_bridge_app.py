@@ -250,6 +250,21 @@ async def test_stop_cancels_calls_and_returns_after_their_cleanup(tmp_path: Path
     assert cleaned == ["100"]
 
 
+async def test_stop_ends_pages_that_have_not_called_without_waiting_for_the_grace(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            config = _config(tmp_path, shutdown_grace=5.0)
+            context: BridgeContext = await nursery.start(partial(run_bridge, config, handle_signals=False))
+            client = ssl.create_default_context(cafile=str(config.cert_dir / "server.crt"))
+            async with page(context, client) as ws:
+                await trio.sleep(0.2)  # connected, no call sent
+                started = trio.current_time()
+                context.stop()
+                assert await recv(ws) == Hangup(503, "bridge is shutting down")
+                assert await closed(ws)
+        assert trio.current_time() - started < 1.5
+
+
 async def test_second_signal_forces_exit(tmp_path: Path) -> None:
     exits: list[int] = []
     stuck = trio.Event()
