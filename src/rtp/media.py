@@ -148,7 +148,9 @@ def _raw_socket(sock: _Socket) -> socket.socket:
     raw = socket.socket(fileno=os.dup(sock.fileno()))
     raw.setblocking(False)
     with suppress(OSError):
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        # Only ever raise the buffer (the port allocator may already have asked for more).
+        if raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RCVBUF:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     return raw
 
 
