@@ -272,6 +272,8 @@ def _cmd_serve(config: Config, stdout: TextIO, stderr: TextIO) -> int:
     except* OSError as group:
         stderr.write(f"{PROG}: cannot serve: {_first(group)}\n")
         status = 1
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        status = 130
     return status
 
 
