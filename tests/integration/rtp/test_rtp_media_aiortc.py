@@ -26,6 +26,7 @@ import trio
 from rtp import g711
 from rtp.dtls import DtlsCertificate
 from rtp.media import open_media
+from rtp.ports import PortAllocator
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(40)]
 
@@ -59,20 +60,6 @@ def sip_answer(port: int, rtcp_port: int, codec: str) -> str:
         f"m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {codec}/8000\r\n"
         f"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=rtcp:{rtcp_port}\r\na=sendrecv\r\n"
     )
-
-
-class LoopbackPorts:
-    """The port-allocator interface open_media uses, on 127.0.0.1 ephemeral ports."""
-
-    @asynccontextmanager
-    async def udp(self) -> AsyncIterator[trio.socket.SocketType]:
-        with await udp() as sock:
-            yield sock
-
-    @asynccontextmanager
-    async def udp_pair(self) -> AsyncIterator[tuple[trio.socket.SocketType, trio.socket.SocketType]]:
-        with await udp() as rtp_sock, await udp() as rtcp_sock:
-            yield rtp_sock, rtcp_sock
 
 
 async def udp() -> trio.socket.SocketType:
@@ -126,6 +113,7 @@ async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -
     (PCMU -> PCMA exercises the relay's transcoding)."""
     seconds = 2.0
     sip_pt = {"PCMU": 0, "PCMA": 8}[sip_codec]
+    ports = PortAllocator(41000, 41099, "127.0.0.1")
     with trio.fail_after(30):
         phone, phone_rtcp = await udp(), await udp()
         with phone, phone_rtcp:
@@ -138,7 +126,7 @@ async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -
                 assert offer["type"] == "offer"
                 t0 = trio.current_time()
                 async with open_media(
-                    LoopbackPorts(),
+                    ports,
                     offer["sdp"],
                     advertise_hosts=["127.0.0.1"],
                     sip_host="127.0.0.1",
@@ -173,6 +161,7 @@ async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -
                     call.cancel_scope.cancel()
         assert report["type"] == "report"
         assert report["ok"], report
+        assert not ports.in_use  # the three leases were given back
         decode = g711.decode_ulaw if sip_pt == 0 else g711.decode_alaw
         pcm = np.array([s for payload in heard for s in decode(payload)], dtype=np.int16)
         sip_side = analyse(pcm[1600:], 8000)  # skip the first 200 ms
