@@ -32,6 +32,8 @@ from typing import TypeAlias
 from rtp.errors import RtpParseError
 
 __all__ = [
+    "FIXED_HEADER",
+    "FIXED_HEADER_TAIL",
     "RTP_HEADER_LENGTH",
     "RTP_VERSION",
     "RtpPacket",
@@ -56,6 +58,10 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 WritableBuffer: TypeAlias = bytearray | memoryview
 
 _HEAD = struct.Struct("!BBHII")
+FIXED_HEADER = _HEAD
+"""The fixed 12-byte header as (b0, b1, sequence, timestamp, ssrc), for one-call unpacking."""
+FIXED_HEADER_TAIL = struct.Struct("!BHII")
+"""Bytes 1-11 as (marker|pt, sequence, timestamp, ssrc): `pack_into(buf, 1, ...)` rewrites them."""
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 

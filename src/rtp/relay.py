@@ -43,18 +43,7 @@ from typing import TypeAlias
 
 from rtp import g711
 from rtp.errors import RtpParseError, SrtpError, SrtpErrorKind
-from rtp.packet import (
-    check_untrusted,
-    get_sequence,
-    get_ssrc,
-    get_timestamp,
-    is_rtcp,
-    set_marker,
-    set_payload_type,
-    set_sequence,
-    set_ssrc,
-    set_timestamp,
-)
+from rtp.packet import FIXED_HEADER, FIXED_HEADER_TAIL, RTP_HEADER_LENGTH, check_untrusted, is_rtcp
 from rtp.rtcp import RtcpType, rewrite_ssrcs, walk_untrusted
 from rtp.srtp import SrtpRx, SrtpTx
 
@@ -171,11 +160,6 @@ def _route_table(routes: Mapping[int, PtRoute]) -> list[tuple[int, bytes | None]
     return table
 
 
-def _signed(value: int, bits: int) -> int:
-    half = 1 << (bits - 1)
-    return ((value + half) & ((1 << bits) - 1)) - half
-
-
 class Relay:
     """The per-call relay state: both directions, their counters, and the SRTP contexts.
 
@@ -242,27 +226,34 @@ class Relay:
             return None
         try:
             plain = self._rx.unprotect(srtp)
-            start, end = check_untrusted(plain)
         except SrtpError as exc:
             c.drop(_SRTP_CAUSE[exc.kind])
             return None
-        except RtpParseError:
-            c.drop(DropCause.MALFORMED)
-            return None
-        pt = plain[1] & 0x7F
-        route = self._to_sip[pt]
+        n = len(plain)
+        # Fast path: a bare 12-byte header (no CSRC, extension or padding), as browsers send
+        # when no header extension was negotiated; anything else gets the full check.
+        if n >= RTP_HEADER_LENGTH and plain[0] == 0x80:
+            start, end = RTP_HEADER_LENGTH, n
+        else:
+            try:
+                start, end = check_untrusted(plain)
+            except RtpParseError:
+                c.drop(DropCause.MALFORMED)
+                return None
+        b1 = plain[1]
+        route = self._to_sip[b1 & 0x7F]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)
             return None
         out_pt, table = route
         out: Datagram = plain
-        if out_pt != pt or table is not None:
+        if out_pt != b1 & 0x7F or table is not None:
             out = bytearray(plain)
-            set_payload_type(out, out_pt)
+            out[1] = (b1 & 0x80) | out_pt
             if table is not None:
                 out[start:end] = out[start:end].translate(table)
         c.packets += 1
-        c.octets += len(out)
+        c.octets += n
         c.last_packet_time = now
         return out
 
@@ -311,27 +302,31 @@ class Relay:
         if self._tx is None:
             c.drop(DropCause.NOT_READY)
             return None
-        try:
-            check_untrusted(buf)
-        except RtpParseError:
+        if len(buf) < RTP_HEADER_LENGTH:
             c.drop(DropCause.MALFORMED)
             return None
-        if is_rtcp(buf):
+        b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(buf)
+        if b0 != 0x80:  # not the bare fixed header: full check (version, CSRC, extension, padding)
+            try:
+                check_untrusted(buf)
+            except RtpParseError:
+                c.drop(DropCause.MALFORMED)
+                return None
+        if 192 <= b1 <= 223:  # RFC 5761 §4: RTCP
             return self.sip_rtcp(buf, now)
-        route = self._to_browser[buf[1] & 0x7F]
+        route = self._to_browser[b1 & 0x7F]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)
             return None
-        ssrc, seq, ts = get_ssrc(buf), get_sequence(buf), get_timestamp(buf)
         forward = True
         new_stream = False
-        if self._started and ssrc == self._in_ssrc:
-            d = _signed(seq - self._max_in_seq, 16)
+        if ssrc == self._in_ssrc and self._started:
+            d = ((seq - self._max_in_seq + 0x8000) & 0xFFFF) - 0x8000
             if -MAX_MISORDER <= d <= MAX_DROPOUT:
                 forward = d > 0
-                dts = _signed(ts - self._last_in_ts, 32)
-                if forward and (dts < 0 or dts > MAX_TIMESTAMP_JUMP):
-                    new_stream = True
+                if forward:
+                    dts = ((ts - self._last_in_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                    new_stream = dts < 0 or dts > MAX_TIMESTAMP_JUMP
             else:
                 new_stream = True
         elif (
@@ -350,12 +345,8 @@ class Relay:
         out_seq = (seq + self._seq_delta) & 0xFFFF
         out_ts = (ts + self._ts_delta) & 0xFFFFFFFF
         out_pt, table = route
-        set_payload_type(buf, out_pt)
-        set_sequence(buf, out_seq)
-        set_timestamp(buf, out_ts)
-        set_ssrc(buf, self.ssrc)
-        if new_stream:
-            set_marker(buf, True)
+        marker = 0x80 if new_stream else b1 & 0x80
+        FIXED_HEADER_TAIL.pack_into(buf, 1, marker | out_pt, out_seq, out_ts, self.ssrc)
         if table is not None:
             start, end = check_untrusted(buf)
             buf[start:end] = bytes(buf[start:end]).translate(table)
@@ -365,8 +356,11 @@ class Relay:
             c.drop(_SRTP_CAUSE[exc.kind])
             return None
         if forward:
-            self._max_in_seq, self._last_in_ts = seq, ts
-            self._last_out_seq, self._last_out_ts, self._last_out_time = out_seq, out_ts, now
+            self._max_in_seq = seq
+            self._last_in_ts = ts
+            self._last_out_seq = out_seq
+            self._last_out_ts = out_ts
+            self._last_out_time = now
         c.packets += 1
         c.octets += len(out)
         if now is not None:
