@@ -25,7 +25,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
 import trio
-from sip.digest_interim import Challenge, DigestError, build_authorization, parse_challenge
+from sip.auth import DigestClient, challenges, supported_algorithm
+from sip.errors import SipParseError
 from sip.headers import Headers, NameAddr
 from sip.message import Request, Response, make_request
 from sip.transport import Address, Transport, TransportError
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("sip.calls")
+
+_ALGORITHM_PREFERENCE = {"SHA-512-256": 0, "SHA-256": 1, "MD5": 2}
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER"
 
@@ -367,27 +370,25 @@ class OutgoingCall(_Dialog):
             self._end(response.status, response.reason, "remote")
 
     def _answer_challenge(self, response: Response) -> tuple[str, str] | None:
+        """The credentials header answering a 401/407 (§22.2), or None if it cannot be answered."""
         assert self.credentials is not None
-        assert self._invite is not None
-        www = response.status == 401
-        values = response.headers.get_all("WWW-Authenticate" if www else "Proxy-Authenticate")
-        challenges: list[Challenge] = []
-        for value in values:
-            try:
-                challenges.append(parse_challenge(value))
-            except DigestError as exc:
-                log.info("%s: unusable challenge: %s", self.call_id, exc)
-        usable = [c for c in challenges if c.algorithm in ("SHA-256", "MD5")]
+        proxy = response.status == 407
+        usable = [c for c in challenges(response) if c.proxy == proxy and supported_algorithm(c.algorithm)]
         if not usable:
+            log.info("%s: no usable digest challenge in %d", self.call_id, response.status)
             return None
-        # RFC 8760 §2.4: prefer the strongest algorithm offered.
-        challenge = next((c for c in usable if c.algorithm == "SHA-256"), usable[0])
+        # RFC 8760 §2.4: with several challenges, use the strongest algorithm offered.
+        usable.sort(key=lambda c: _ALGORITHM_PREFERENCE.get(c.algorithm.upper(), 9))
+        challenge = usable[0]
         user, password = self.credentials
-        value = build_authorization(
-            challenge, method="INVITE", uri=str(self.target), user=user, password=password,
-            cnonce=self.ua.token(8),
-        )  # fmt: skip
-        return ("Authorization" if www else "Proxy-Authorization", value)
+        try:
+            creds = DigestClient(user, password).authorize(
+                challenge, "INVITE", str(self.target), cnonce=self.ua.token(8)
+            )
+        except SipParseError as exc:  # e.g. only qop values we do not support
+            log.info("%s: cannot answer the challenge: %s", self.call_id, exc)
+            return None
+        return (challenge.reply_header, str(creds))
 
     def _on_provisional(self, response: Response) -> None:
         if self.state is CallState.CALLING:

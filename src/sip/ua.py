@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Self
 
 import trio
+from sip.auth import make_challenge, parse_credentials, verify
 from sip.calls import ALLOW, IncomingCall, OutgoingCall, TransactionTimeout, uri_address
-from sip.digest_interim import DigestError, verify_credentials
 from sip.errors import SipParseError
 from sip.headers import Headers, NameAddr, Via
 from sip.message import Request, Response, make_response
@@ -93,7 +93,7 @@ class SipUA:
         self.registrar = registrar
         self.ha1_lookup = ha1_lookup
         self.realm = realm
-        self.challenge_algorithms = tuple(challenge_algorithms)
+        self.challenge_algorithms = tuple(a.upper() for a in challenge_algorithms)
         self.on_invite = on_invite
         self.token = token
         self.t1, self.t2, self.grace = t1, t2, grace
@@ -467,23 +467,25 @@ class SipUA:
         if not user:
             await self.respond(request, source, 404)
             return
-        credentials = request.headers.get("Authorization")
-        if credentials is None:
+        value = request.headers.get("Authorization")
+        if value is None:
             await self._challenge(request, source, now, stale=False)
             return
         try:
-            verdict = verify_credentials(
-                credentials, method="REGISTER", realm=self.realm, ha1_lookup=self.ha1_lookup,
-                nonce_ok=lambda nonce: check_nonce(self._nonce_key, nonce, now),
-            )  # fmt: skip
-        except DigestError as exc:
+            creds = parse_credentials(value)
+        except SipParseError as exc:
             log.info("REGISTER from %s: bad credentials: %s", source, exc)
             await self.respond(request, source, 400, "Bad Authorization")
             return
-        if verdict.nonce is NonceCheck.STALE or verdict.nonce is NonceCheck.INVALID:
-            await self._challenge(request, source, now, stale=verdict.nonce is NonceCheck.STALE)
+        nonce = check_nonce(self._nonce_key, creds.nonce, now)
+        if nonce is not NonceCheck.VALID:  # not ours, or too old (RFC 7616 §3.3 stale=true)
+            await self._challenge(request, source, now, stale=nonce is NonceCheck.STALE)
             return
-        if not verdict.ok or verdict.user != user:
+        algorithm = creds.algorithm.upper()
+        ha1 = None
+        if creds.realm == self.realm and creds.username == user and algorithm in self.challenge_algorithms:
+            ha1 = self.ha1_lookup(creds.username, self.realm, algorithm)
+        if ha1 is None or not verify(creds, "REGISTER", ha1):
             log.info("REGISTER for %s from %s: authentication failed", user, source)
             await self.respond(request, source, 403)
             return
@@ -511,11 +513,10 @@ class SipUA:
         await self.respond(request, source, 200, headers=headers)
 
     async def _challenge(self, request: Request, source: Address, now: float, *, stale: bool) -> None:
+        """401 with one challenge per algorithm (RFC 8760 §2.4), a stateless HMAC nonce."""
         nonce = make_nonce(self._nonce_key, now)
-        headers = []
-        for algorithm in self.challenge_algorithms:
-            value = f'Digest realm="{self.realm}", nonce="{nonce}", qop="auth", algorithm={algorithm}'
-            if stale:
-                value += ", stale=true"
-            headers.append(("WWW-Authenticate", value))
+        headers = [
+            ("WWW-Authenticate", str(make_challenge(self.realm, nonce, algorithm=algorithm, stale=stale)))
+            for algorithm in self.challenge_algorithms
+        ]
         await self.respond(request, source, 401, headers=headers)

@@ -287,3 +287,48 @@ async def test_send_info_returns_status_and_bad_input_is_counted(
             nursery.start_soon(call.hangup)
             bye = await peer.recv_request("BYE")
             await peer.reply(bye, 200)
+
+
+async def test_register_sha256_challenge_and_stale_nonce(autojump_clock: trio.testing.MockClock) -> None:
+    from sip.auth import DigestClient, challenges
+    from sip.registrar import Registrar
+
+    def ha1_lookup(user: str, realm: str, algorithm: str) -> str | None:
+        h = hashlib.sha256 if algorithm == "SHA-256" else hashlib.md5
+        return h(f"{user}:{realm}:pw".encode()).hexdigest() if user == "101" else None
+
+    async with setup(
+        registrar=Registrar(), ha1_lookup=ha1_lookup, challenge_algorithms=("SHA-256", "MD5")
+    ) as (ua, peer):
+        peer.ua_addr = ("127.0.0.1", ua.transport.port)
+
+        def register(cseq: int, auth: str = "") -> bytes:
+            return (
+                "REGISTER sip:127.0.0.1 SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bKr{cseq}\r\n"
+                f"From: <sip:101@127.0.0.1>;tag=a\r\nTo: <sip:101@127.0.0.1>\r\nCall-ID: reg1\r\n"
+                f"CSeq: {cseq} REGISTER\r\nContact: <sip:101@127.0.0.1:7000>\r\nExpires: 60\r\n{auth}"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+
+        await peer.send(register(1))
+        challenge_response, _ = await peer.recv()
+        assert isinstance(challenge_response, Response)
+        assert challenge_response.status == 401
+        offered = challenges(challenge_response)
+        assert [c.algorithm for c in offered] == ["SHA-256", "MD5"]
+        creds = DigestClient("101", "pw").authorize(offered[0], "REGISTER", "sip:127.0.0.1", cnonce="c0ffee")
+        await peer.send(register(2, f"Authorization: {creds}\r\n"))
+        ok, _ = await peer.recv()
+        assert isinstance(ok, Response)
+        assert ok.status == 200
+        assert ok.headers.get("Contact") == "<sip:101@127.0.0.1:7000>;expires=60"
+        autojump_clock.jump(400)  # the nonce is now older than 300 s: stale=true, no 403
+        creds = DigestClient("101", "pw").authorize(offered[0], "REGISTER", "sip:127.0.0.1", cnonce="c0ffee")
+        await peer.send(register(3, f"Authorization: {creds}\r\n"))
+        stale, _ = await peer.recv()
+        assert isinstance(stale, Response)
+        assert stale.status == 401
+        assert all(c.stale for c in challenges(stale))
+        assert ua.registrar is not None
+        assert ua.registrar.lookup("101", trio.current_time()) == []  # the 60 s binding expired
