@@ -174,6 +174,7 @@ async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -
         assert stats.to_browser.packets >= 0.9 * sent
         assert stats.to_sip.packets >= 50
         assert stats.to_sip.dropped_total == 0
+        assert stats.to_sip.rtcp_packets >= 1  # aiortc's SRTCP reports reached the SIP side
         assert stats.ice.checks_ok >= 1
         assert stats.selected is not None
         assert dtls_s < 5

@@ -16,6 +16,7 @@ from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.errors import NegotiationError
 from rtp.ice_lite import IceLiteAgent
 from rtp.media import MediaEnded, MediaSession, SipRemote, open_media
+from rtp.ports import PortAllocator
 from rtp.relay import CodecMap, PtRoute
 from rtp.sdp import SessionDescription
 from rtp.srtp import SrtpRx, SrtpTx, keys_from_dtls
@@ -48,6 +49,7 @@ class FakeBrowser:
     tx: SrtpTx | None = None
     rx: SrtpRx | None = None
     received: list[bytes] = field(default_factory=list)
+    received_rtcp: list[bytes] = field(default_factory=list)
     stun_replies: list[int] = field(default_factory=list)
     we_are_client: bool = True
 
@@ -81,6 +83,8 @@ class FakeBrowser:
                     self.stun_replies.append(msg.error_code or 200)
                 elif 20 <= data[0] < 64:
                     self.dtls.feed_untrusted(data, trio.current_time())
+                elif self.rx is not None and 192 <= data[1] <= 223:
+                    self.received_rtcp.append(self.rx.unprotect_rtcp(data))
                 elif self.rx is not None:
                     self.received.append(self.rx.unprotect(data))
             self.dtls.handle_timeout(trio.current_time())
@@ -179,6 +183,21 @@ async def test_ice_dtls_and_srtp_both_ways() -> None:
             assert stats.to_sip.packets == 5
             assert stats.to_browser.packets == 5
             assert stats.dtls_state is DtlsState.CONNECTED
+            # RTCP both ways: SRTCP in -> RTCP at the phone's RTCP port, and back
+            rr = struct.pack("!BBHI", 0x80, 201, 1, 0x1111)  # an empty receiver report
+            await r.browser.sock.sendto(r.browser.tx.protect_rtcp(rr), r.browser.bridge)
+            data, src = await r.phone_rtcp.recvfrom(2048)
+            assert data == rr
+            assert src[1] == r.sip_rtcp_port
+            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0x2222, 1, 2, 1000, 5, 800)
+            await r.phone_rtcp.sendto(sr, ("127.0.0.1", r.sip_rtcp_port))
+            while not r.browser.received_rtcp:
+                await trio.sleep(0.01)
+            got = r.browser.received_rtcp[0]
+            assert got[1] == 200
+            assert struct.unpack_from("!I", got, 4)[0] == r.media.relay.ssrc  # mapped to our SSRC
+            assert r.media.stats().to_sip.rtcp_packets == 1
+            assert r.media.stats().to_browser.rtcp_packets == 1
             nursery.cancel_scope.cancel()
 
 
@@ -519,3 +538,81 @@ async def test_open_media_as_dtls_client() -> None:
                         await trio.sleep(0.01)
                     assert media.dtls.is_client
                     nursery.cancel_scope.cancel()
+
+
+async def test_ipv6_loopback() -> None:
+    """The browser leg on ::1: sources arrive as 4-tuples and are keyed on (host, port)."""
+
+    async def udp6() -> trio.socket.SocketType:
+        sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
+        await sock.bind(("::1", 0))
+        return sock
+
+    with trio.fail_after(10):
+        bsock, s1, s2, browser_sock = await udp6(), await udp(), await udp(), await udp6()
+        with bsock, s1, s2, browser_sock:
+            media = MediaSession(
+                browser_sock=bsock,
+                sip_rtp_sock=s1,
+                sip_rtcp_sock=s2,
+                ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG),
+                dtls=DtlsEndpoint(DtlsRole.SERVER, BRIDGE_CERT, ("sha-256", BROWSER_CERT.fingerprint_sha256)),
+            )
+            browser = FakeBrowser(
+                browser_sock,
+                bsock.getsockname()[:2],
+                DtlsEndpoint(DtlsRole.CLIENT, BROWSER_CERT, ("sha-256", BRIDGE_CERT.fingerprint_sha256)),
+            )
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(browser.run)
+                    await browser.check()
+                    browser.dtls.start(trio.current_time())
+                    await browser.flush()
+                    await nursery.start(media.run_ice_dtls)
+                    assert media.ice.selected == browser_sock.getsockname()[:2]
+                    nursery.cancel_scope.cancel()
+            finally:
+                media.close()
+
+
+@pytest.mark.parametrize("phase", ["before-check", "mid-handshake", "connected"])
+async def test_cancel_at_every_phase_releases_everything(phase: str) -> None:
+    ports = PortAllocator(42000, 42099, "127.0.0.1")
+    fds = len(os.listdir("/proc/self/fd"))
+    with trio.fail_after(10):
+        async with open_media(
+            ports,
+            browser_offer(),
+            advertise_hosts=["127.0.0.1"],
+            sip_host="127.0.0.1",
+            certificate=BRIDGE_CERT,
+        ) as media:
+            assert len(ports.in_use) == 3
+            port, ufrag, pwd, fingerprint, _ = answer_params(media.browser_answer)
+            browser_sock = await udp()
+            with browser_sock:
+                browser = FakeBrowser(
+                    browser_sock,
+                    ("127.0.0.1", port),
+                    DtlsEndpoint(DtlsRole.CLIENT, BROWSER_CERT, ("sha-256", fingerprint)),
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(media.run_ice_dtls)
+                    nursery.start_soon(media.run_relay)
+                    if phase != "before-check":
+                        await browser.check(ufrag=ufrag, pwd=pwd)
+                        browser.dtls.start(trio.current_time())
+                        await browser.flush()  # ClientHello sent, nobody reads the reply
+                    if phase == "connected":
+                        nursery.start_soon(browser.run)
+                        while not media.keys_ready:
+                            await trio.sleep(0.01)
+                    await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+            out_before_close = media.dtls.counters.datagrams_out
+    assert not ports.in_use
+    assert len(os.listdir("/proc/self/fd")) == fds
+    if phase == "connected":
+        assert media.dtls.state is DtlsState.CLOSED
+        assert media.dtls.counters.datagrams_out == out_before_close + 1  # close_notify on the way out
