@@ -207,6 +207,9 @@ class SipTransport:
 
     async def send(self, data: bytes, dest: Address) -> None:
         """Send one message to `dest`; raises TransportError when it cannot be sent."""
+        if not 0 < dest.port < 65536:
+            self.stats.send_errors += 1
+            raise TransportError(f"cannot send to {dest}: no valid port")
         if self.send_filter is not None and not self.send_filter(data, dest):
             return
         match dest.transport:

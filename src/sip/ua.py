@@ -145,7 +145,10 @@ class SipUA:
                 proxy = proxy.with_params(proxy.params.set("transport", "tcp"))
             preloaded = [NameAddr(proxy)]
         else:
-            first_hop = uri_address(uri, self.transport.default_transport)
+            try:
+                first_hop = uri_address(uri, self.transport.default_transport)
+            except TransportError:  # e.g. transport=sctp: the call ends at once with 503
+                first_hop = Address(uri.host_no_brackets, 0, self.transport.default_transport)
         call = OutgoingCall(
             self, uri, caller=caller, display=display, sdp=sdp, credentials=credentials,
             first_hop=first_hop, preloaded_route=preloaded, from_host=uri.host,
@@ -368,6 +371,8 @@ class SipUA:
         except SipParseError as exc:  # a header the parser let through and an accessor refused
             self.stats["bad_requests"] += 1
             log.info("dropped a bad message from %s: %s", source, exc)
+        except TransportError as exc:  # e.g. re-ACKing a retransmitted 2xx to a vanished peer
+            log.info("cannot send while handling a message from %s: %s", source, exc)
 
     async def _on_response(self, response: Response) -> None:
         branch = response.top_via.branch or ""

@@ -332,3 +332,45 @@ async def test_register_sha256_challenge_and_stale_nonce(autojump_clock: trio.te
         assert all(c.stale for c in challenges(stale))
         assert ua.registrar is not None
         assert ua.registrar.lookup("101", trio.current_time()) == []  # the 60 s binding expired
+
+
+async def test_unroutable_target_ends_503_and_fuzzed_input_never_kills_the_ua(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import random
+
+    async with setup() as (ua, peer):
+        async with ua.call("sip:600@127.0.0.1;transport=sctp", caller="100", sdp=SDP) as call:
+            assert [e async for e in call.events] == [Ended(503, "Service Unavailable", "local")]
+        peer.ua_addr = ("127.0.0.1", ua.transport.port)
+        options = (
+            "OPTIONS sip:600@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bKo1\r\n"
+            "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:600@127.0.0.1>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\n"
+            "Contact: <sip:a@127.0.0.1>\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        rng = random.Random(1)
+        seeds = [options, options.replace(b"OPTIONS", b"REGISTER"), options.replace(b"OPTIONS", b"INVITE")]
+        seeds.append(b"SIP/2.0 200 OK\r\n" + options.split(b"\r\n", 1)[1])
+        for i in range(300):
+            data = bytearray(rng.choice(seeds).replace(b"z9hG4bKo1", f"z9hG4bKf{i}".encode()))
+            for _ in range(rng.randint(1, 4)):
+                pos = rng.randrange(len(data))
+                match rng.randrange(3):
+                    case 0:
+                        data[pos] = rng.randrange(256)
+                    case 1:
+                        del data[pos : pos + rng.randint(1, 20)]
+                    case _:
+                        data[pos:pos] = rng.choice([b";", b",", b"<", b"\r\n", b" ", b"\x00", b"%", b'"'])
+            await peer.send(bytes(data))
+        while True:  # drain whatever the UA answered
+            with trio.move_on_after(1) as idle:
+                await peer.sock.recv(65535)
+            if idle.cancelled_caught:
+                break
+        await peer.send(options.replace(b"z9hG4bKo1", b"z9hG4bKlast"))
+        answer, _ = await peer.recv()
+        assert isinstance(answer, Response)
+        assert answer.status == 200
+        assert ua.transport.stats.bad_datagrams > 0
