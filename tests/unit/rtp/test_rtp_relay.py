@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from rtp import g711
 from rtp.packet import RtpPacket
 from rtp.relay import CodecMap, DropCause, PtRoute, Relay, Transcode
 from rtp.rtcp import RtcpType, parse_compound_untrusted
+from rtp.sdp_answer import answer_browser_offer, codec_map, offer_for_sip, parse_sip_answer
 from rtp.srtp import SrtpProfile, SrtpRx, SrtpTx
 
 OUR_SSRC = 0x0BEEF000
@@ -304,3 +307,81 @@ def test_both_profiles_end_to_end(profile: SrtpProfile) -> None:
     out = relay.sip_rtp(_sip(0, 1, 1, 0xAAAA), 0.0)
     assert out is not None
     assert RtpPacket.parse_untrusted(SrtpRx(profile, ok).unprotect(out)).ssrc == OUR_SSRC
+
+
+@st.composite
+def _segments(draw: st.DrawFn) -> list[tuple[int, int, int, int]]:
+    """Runs of in-order packets, each run from another SSRC than the previous one."""
+    out: list[tuple[int, int, int, int]] = []
+    prev: int | None = None
+    for _ in range(draw(st.integers(1, 6))):
+        ssrc = draw(st.sampled_from([s for s in (0xA, 0xB, 0xC) if s != prev]))
+        out.append(
+            (ssrc, draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 12)))
+        )
+        prev = ssrc
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(_segments(), st.booleans())
+def test_sip_to_browser_output_is_one_gapless_stream(
+    segments: list[tuple[int, int, int, int]], with_now: bool
+) -> None:
+    relay, browser = _relay(), Browser()
+    now = 100.0
+    got: list[RtpPacket] = []
+    for ssrc, seq0, ts0, count in segments:
+        for i in range(count):
+            p = _to_browser(
+                relay,
+                _sip(0, (seq0 + i) & 0xFFFF, (ts0 + 160 * i) & 0xFFFFFFFF, ssrc),
+                now if with_now else None,
+                browser.rx,
+            )
+            now += 0.02
+            if p is not None:
+                got.append(p)
+        now += 0.3
+    dropped = relay.to_browser.dropped
+    assert sum(dropped.values()) == dropped[DropCause.STALE_STREAM]
+    assert len(got) == relay.to_browser.packets
+    assert {p.ssrc for p in got} == {OUR_SSRC}
+    assert [p.sequence for p in got] == [(5000 + i) & 0xFFFF for i in range(len(got))]
+    steps = [(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(got)]
+    assert all(160 <= s <= 8000 * 2 for s in steps)
+
+
+def test_whole_call_from_real_offer_to_relay() -> None:
+    """Chromium's offer -> our answer; our SIP offer -> a PCMA-only answer -> codec map -> relay."""
+    offer = (Path(__file__).parent / "data" / "offer_chromium156.sdp").read_bytes().decode()
+    _, neg = answer_browser_offer(
+        offer,
+        ice_ufrag="abcd",
+        ice_pwd="0123456789012345678901",
+        fingerprint_sha256=":".join(["00"] * 32),
+        candidates=[("127.0.0.1", 20000)],
+        session_id=1,
+    )
+    sip_offer = offer_for_sip(host="127.0.0.1", rtp_port=30000, session_id=2)
+    sip = parse_sip_answer(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio 4000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n",
+        sip_offer,
+    )
+    relay, browser = _relay(codec_map(neg, sip)), Browser()
+    tone = _tone(1000)
+    out = relay.browser_rtp(browser.rtp(0, g711.encode_ulaw(tone)), 0.0)  # Chrome sends PCMU first
+    assert out is not None
+    pkt = RtpPacket.parse_untrusted(out)
+    assert pkt.payload_type == 8
+    assert _snr_db(tone, list(g711.decode_alaw(pkt.payload))) > 30
+    out = relay.browser_rtp(browser.rtp(126, bytes.fromhex("0b0a00a0")), 0.02)
+    assert out is not None
+    assert RtpPacket.parse_untrusted(out).payload_type == 101
+    back = _to_browser(relay, _sip(101, 9, 9, 0xAAAA, bytes.fromhex("0b8a0320")), 0.04, browser.rx)
+    assert back is not None
+    assert back.payload_type == 126
+    back = _to_browser(relay, _sip(8, 10, 809, 0xAAAA), 0.06, browser.rx)
+    assert back is not None
+    assert back.payload_type == 8
