@@ -55,7 +55,7 @@ from bridge.certs import (
     new_server_context,
 )
 from bridge.config import Config
-from bridge.extensions import ExtensionsError, load_extensions
+from bridge.extensions import ExtensionsError, ExtensionTable, load_extensions
 from mccp.messages import Call, Dtmf, Hangup, HangupRequest, Ping
 from mccp.server import MccpConnection, PageGone, serve_mccp
 from mccp.session import SessionState
@@ -157,6 +157,17 @@ def prepare_certificate(
     return load_into(context, cert_file, key_file, now=now), generated
 
 
+def _warn_other_realm(table: ExtensionTable, realm: str) -> None:
+    other = [entry.number for entry in table if entry.realm != realm]
+    if other:
+        log.warning(
+            "extensions %s were hashed for another realm than %r: SIP phones cannot register as them "
+            "until they are added again (`mccp-bridge extension add`); MCCP logins are not affected",
+            ", ".join(other),
+            realm,
+        )
+
+
 class BridgeContext:
     """The running bridge: config, TLS context, authenticator, bound addresses; `reload()` and `stop()`.
 
@@ -204,6 +215,7 @@ class BridgeContext:
         else:
             self.authenticator.replace_table(table)
             log.info("reload: %d extensions loaded from %s", len(table), path)
+            _warn_other_realm(table, self.config.realm)
         cert_file, key_file = cert_paths(self.config.cert_dir)
         try:
             info = load_into(self.ssl_context, cert_file, key_file, now=dt.datetime.now(dt.UTC))
@@ -447,6 +459,7 @@ async def run_bridge(
     if config.upstream is not None:
         log.info("upstream %s: passwords are checked by its digest challenge", config.upstream.uri())
     log.info("%d extensions loaded from %s", len(table), config.extensions_file)
+    _warn_other_realm(table, config.realm)
     async with trio.open_nursery() as nursery:
         context = BridgeContext(config, ssl_context, authenticator, nursery=nursery, force_exit=force_exit)
         if handle_signals:

@@ -7,6 +7,7 @@ trio-websocket client speaking MCCP JSON. Every test runs under `trio.fail_after
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import trio_websocket
 import trio
 from bridge.app import AuthenticatedCall, BridgeContext, CallHandler, Services, no_call_services, run_bridge
 from bridge.auth import AuthOutcome
+from bridge.certs import generate_self_signed
 from bridge.config import Config, Upstream
 from bridge.extensions import ExtensionTable, make_extension, save_extensions
 from mccp.codec import decode_bridge_untrusted, encode
@@ -210,10 +212,27 @@ async def test_reload_picks_up_new_extensions_and_keeps_old_on_error(
             config.extensions_file.write_text("garbage = [")
             context.reload()
             assert len(context.authenticator.table) == 3
+            # a new certificate is served to new connections after reload, from the same SSLContext
+            new = generate_self_signed(config.cert_dir, ["127.0.0.1"], now=dt.datetime.now(dt.UTC))
+            context.reload()
+            async with page(context, ssl.create_default_context(cafile=str(new.cert_file))) as ws:
+                await ws.send_message(call())
+                assert await recv(ws) == Hangup(503, "calls not available yet")
+            old_client = await trio.open_ssl_over_tcp_stream(
+                "127.0.0.1", context.wss_addresses[0][1], ssl_context=client
+            )
+            with pytest.raises(trio.BrokenResourceError) as broken:
+                await old_client.do_handshake()
+            assert isinstance(broken.value.__cause__, ssl.SSLCertVerificationError)
+            await trio.aclose_forcefully(old_client)
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("reload: 3 extensions loaded from ") for m in messages)
     assert any(m.startswith("reload: extensions not reloaded, keeping 3: invalid TOML") for m in messages)
     assert any(m.startswith("reload: certificate ") for m in messages)
+    # extension 102 was hashed for realm "r": its digest HA1 cannot serve realm mccp-bridge
+    assert any(
+        m.startswith("extensions 102 were hashed for another realm than 'mccp-bridge'") for m in messages
+    )
 
 
 async def test_stop_cancels_calls_and_returns_after_their_cleanup(tmp_path: Path) -> None:
