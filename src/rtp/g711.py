@@ -44,7 +44,9 @@ def linear_to_ulaw(sample: int) -> int:
     """Encode one 16-bit linear sample as a μ-law code (G.711 table 2a)."""
     sample = _clamp16(sample)
     sign = 0x80 if sample < 0 else 0
-    magnitude = min(-sample if sign else sample, _ULAW_CLIP) + _ULAW_BIAS
+    # Negative samples take the one's complement (-x - 1), as the ITU-T G.191 reference encoder
+    # does, so that -32768 fits and the decision levels are symmetric.
+    magnitude = min(~sample if sign else sample, _ULAW_CLIP) + _ULAW_BIAS
     exponent = 7
     mask = 0x4000
     while exponent > 0 and not magnitude & mask:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import subprocess
 
 from rtp import g711
 
@@ -95,3 +97,50 @@ def test_translation_tables() -> None:
     # silence stays silence
     assert g711.ULAW_TO_ALAW[0xFF] == 0xD5
     assert g711.ALAW_TO_ULAW[0xD5] in (0xFF, 0xFE)
+
+
+def _g191_ulaw(x: int) -> int:
+    """The μ-law encoder of the ITU-T G.191 Software Tool Library, transcribed from its description."""
+    absno = ((~x) >> 2) if x < 0 else (x >> 2)
+    absno = min(absno + 33, 0x1FFF)
+    segno, i = 1, absno >> 6
+    while i:
+        segno, i = segno + 1, i >> 1
+    y = ((0x8 - segno) << 4) | (0xF - ((absno >> segno) & 0xF))
+    return y | 0x80 if x >= 0 else y
+
+
+def _g191_alaw(x: int) -> int:
+    """The A-law encoder of the ITU-T G.191 Software Tool Library, transcribed from its description."""
+    ix = ((~x) >> 4) if x < 0 else (x >> 4)
+    if ix > 15:
+        exponent = 1
+        while ix > 16 + 15:
+            ix, exponent = ix >> 1, exponent + 1
+        ix = ix - 16 + (exponent << 4)
+    return (ix | 0x80 if x >= 0 else ix) ^ 0x55
+
+
+def test_encoders_match_the_itu_reference_for_every_16_bit_input() -> None:
+    samples = range(-32768, 32768)
+    assert g711.encode_ulaw(samples) == bytes(_g191_ulaw(x) for x in samples)
+    assert g711.encode_alaw(samples) == bytes(_g191_alaw(x) for x in samples)
+    # out-of-range input is clamped, not wrapped
+    assert g711.linear_to_ulaw(40000) == 0x80
+    assert g711.linear_to_alaw(-40000) == 0x2A
+
+
+def _sox(args: list[str], data: bytes) -> bytes:
+    proc = subprocess.run(["sox", "-D", *args], input=data, capture_output=True, check=True, timeout=20)
+    return proc.stdout
+
+
+def test_decoders_match_sox() -> None:
+    """sox (an independent G.711 implementation, installed by scripts/install-peers.sh) decodes
+    every code to the same linear value. (Its encoders round some decision levels differently from
+    the ITU reference, so the encoders are checked against G.191 above instead.)"""
+    codes = bytes(range(256))
+    linear = ["-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1", "-L", "-"]
+    for law, decode in (("u-law", g711.decode_ulaw), ("a-law", g711.decode_alaw)):
+        out = _sox(["-t", "raw", "-r", "8000", "-e", law, "-b", "8", "-c", "1", "-", *linear], codes)
+        assert list(struct.unpack("<256h", out)) == list(decode(codes))
