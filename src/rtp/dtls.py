@@ -72,6 +72,7 @@ MTU = 1200
 INITIAL_RTO = 1.0  # RFC 6347 4.2.4.1: initial timer 1 s
 MAX_RTO = 60.0  # RFC 6347 4.2.4.1: at least 60 s maximum
 RECORD_HEADER = 13
+DTLS1_2_VERSION = 0xFEFD
 MAX_FINAL_RESENDS = 10
 # RFC 6347 4.1: content types change_cipher_spec(20), alert(21), handshake(22), application_data(23)
 RECORD_TYPES = range(20, 24)
@@ -225,6 +226,10 @@ class DtlsEndpoint:
         self.remote_fingerprint = (alg, expected)
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
+        # RFC 8827 section 6.5: DTLS 1.2 (WebRTC's version; the record parsing here assumes its
+        # 13-byte headers, not DTLS 1.3's unified header).
+        ctx.set_min_proto_version(DTLS1_2_VERSION)
+        ctx.set_max_proto_version(DTLS1_2_VERSION)
         ctx.use_certificate(self.certificate.certificate)
         ctx.use_privatekey(self.certificate.private_key)
         ctx.check_privatekey()
@@ -394,7 +399,9 @@ class DtlsEndpoint:
             raise LocalProtocolError("OpenSSL produced a malformed DTLS record stream")
         datagrams = _pack_datagrams(records, self.mtu)
         self._out.extend(datagrams)
-        if now is not None and self.state is DtlsState.HANDSHAKING:
+        only_alerts = all(r[0] == 21 for r in records)
+        if now is not None and self.state is DtlsState.HANDSHAKING and not only_alerts:
+            # A new flight (an alert alone is sent once, never retransmitted).
             self._flight = datagrams
             self._rto = INITIAL_RTO
             self._deadline = now + self._rto

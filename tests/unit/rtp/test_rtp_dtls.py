@@ -251,3 +251,25 @@ def test_random_records_never_raise(body: bytes, ctype: int) -> None:
     server.feed_untrusted(body, 0.0)
     server.outgoing()
     assert server.state in (DtlsState.HANDSHAKING, DtlsState.FAILED)
+
+
+def test_dtls_1_0_client_is_refused() -> None:
+    """RFC 8827 6.5: DTLS 1.2 only. A client capped at DTLS 1.0 gets a protocol_version alert."""
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.DTLS_METHOD)
+    ctx.set_cipher_list(b"ALL:@SECLEVEL=0")  # let the old client even try
+    ctx.set_max_proto_version(0xFEFF)
+    old = SSL.Connection(ctx, None)
+    old.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        old.do_handshake()
+    hello = old.bio_read(65536)
+    server = DtlsEndpoint(DtlsRole.SERVER, SERVER_CERT, ("sha-256", CLIENT_CERT.fingerprint_sha256))
+    server.feed_untrusted(hello, 0.0)
+    assert server.state is DtlsState.FAILED
+    assert server.failure_reason is not None
+    assert "unsupported protocol" in server.failure_reason
+    alert = server.outgoing()
+    assert alert
+    assert alert[0][0] == 21  # an alert record
