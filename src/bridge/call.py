@@ -1,0 +1,327 @@
+"""One call, one nursery: the MCCP session, ICE/DTLS, the relay and the SIP dialog.
+
+Theory of operation
+-------------------
+`run_call` runs one authenticated browser call to its end and returns how it ended (`CallEnd`)::
+
+    route the number (404/480 end here: nothing is sent towards SIP)
+    async with open_media(...):                 # ports, ICE-lite + DTLS answer, RTP/AVP offer (503/488)
+        page <- trying, progress(answer SDP)    # ICE and DTLS run while the phone rings
+        nursery:
+            page_task       page messages: hangup, dtmf (SIP INFO in dtmf_mode "info"), socket gone
+            ice_dtls_task   media.run_ice_dtls(): STUN, DTLS, SRTP -> RTP; MediaEnded ends the call
+            relay_task      media.run_relay(): RTP -> SRTP, RTCP both ways
+            sip_task        ua.call(): INVITE ... 180/183/200 ... re-INVITE, INFO, BYE; ring timeout
+    page <- hangup(code, reason)                # shielded, bounded
+
+The task that sees the end calls `_Call.finish(code, reason, by)`: the first reason wins and the
+call's cancel scope is cancelled, so the other tasks stop at once. The clean-up is done by the
+context managers on the way out, each bounded and shielded where it must talk to a peer: the SIP
+call sends CANCEL before the answer (and waits for the 487) or BYE after it (`SipUA.call`), the
+media plane sends DTLS close_notify and gives its ports back (`open_media`), and the page gets its
+`hangup` here. A cancellation from outside (the bridge stopping) ends the call the same way with
+503 "bridge is shutting down". Codes follow SIP: 200 for a normal end after the answer, 487 when
+the page hangs up before it, the SIP final response otherwise.
+
+One log record per call at its end (caller, callee, Call-ID, set-up time, duration, end reason and
+code, packets and drops each way, SRTP failures), and the call's logger prefixes every line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, assert_never
+
+import trio
+from bridge.config import DtmfMode
+from bridge.routing import NoRoute, Route
+from mccp.messages import Answer, Call, Dtmf, Hangup, HangupRequest, Ping, Progress, Ringing, Trying
+from mccp.server import MccpConnection, PageGone
+from rtp.errors import NegotiationError, PortsExhausted, SdpParseError
+from rtp.media import MediaEnded, MediaSession, open_media
+from rtp.relay import DropCause
+from sip.calls import Answered, CallEvent, EarlyMedia, Ended, InfoReceived, OutgoingCall, ReOffer
+from sip.calls import Ringing as SipRinging
+from sip.calls import Trying as SipTrying
+
+if TYPE_CHECKING:
+    from bridge.app import AuthenticatedCall
+    from bridge.services import CallServices
+
+log = logging.getLogger("bridge.call")
+
+GRACE = 3.0  # seconds for telling the page how the call ended
+EndedBy = Literal["page", "sip", "media", "bridge"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """How a call ended: a SIP-style code and reason, and which side ended it."""
+
+    code: int
+    reason: str
+    by: EndedBy
+
+
+@dataclass(slots=True)
+class _Call:
+    """The state the call's tasks share; `finish` records the end and cancels the call."""
+
+    scope: trio.CancelScope
+    started_at: float
+    end: CallEnd | None = None
+    sip: OutgoingCall | None = None
+    answered_at: float | None = None
+    first_response_at: float | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def answered(self) -> bool:
+        return self.answered_at is not None
+
+    def finish(self, code: int, reason: str, by: EndedBy) -> None:
+        if self.end is None:
+            self.end = CallEnd(code, reason, by)
+        self.scope.cancel()
+
+
+async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: CallServices) -> CallEnd:
+    """Run one call to its end (see the module docstring); returns how it ended."""
+    request = accepted.call
+    clog = accepted.log
+    config = services.config
+    started_at = trio.current_time()
+    route = services.route(request.cld, caller=request.clr, password=request.pwd)
+    if isinstance(route, NoRoute):
+        end = CallEnd(route.code, route.reason, "bridge")
+        await _tell_page(conn, end)
+        _log_end(clog, request, None, end, started_at, None, None)
+        return end
+    state = _Call(trio.CancelScope(), started_at)
+    media: MediaSession | None = None
+    try:
+        async with open_media(
+            services.ports,
+            request.sdp,
+            advertise_hosts=services.advertise_hosts,
+            sip_host=services.sip_media_host,
+            certificate=services.certificate,
+            media_timeout=config.media_timeout,
+            logger=clog,
+        ) as media:
+            await conn.send(Trying())
+            await conn.send(Progress(media.browser_answer))
+            with state.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_page_task, conn, state, services)
+                    nursery.start_soon(_media_task, media.run_ice_dtls, state)
+                    nursery.start_soon(_media_task, media.run_relay, state)
+                    nursery.start_soon(_sip_task, conn, state, services, route, request, media, clog)
+            if state.end is None:  # cancelled from outside: the bridge is stopping
+                state.end = CallEnd(503, "bridge is shutting down", "bridge")
+    except PortsExhausted:
+        state.end = CallEnd(503, "Service Unavailable (no media ports left)", "bridge")
+    except (SdpParseError, NegotiationError) as exc:
+        state.end = CallEnd(488, f"Not Acceptable Here: {exc}", "bridge")
+    except PageGone as exc:  # the page left before the call was set up
+        state.end = CallEnd(487, f"page gone: {exc}", "page")
+    except trio.Cancelled:
+        if state.end is None:
+            state.end = CallEnd(503, "bridge is shutting down", "bridge")
+        raise
+    finally:
+        end = state.end or CallEnd(500, "Server Internal Error", "bridge")
+        if end.by != "page":
+            await _tell_page(conn, end)
+        _log_end(clog, request, state, end, started_at, media, state.sip)
+    return end
+
+
+async def _tell_page(conn: MccpConnection, end: CallEnd) -> None:
+    """Send the page its `hangup` (bounded and shielded: it runs during cancellation too)."""
+    with trio.move_on_after(GRACE, shield=True):
+        with contextlib.suppress(PageGone):
+            await conn.send(Hangup(end.code, end.reason))
+
+
+async def _page_task(conn: MccpConnection, state: _Call, services: CallServices) -> None:
+    """Page messages during the call: hangup, DTMF; the socket going away ends the call."""
+    try:
+        while True:
+            message = await conn.receive()
+            match message:
+                case HangupRequest():
+                    if state.answered:
+                        state.finish(200, "hung up by the caller", "page")
+                    else:
+                        state.finish(487, "cancelled by the caller", "page")
+                    return
+                case Dtmf(digits=digits):
+                    await _send_dtmf_info(state, services, digits)
+                case Call() | Ping():
+                    continue  # the server answers these (a second call gets an `error`)
+                case _:
+                    assert_never(message)
+    except PageGone as exc:
+        code = 200 if state.answered else 487
+        state.finish(code, f"page gone: {exc}", "page")
+
+
+async def _send_dtmf_info(state: _Call, services: CallServices, digits: str) -> None:
+    """In dtmf_mode "info", send each digit as SIP INFO application/dtmf-relay; RFC 4733 events
+    from the page's RTCDTMFSender already travel in the media (payload type mapped by the relay)."""
+    if services.config.dtmf_mode is not DtmfMode.INFO or state.sip is None or not state.answered:
+        return
+    for digit in digits:
+        body = f"Signal={digit}\r\nDuration=160\r\n".encode()
+        status = await state.sip.send_info(body, "application/dtmf-relay")
+        if status >= 300:
+            log.info("DTMF INFO %s answered %d", digit, status)
+
+
+async def _media_task(run: Callable[[], Awaitable[None]], state: _Call) -> None:
+    """Run one of the media plane's tasks; `MediaEnded` ends the call with its reason."""
+    try:
+        await run()
+    except MediaEnded as exc:
+        state.finish(exc.code, exc.reason, "media")
+
+
+async def _sip_task(
+    conn: MccpConnection,
+    state: _Call,
+    services: CallServices,
+    route: Route,
+    request: Call,
+    media: MediaSession,
+    clog: logging.LoggerAdapter[logging.Logger],
+) -> None:
+    """Place the SIP call and follow its events; leaving `ua.call` sends CANCEL or BYE."""
+    config = services.config
+    async with services.ua.call(
+        route.target,
+        caller=request.clr,
+        sdp=media.sip_offer.encode(),
+        credentials=route.credentials,
+        outbound_proxy=route.outbound_proxy,
+    ) as sip:
+        state.sip = sip
+        clog.info("SIP call %s to %s", sip.call_id, route.target)
+        with trio.move_on_after(config.ring_timeout) as ring:
+            async for event in sip.events:
+                if await _on_sip_event(event, conn, state, media, sip, clog):
+                    break
+        if ring.cancelled_caught:
+            state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
+            return
+        async for event in sip.events:
+            await _on_sip_event(event, conn, state, media, sip, clog)
+    if state.end is None:
+        ended = sip.ended
+        if ended is None:
+            state.finish(500, "SIP call ended without a final state", "bridge")
+        else:
+            state.finish(ended.code, ended.reason, "sip")
+
+
+async def _on_sip_event(
+    event: CallEvent,
+    conn: MccpConnection,
+    state: _Call,
+    media: MediaSession,
+    sip: OutgoingCall,
+    clog: logging.LoggerAdapter[logging.Logger],
+) -> bool:
+    """Act on one SIP call event; returns True once the call is answered."""
+    now = trio.current_time()
+    if state.first_response_at is None:
+        state.first_response_at = now
+    try:
+        match event:
+            case SipTrying():
+                return False
+            case SipRinging():
+                await conn.send(Ringing())
+                return False
+            case EarlyMedia(sdp=sdp):
+                media.set_sip_answer(sdp.decode("utf-8", "replace"))
+                clog.info("early media from SIP")
+                return False
+            case Answered(sdp=sdp):
+                if sdp:
+                    media.set_sip_answer(sdp.decode("utf-8", "replace"))
+                state.answered_at = now
+                await conn.send(Answer(media.browser_answer))
+                clog.info("answered after %.0f ms", (now - state.started_at) * 1000)
+                return True
+            case ReOffer(sdp=sdp):
+                answer = media.answer_sip_offer(sdp.decode("utf-8", "replace"))
+                await sip.accept_reoffer(answer.encode())
+                clog.info("re-INVITE from SIP answered")
+                return False
+            case InfoReceived(content_type=content_type):
+                clog.info("INFO from SIP (%s)", content_type)
+                return False
+            case Ended(code=code, reason=reason, by=by):
+                if code < 300:
+                    state.finish(200, reason or "hung up by the callee", "sip")
+                else:
+                    state.finish(code, reason, "sip" if by != "timeout" else "bridge")
+                return False
+            case _:
+                assert_never(event)
+    except (SdpParseError, NegotiationError) as exc:
+        state.finish(488, f"Not Acceptable Here: SIP side's SDP: {exc}", "sip")
+        return False
+    except PageGone as exc:
+        state.finish(200 if state.answered else 487, f"page gone: {exc}", "page")
+        return False
+
+
+def _log_end(
+    clog: logging.LoggerAdapter[logging.Logger],
+    request: Call,
+    state: _Call | None,
+    end: CallEnd,
+    started_at: float,
+    media: MediaSession | None,
+    sip: OutgoingCall | None,
+) -> None:
+    """The one structured record of a call, at its end."""
+    now = trio.current_time()
+    answered_at = state.answered_at if state is not None else None
+    record: dict[str, object] = {
+        "caller": request.clr,
+        "callee": request.cld,
+        "call_id": sip.call_id if sip is not None else None,
+        "setup_ms": round((answered_at - started_at) * 1000) if answered_at is not None else None,
+        "duration_s": round(now - answered_at, 3) if answered_at is not None else 0.0,
+        "code": end.code,
+        "reason": end.reason,
+        "ended_by": end.by,
+    }
+    if media is not None:
+        stats = media.stats()
+        to_sip, to_browser = stats.to_sip, stats.to_browser
+        record.update(
+            to_sip_packets=to_sip.packets,
+            to_browser_packets=to_browser.packets,
+            to_sip_dropped=to_sip.dropped_total,
+            to_browser_dropped=to_browser.dropped_total,
+            srtp_auth_failures=to_sip.dropped.get(DropCause.SRTP_AUTH, 0),
+            dtls=stats.dtls_state.value,
+        )
+    text = " ".join(f"{key}={_fmt(value)}" for key, value in record.items())
+    clog.info("call end: %s", text, extra={"call": record})
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "-"
+    if isinstance(value, str) and (" " in value or not value):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,166 @@
+"""The process-wide services every call uses, started once in the bridge's nursery.
+
+`bridge_services(context)` is the `Services` factory that `bridge.app.run_bridge` enters before the
+WSS listener starts. In one nursery it starts:
+
+* the SIP transport (UDP+TCP on `listen:sip_port`) and the `SipUA` on it; without an upstream, the UA
+  is also the embedded registrar (digest against the extensions' HA1, realm `config.realm`);
+* the echo extension (`config.echo_extension`, on its own loopback SIP port), when there is no upstream;
+* the media port allocator over `config.rtp_ports`, and the DTLS certificate (one per process).
+
+It yields the call handler (`bridge.call.run_call` bound to these services); calls are routed by
+`bridge.routing`. Leaving it cancels the services.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+from bridge.call import run_call
+from bridge.config import Config
+from bridge.echo import EchoExtension, run_echo_extension
+from bridge.routing import NoRoute, Route, route_call
+from rtp.dtls import DtlsCertificate
+from rtp.ports import PortAllocator
+from sip.registrar import Registrar
+from sip.transport import SipTransport
+from sip.ua import SipUA
+
+if TYPE_CHECKING:
+    from bridge.app import AuthenticatedCall, BridgeContext, CallHandler
+    from mccp.server import MccpConnection
+
+log = logging.getLogger("bridge.services")
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host == "::1" or host == "localhost"
+
+
+def local_addresses() -> list[str]:
+    """The host's own non-loopback IPv4 addresses (best effort, no traffic sent)."""
+    found: list[str] = []
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return found
+    for info in infos:
+        address = str(info[4][0])
+        if not _is_loopback(address) and address not in found:
+            found.append(address)
+    return found
+
+
+def media_addresses(config: Config) -> tuple[list[str], str]:
+    """(addresses advertised to the browser as ICE candidates, address for SIP's SDP c= line).
+
+    The configured public address wins for both; a bridge bound to one address advertises it; a
+    bridge bound to the wildcard advertises the host's addresses (loopback when it has no other).
+    """
+    if config.public_address:
+        return [config.public_address], config.public_address
+    if config.listen not in ("0.0.0.0", "::"):
+        return [config.listen], config.listen
+    hosts = local_addresses() or ["127.0.0.1"]
+    return hosts, hosts[0]
+
+
+@dataclass(slots=True)
+class CallServices:
+    """What a call needs from the process: config, SIP UA, ports, certificate, routing."""
+
+    context: BridgeContext
+    ua: SipUA
+    registrar: Registrar | None
+    ports: PortAllocator
+    certificate: DtlsCertificate
+    echo: EchoExtension | None
+    advertise_hosts: list[str]
+    sip_media_host: str
+
+    @property
+    def config(self) -> Config:
+        return self.context.config
+
+    def route(self, callee: str, *, caller: str, password: str) -> Route | NoRoute:
+        """Where a call from `caller` to `callee` goes (`bridge.routing`)."""
+        return route_call(
+            callee,
+            caller=caller,
+            password=password,
+            upstream=self.config.upstream,
+            echo=(self.echo.number, self.echo.uri) if self.echo is not None else None,
+            registrar=self.registrar,
+            now=trio.current_time(),
+        )
+
+
+@asynccontextmanager
+async def bridge_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
+    """Start the SIP UA (+ registrar), the echo extension, ports and certificate; yield the handler."""
+    config = context.config
+    advertise, sip_media_host = media_addresses(config)
+    signalling_host = config.public_address or sip_media_host
+    async with trio.open_nursery() as nursery:
+        transport = SipTransport(config.listen, config.sip_port, public_host=signalling_host)
+        await nursery.start(transport.run)
+        registrar: Registrar | None = None
+        if config.upstream is None:
+            registrar = Registrar(known=lambda user: user in context.authenticator.table)
+
+        def ha1(user: str, realm: str, algorithm: str) -> str | None:
+            extension = context.authenticator.table.get(user)
+            if extension is None or realm != extension.realm:
+                return None
+            match algorithm.upper():
+                case "MD5":
+                    return extension.ha1_md5
+                case "SHA-256":
+                    return extension.ha1_sha256
+                case _:
+                    return None
+
+        ua = SipUA(
+            transport,
+            public_host=signalling_host,
+            registrar=registrar,
+            ha1_lookup=ha1 if registrar is not None else None,
+            realm=config.realm,
+        )
+        await nursery.start(ua.run)
+        log.info(
+            "SIP on %s:%d (UDP+TCP), contact %s; %s",
+            config.listen,
+            transport.port,
+            signalling_host,
+            f"upstream {config.upstream.uri()}" if config.upstream else "embedded registrar",
+        )
+        echo: EchoExtension | None = None
+        if config.upstream is None and config.echo_extension:
+            echo = await nursery.start(run_echo_extension, config.echo_extension)
+        low, high = config.rtp_ports
+        media_bind = config.listen
+        ports = PortAllocator(low, high, media_bind)
+        log.info("media ports %d-%d on %s, advertised to browsers as %s", low, high, media_bind, advertise)
+        services = CallServices(
+            context=context,
+            ua=ua,
+            registrar=registrar,
+            ports=ports,
+            certificate=DtlsCertificate.generate(),
+            echo=echo,
+            advertise_hosts=advertise,
+            sip_media_host=sip_media_host,
+        )
+
+        async def handler(conn: MccpConnection, call: AuthenticatedCall) -> None:
+            await run_call(conn, call, services)
+
+        yield handler
+        nursery.cancel_scope.cancel()
