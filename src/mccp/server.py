@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import assert_never
@@ -35,13 +36,14 @@ import trio_websocket
 
 import trio
 
-from .errors import ErrorCode, RemoteProtocolError
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .limits import TokenBucket
 from .messages import (
     BridgeMessage,
     Call,
     Dtmf,
     ErrorReply,
+    Hangup,
     HangupRequest,
     PageMessage,
     Ping,
@@ -503,6 +505,8 @@ async def serve_mccp(
                     except Exception:
                         st.handler_failures += 1
                         log.exception("mccp %s:%d: handler failed", *remote)
+                        with suppress(PageGone, LocalProtocolError):
+                            await mccp.send(Hangup(500, "bridge failure"))
                     tasks.cancel_scope.cancel()
             finally:
                 await mccp._close(1000, "bye")

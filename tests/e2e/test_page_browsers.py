@@ -19,7 +19,7 @@ import trustme
 from tests.support.browsers import BrowserPage, in_loopback_only_netns, launch_chromium, launch_firefox
 
 import trio
-from mccp.messages import Answer, Call, Hangup, Progress, Ringing, Trying
+from mccp.messages import Answer, Call, Dtmf, Hangup, HangupRequest, PageMessage, Progress, Ringing, Trying
 from mccp.server import MccpConnection, PageGone, ServerLimits, load_page, serve_mccp
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
@@ -73,6 +73,7 @@ class FakeBridge:
 
     calls: dict[str, Call] = field(default_factory=dict)
     release: dict[str, trio.Event] = field(default_factory=dict)
+    after_answer: dict[str, list[PageMessage]] = field(default_factory=dict)
 
     async def __call__(self, conn: MccpConnection) -> None:
         try:
@@ -91,7 +92,10 @@ class FakeBridge:
                     await conn.send(Progress(fake_answer(call.sdp, 1)))
                     await self.release.setdefault("talk", trio.Event()).wait()
                     await conn.send(Answer(fake_answer(call.sdp, 2)))
-                    await conn.receive()  # until the page hangs up
+                    seen: list[PageMessage] = []
+                    while not isinstance(msg := await conn.receive(), HangupRequest):
+                        seen.append(msg)
+                    self.after_answer["talk"] = [*seen, msg]
                 case _:
                     await conn.send(Hangup(403, "Forbidden"))
         except PageGone:
@@ -161,6 +165,7 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
     await page.goto(f"{https}?{params}&cld=ring")
     await wait_state(page, "ringing")
     assert await text_of(page, "status") == "Ringing…"
+    assert await page.evaluate("__mccp.ringback") is True
     shots.append(str(await page.snap("ringing")))
     assert_audio_offer(fake.calls["ring"].sdp)
     assert (fake.calls["ring"].clr, fake.calls["ring"].pwd) == ("100", "secret")
@@ -184,17 +189,30 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
     await wait_state(page, "ringing")
     fake.go("early")
     await wait_state(page, "early")
+    assert await page.evaluate("__mccp.ringback") is False  # early media replaces the local ringback
     shots.append(str(await page.snap("early")))
     fake.go("talk")
     await wait_state(page, "talking")
     assert await page.evaluate("__mccp.errors") == []
     assert await page.evaluate("__mccp.answerSdp.includes('o=- 4242 2 ')") is True
     assert await page.wait_for("/^\\d\\d:\\d\\d$/.test(document.getElementById('detail').textContent)")
+    if page.name == "chromium":  # headless Firefox keeps its AudioContext suspended (no sound output)
+        await page.wait_for("__mccp.micPeak > 0.01")  # the meter sees the fake microphone
     shots.append(str(await page.snap("talking")))
+    await page.evaluate(
+        "[...document.querySelectorAll('#keypad button')].find(b => b.textContent == '5').click()"
+    )
+    await page.evaluate("document.getElementById('mute').click()")
+    assert await page.evaluate("document.getElementById('mute').textContent") == "Unmute"
+    assert await page.wait_for("__mccp.sent.includes('dtmf')")
     await page.evaluate("document.getElementById('hangup').click()")
     await wait_state(page, "ended")
     assert await text_of(page, "detail") == "You hung up"
-    assert await page.evaluate("__mccp.sent") == ["call", "hangup"]
+    assert await page.evaluate("__mccp.sent") == ["call", "dtmf", "hangup"]
+    with trio.fail_after(5):
+        while "talk" not in fake.after_answer:
+            await trio.sleep(0.05)
+    assert fake.after_answer["talk"] == [Dtmf("5"), HangupRequest()]
 
     # 5. Nothing listening: an error a person can act on, with a link to accept the certificate.
     await page.goto(f"{https}?server=127.0.0.1:1&clr=1&pwd=x&cld=2")

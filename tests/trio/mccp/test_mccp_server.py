@@ -474,6 +474,7 @@ async def test_failing_handler_does_not_stop_the_server(tls: tuple[ssl.SSLContex
         async with running(bad_handler, tls[0], stats=stats) as port:
             async with page_socket(port, tls[1]) as ws:
                 await ws.send_message(encode(Call("666", "x", "1", SDP)))
+                assert await recv(ws) == Hangup(500, "bridge failure")
                 with pytest.raises(trio_websocket.ConnectionClosed):
                     await recv(ws)
             async with page_socket(port, tls[1]) as ws:
