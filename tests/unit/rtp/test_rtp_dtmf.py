@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtp.dtmf import DtmfEvent, events_for_digit
@@ -34,6 +34,7 @@ def test_wrong_length(size: int) -> None:
         DtmfEvent.parse_untrusted(bytes(size))
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=6))
 def test_untrusted(data: bytes) -> None:
     try:

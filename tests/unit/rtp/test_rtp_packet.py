@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtp import packet
@@ -72,6 +72,7 @@ def test_malformed_packets(data: bytes, message: str) -> None:
         RtpPacket.parse_untrusted(data)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=80))
 def test_parse_untrusted_raises_only_parse_error(data: bytes) -> None:
     try:
@@ -83,6 +84,7 @@ def test_parse_untrusted_raises_only_parse_error(data: bytes) -> None:
     assert RtpPacket.parse_untrusted(bytes(pkt)) == pkt
 
 
+@settings(deadline=None)
 @given(
     pt=st.integers(0, 127),
     seq=st.integers(0, 0xFFFF),

@@ -274,7 +274,7 @@ def test_rtcp_both_ways_rewrites_our_stream_ssrcs() -> None:
     assert relay.browser_rtcp(b"garbage", 1.0) is None
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_garbage_never_raises(data: bytes) -> None:
     relay = _relay()

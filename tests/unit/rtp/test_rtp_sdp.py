@@ -171,7 +171,7 @@ def _use_everything(sdp: SessionDescription) -> None:
         sdp.direction_for(m)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_garbage_raises_only_parse_error(data: bytes) -> None:
     with contextlib.suppress(SdpParseError):
@@ -201,7 +201,7 @@ _LINES = [
 ]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(_LINES) | st.text(max_size=12), max_size=14), st.sampled_from(["\r\n", "\n"]))
 def test_mutated_sdp_raises_only_parse_error(lines: list[str], end: str) -> None:
     text = end.join(["v=0", "o=- 1 2 IN IP4 1.2.3.4", "s=-", *lines]) + end

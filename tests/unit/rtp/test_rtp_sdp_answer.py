@@ -199,14 +199,14 @@ def test_bad_arguments_are_value_errors() -> None:
         _answer(CHROMIUM, ice_pwd="x")
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=300))
 def test_garbage_offers_raise_parse_or_negotiation_errors(text: str) -> None:
     with contextlib.suppress(SdpParseError, NegotiationError):
         _answer("v=0\r\no=- 1 1 IN IP4 1.1.1.1\r\ns=-\r\nt=0 0\r\n" + text)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(0, len(CHROMIUM) - 1), st.integers(1, 40), st.text(max_size=8))
 def test_mangled_chromium_offer_never_crashes(at: int, cut: int, insert: str) -> None:
     with contextlib.suppress(SdpParseError, NegotiationError):
