@@ -471,8 +471,7 @@ class OutgoingCall(_Dialog):
                     await ua.respond(request, source, 491 if self._reinvite else 500)
                 elif self._reinvite is not None:
                     await ua.respond(request, source, 491)  # §14.2: one re-INVITE at a time
-                else:
-                    await ua.respond(request, source, 100)
+                else:  # (the layer has sent 100 Trying)
                     if request.contacts:
                         self.remote_target = request.contacts[0].uri  # §12.2.2 target refresh
                     sdp = _sdp_of(request)

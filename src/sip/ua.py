@@ -5,14 +5,15 @@ Theory of operation:
 * One `SipUA` owns one `SipTransport` and runs, in its own nursery (`run()`), the dispatcher (the
   only reader of `transport.inbound`), a sweeper for expired server-transaction state, and the
   handlers of incoming INVITEs when a UAS hook is installed (the echo extension).
-* Client transactions (RFC 3261 §17.1) run as coroutines in the task that needs the answer
-  (`_transact`): send, then wait for responses routed to them by Via branch + CSeq method
-  (§17.1.3), retransmitting over UDP on Timer A/E (T1 doubling; E capped at T2) and giving up on
-  Timer B/F (64*T1). After an INVITE's final response the ACK is remembered for 64*T1 so that a
-  retransmitted final (non-2xx: Timer D, §17.1.1.2; 2xx: RFC 6026 §7.2) is ACKed again.
-* Server side (§17.2): a request is answered once; a retransmission (same branch and method)
-  gets the cached last response again until 64*T1 (Timer J/H). A final response to an INVITE is
-  retransmitted on Timer G until its ACK arrives (matched by Call-ID and CSeq number) or 64*T1.
+* Transactions are the core's (`sip.layer.TransactionLayer`, RFC 3261 §17 with RFC 6026): every
+  received message goes through `layer.receive()`, every action it returns is performed here
+  (`Send` -> the transport; a send failure is fed back with `transport_error()`), and one timer
+  task sleeps until `layer.next_deadline()` and calls `handle_timeout(trio.current_time())`.
+  A client transaction is awaited by the task that started it (`transact()`), which receives
+  its `ResponseReceived` / `Timeout` / `TransportFailed` actions over a channel.
+* The TU duties the layer leaves to us: ACK for a 2xx (sent directly and remembered for 64*T1 so
+  that a retransmitted 2xx, arriving as a stray response, is ACKed again, §13.2.2.4), and the
+  retransmission of our own 2xx to an INVITE until its ACK arrives (§13.3.1.4, Timer G pacing).
 * Calls: `SipUA.call()` is an async context manager yielding an `OutgoingCall`, whose `events`
   channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
   a bounded shielded `move_on_after(grace)`. In-dialog requests from the far end (BYE, INFO,
@@ -28,19 +29,30 @@ Randomness (tags, branches, Call-IDs, cnonces, the nonce key) comes from `token`
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from typing import Self
 
 import trio
 from sip.auth import make_challenge, parse_credentials, verify
 from sip.calls import ALLOW, IncomingCall, OutgoingCall, TransactionTimeout, uri_address
-from sip.errors import SipParseError
-from sip.headers import Headers, NameAddr, Via
+from sip.errors import LocalProtocolError, SipParseError
+from sip.headers import NameAddr, Via
+from sip.layer import LayerAction, RequestReceived, StrayResponse, TransactionLayer, server_key
 from sip.message import Request, Response, make_response
 from sip.registrar import ContactSpec, NonceCheck, Registrar, RegistrarError, check_nonce, make_nonce
+from sip.timers import TimerConfig
+from sip.transaction import (
+    AckReceived,
+    ResponseReceived,
+    Send,
+    Terminated,
+    Timeout,
+    TransactionKey,
+    TransportFailed,
+)
 from sip.transport import Address, Inbound, SipTransport, Transport, TransportError
 from sip.uri import Params, SipUri, Uri, parse_sip_uri
 
@@ -52,11 +64,7 @@ T1 = 0.5  # RFC 3261 §17.1.1.1 RTT estimate
 T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
 
 
-@dataclass(slots=True, eq=False)
-class _ServerTx:
-    response: bytes | None
-    dest: Address
-    expires_at: float
+_TxEvent = Response | Timeout | TransportFailed
 
 
 # --------------------------------------------------------------------------- the UA
@@ -98,9 +106,10 @@ class SipUA:
         self.token = token
         self.t1, self.t2, self.grace = t1, t2, grace
         self._nonce_key = bytes.fromhex(token(32))
-        self._client: dict[tuple[str, str], trio.MemorySendChannel[Response]] = {}
+        self._layer = TransactionLayer(TimerConfig(t1=t1, t2=t2))
+        self._waiters: dict[TransactionKey, trio.MemorySendChannel[_TxEvent]] = {}
+        self._wakeup = trio.Event()
         self._acks: dict[str, tuple[bytes, Address, float]] = {}  # INVITE branch -> ACK to resend
-        self._server: dict[tuple[str, str], _ServerTx] = {}
         self._awaiting_ack: dict[tuple[str, int], trio.Event] = {}
         self._dialogs: dict[str, OutgoingCall | IncomingCall] = {}
         self._nursery: trio.Nursery | None = None
@@ -114,6 +123,7 @@ class SipUA:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._sweeper)
+            nursery.start_soon(self._timer_loop)
             task_status.started(self)
             try:
                 async for inbound in self.transport.inbound:
@@ -212,64 +222,31 @@ class SipUA:
         dest: Address,
         on_provisional: Callable[[Response], None] | None = None,
     ) -> Response:
-        """Run a client transaction (§17.1) and return its final response.
+        """Run a client transaction (§17.1) through the layer and return its final response.
 
-        Raises `TransactionTimeout` (Timer B/F) or TransportError. For an INVITE with a non-2xx final
-        response the ACK is sent here (§17.1.1.3) and resent on retransmissions for 64*T1.
+        Provisional responses go to `on_provisional`. Raises `TransactionTimeout` (Timer B/F)
+        or TransportError. The layer itself ACKs a non-2xx final response (§17.1.1.3).
         """
-        branch = request.top_via.branch or ""
-        method = request.method
-        key = (branch, method)
-        send, receive = trio.open_memory_channel[Response](32)
-        self._client[key] = send
-        data = bytes(request)
         reliable = dest.transport is Transport.TCP
-        invite = method == "INVITE"
-        deadline = trio.current_time() + 64 * self.t1  # Timer B (INVITE, until a 1xx) / Timer F
-        interval = self.t1  # Timer A / E
-        proceeding = False
+        key, actions = self._layer.send_request(request, dest, trio.current_time(), reliable)
+        send, receive = trio.open_memory_channel[_TxEvent](32)
+        self._waiters[key] = send
         try:
-            await self.transport.send(data, dest)
+            await self._perform(actions)
             while True:
-                timed = not (invite and proceeding)  # §17.1.1.2: no Timer B once Proceeding
-                now = trio.current_time()
-                if timed and now >= deadline:
-                    raise TransactionTimeout(f"no final response to {method} from {dest}")
-                wait = deadline - now if timed else float("inf")
-                if not reliable and timed:
-                    wait = min(wait, interval)
-                with trio.move_on_after(wait):
-                    response = await receive.receive()
-                    if response.status < 200:
+                event = await receive.receive()
+                match event:
+                    case Response(status=status) if status < 200:
                         if on_provisional is not None:
-                            on_provisional(response)
-                        if not proceeding:
-                            proceeding = True
-                            interval = self.t2  # §17.1.2.2: Proceeding retransmits at T2
-                        continue
-                    if invite and response.status >= 300:
-                        await self._ack_non_2xx(request, response, dest)
-                    return response
-                if trio.current_time() < deadline and not reliable:
-                    self.stats["retransmissions"] += 1
-                    await self.transport.send(data, dest)
-                    interval = interval * 2 if invite else min(interval * 2, self.t2)
+                            on_provisional(event)
+                    case Response():
+                        return event
+                    case Timeout():
+                        raise TransactionTimeout(f"no final response to {request.method} from {dest}")
+                    case TransportFailed():
+                        raise TransportError(f"cannot send {request.method} to {dest}")
         finally:
-            del self._client[key]
-
-    async def _ack_non_2xx(self, invite: Request, response: Response, dest: Address) -> None:
-        """§17.1.1.3: ACK with the INVITE's Via, Request-URI, From, Call-ID, CSeq number and
-        Route, and the response's To (with its tag); resent for each retransmitted final."""
-        pairs = [("Via", invite.headers.get_all("Via")[0]), ("Max-Forwards", "70")]
-        pairs += [("Route", r) for r in invite.headers.get_all("Route")]
-        pairs += [
-            ("From", invite.headers.get("From") or ""),
-            ("To", response.headers.get("To") or ""),
-            ("Call-ID", invite.call_id),
-            ("CSeq", f"{invite.cseq.seq} ACK"),
-        ]
-        ack = Request("ACK", invite.uri, Headers.from_pairs(pairs))
-        await self.send_ack(ack, dest, invite)
+            del self._waiters[key]
 
     async def send_ack(self, ack: Request, dest: Address, invite: Request) -> None:
         """Send an ACK and remember it to answer retransmitted finals of `invite` for 64*T1."""
@@ -291,23 +268,21 @@ class SipUA:
         headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
         content_type: str | None = None,
-    ) -> bytes:
-        """Answer `request` and cache the answer for its retransmissions (§17.2)."""
+    ) -> Response | None:
+        """Answer `request` on its server transaction (§17.2); None if that transaction is gone."""
         if to_tag is None and status > 100 and request.to.tag is None:
             to_tag = self._stateless_tag(request)
         response = make_response(
             request, status, reason, to_tag=to_tag, contact=contact,
             headers=[*self.common_headers(), *headers], body=body, content_type=content_type,
         )  # fmt: skip
-        data = bytes(response)
-        dest = self.transport.response_address(request, source)
-        key = (request.top_via.branch or "", request.method)
-        self._server[key] = _ServerTx(data, dest, trio.current_time() + 64 * self.t1)
         try:
-            await self.transport.send(data, dest)
-        except TransportError as exc:
-            log.info("cannot answer %s %s: %s", request.method, request.call_id, exc)
-        return data
+            actions = self._layer.respond(server_key(request), response, trio.current_time())
+        except LocalProtocolError as exc:  # e.g. the transaction timed out meanwhile
+            log.info("cannot answer %s %s with %d: %s", request.method, request.call_id, status, exc)
+            return None
+        await self._perform(actions)
+        return response
 
     async def respond_invite_final(
         self,
@@ -317,30 +292,31 @@ class SipUA:
         reason: str | None = None,
         **kwargs: object,
     ) -> None:
-        """A final answer to an INVITE, retransmitted on Timer G until its ACK (§17.2.1, §13.3.1.4)."""
-        data = await self.respond(request, source, status, reason, **kwargs)  # type: ignore[arg-type]
+        """A final answer to an INVITE. A 2xx is retransmitted by us until its ACK (§13.3.1.4);
+        a non-2xx by the INVITE server transaction (Timer G, §17.2.1)."""
+        response = await self.respond(request, source, status, reason, **kwargs)  # type: ignore[arg-type]
+        if response is None or not 200 <= status < 300 or self._nursery is None:
+            return
         acked = trio.Event()
         key = (request.call_id, request.cseq.seq)
         self._awaiting_ack[key] = acked
-        dest = self.transport.response_address(request, source)
-        if self._nursery is not None:
-            self._nursery.start_soon(self._retransmit_until_ack, key, acked, data, dest)
+        self._nursery.start_soon(self._retransmit_2xx, server_key(request), key, acked, response)
 
-    async def _retransmit_until_ack(
-        self, key: tuple[str, int], acked: trio.Event, data: bytes, dest: Address
+    async def _retransmit_2xx(
+        self, tx: TransactionKey, key: tuple[str, int], acked: trio.Event, response: Response
     ) -> None:
         interval = self.t1
         try:
-            with trio.move_on_after(64 * self.t1):  # Timer H
+            with trio.move_on_after(64 * self.t1):  # as Timer H: give up after 64*T1
                 while True:
                     with trio.move_on_after(interval):
                         await acked.wait()
                         return
-                    if dest.transport is Transport.UDP:
-                        try:
-                            await self.transport.send(data, dest)
-                        except TransportError:
-                            return
+                    try:
+                        actions = self._layer.respond(tx, response, trio.current_time())
+                    except LocalProtocolError:
+                        return  # the transaction ended (Timer L)
+                    await self._perform(actions)
                     interval = min(interval * 2, self.t2)
         finally:
             if self._awaiting_ack.get(key) is acked:
@@ -354,66 +330,95 @@ class SipUA:
         while True:
             await trio.sleep(self.t1 * 8)
             now = trio.current_time()
-            for key in [k for k, tx in self._server.items() if tx.expires_at <= now]:
-                del self._server[key]
             for branch in [b for b, (_, _, exp) in self._acks.items() if exp <= now]:
                 del self._acks[branch]
+
+    async def _timer_loop(self) -> None:
+        """Sleep until the layer's next deadline (or a wake-up), then fire due timers."""
+        while True:
+            deadline = self._layer.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            now = trio.current_time()
+            due = self._layer.next_deadline()
+            if due is not None and due <= now:
+                await self._perform(self._layer.handle_timeout(now))
+
+    async def _perform(self, actions: list[LayerAction]) -> None:
+        """Carry out the layer's actions; new requests for the TU are handled last, so that an
+        automatic 100 Trying goes out before the TU's own answer."""
+        requests: list[RequestReceived] = []
+        for action in actions:
+            match action:
+                case Send(key=key, message=message, dest=dest):
+                    assert isinstance(dest, Address)
+                    try:
+                        await self.transport.send(bytes(message), dest)
+                    except TransportError as exc:
+                        log.info("send failed (%s %s): %s", key.method, key.branch, exc)
+                        await self._perform(self._layer.transport_error(key, trio.current_time()))
+                case ResponseReceived(key=key, response=response):
+                    waiter = self._waiters.get(key)
+                    if waiter is not None:
+                        with suppress(trio.WouldBlock):
+                            waiter.send_nowait(response)
+                    else:  # a 2xx retransmitted while the INVITE transaction is Accepted
+                        await self._stray(response)
+                case Timeout(key=key) | TransportFailed(key=key):
+                    waiter = self._waiters.get(key)
+                    if waiter is not None:
+                        with suppress(trio.WouldBlock):
+                            waiter.send_nowait(action)
+                case AckReceived(request=ack):
+                    event = self._awaiting_ack.get((ack.call_id, ack.cseq.seq))
+                    if event is not None:
+                        event.set()
+                case StrayResponse(response=response):
+                    await self._stray(response)
+                case RequestReceived():
+                    requests.append(action)
+                case Terminated():
+                    pass
+        for received in requests:
+            await self._on_request(received)
+        self._wakeup.set()  # deadlines may have moved earlier
+
+    async def _stray(self, response: Response) -> None:
+        branch = response.top_via.branch or ""
+        if response.cseq.method == "INVITE" and 200 <= response.status < 300 and branch in self._acks:
+            data, dest, _ = self._acks[branch]
+            await self.transport.send(data, dest)  # a retransmitted 2xx: the same ACK again
+            return
+        self.stats["stray_responses"] += 1
 
     # ------------------------------------------------------------ dispatch
 
     async def _dispatch(self, inbound: Inbound) -> None:
         message, source = inbound.message, inbound.source
         try:
-            if isinstance(message, Response):
-                await self._on_response(message)
-            else:
-                await self._on_request(message, source)
+            if isinstance(message, Request):
+                # The server transaction answers where RFC 3261 §18.2.2 / RFC 3581 say.
+                source = self.transport.response_address(message, source)
+            reliable = source.transport is Transport.TCP
+            actions = self._layer.receive(message, source, trio.current_time(), reliable)
+            await self._perform(actions)
         except SipParseError as exc:  # a header the parser let through and an accessor refused
             self.stats["bad_requests"] += 1
             log.info("dropped a bad message from %s: %s", source, exc)
         except TransportError as exc:  # e.g. re-ACKing a retransmitted 2xx to a vanished peer
             log.info("cannot send while handling a message from %s: %s", source, exc)
 
-    async def _on_response(self, response: Response) -> None:
-        branch = response.top_via.branch or ""
-        cseq = response.cseq
-        key = (branch, "INVITE" if cseq.method == "ACK" else cseq.method)
-        channel = self._client.get(key)
-        if channel is not None:
-            with suppress(trio.WouldBlock):
-                channel.send_nowait(response)
-            return
-        if cseq.method == "INVITE" and response.status >= 200 and branch in self._acks:
-            data, dest, _ = self._acks[branch]
-            self.stats["retransmissions"] += 1
-            await self.transport.send(data, dest)  # a retransmitted final: ACK it again
-            return
-        self.stats["stray_responses"] += 1
-
-    async def _on_request(self, request: Request, source: Address) -> None:
+    async def _on_request(self, received: RequestReceived) -> None:
+        request, source = received.request, received.source
+        assert isinstance(source, Address)
         method = request.method
-        branch = request.top_via.branch or ""
-        if method == "ACK":
-            event = self._awaiting_ack.get((request.call_id, request.cseq.seq))
-            if event is not None:
-                event.set()
-            return
-        cached = self._server.get((branch, method))
-        if cached is not None:  # a retransmission: resend the last answer (§17.2.1, §17.2.2)
-            self.stats["retransmissions"] += 1
-            if cached.response is not None:
-                with suppress(TransportError):
-                    await self.transport.send(cached.response, cached.dest)
-            return
-        if method != "CANCEL":
-            self._server[(branch, method)] = _ServerTx(None, source, trio.current_time() + 64 * self.t1)
         dialog = self._dialogs.get(request.call_id)
         if method == "CANCEL":
-            target = self._dialogs.get(request.call_id)
-            if isinstance(target, IncomingCall) and request.top_via.branch == target.invite.top_via.branch:
-                await target.on_request(request, source)
+            if received.cancels is not None and isinstance(dialog, IncomingCall):
+                await dialog.on_request(request, source)
             else:
-                await self.respond(request, source, 481)
+                await self.respond(request, source, 481)  # §9.2: no matching INVITE
             return
         if request.to.tag is not None:
             if dialog is not None and dialog.local.tag == request.to.tag:
@@ -441,7 +446,6 @@ class SipUA:
             return
         call = IncomingCall(self, request, source)
         self._dialogs[call.call_id] = call
-        await self.respond(request, source, 100)
         self._nursery.start_soon(self._run_incoming, call)
 
     async def _run_incoming(self, call: IncomingCall) -> None:
