@@ -41,6 +41,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NoReturn, assert_never
 
 import trio
@@ -410,6 +411,25 @@ async def _serve_mccp_task(
         page=page,
         task_status=task_status,
     )
+
+
+def serve_blocking(
+    config: Config,
+    *,
+    on_started: Callable[[BridgeContext], None],
+    services: Services = no_call_services,
+) -> None:
+    """`trio.run` the bridge (with signal handling) until it stops; `on_started` once it listens.
+
+    Raises `StartupError` / `OSError` (inside an ExceptionGroup, as Trio nurseries do).
+    """
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            context: BridgeContext = await nursery.start(partial(run_bridge, config, services=services))
+            on_started(context)
+
+    trio.run(main)
 
 
 async def run_bridge(

@@ -11,19 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import importlib.metadata
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 from urllib.parse import urlencode
 
-import trio
-from bridge.app import BridgeContext, StartupError, run_bridge
 from bridge.certs import CertError, cert_paths, check_pair, ensure_certificate, host_names
 from bridge.config import (
     CONFIG_FILE_NAME,
@@ -45,6 +41,9 @@ from bridge.extensions import (
     save_extensions,
 )
 
+if TYPE_CHECKING:
+    from bridge.app import BridgeContext
+
 PROG = "mccp-bridge"
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -63,11 +62,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("mccp-bridge")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+class _VersionAction(argparse.Action):
+    """`--version`, looking the version up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+
+        from importlib import metadata
+
+        try:
+            version = metadata.version("mccp-bridge")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        parser._print_message(f"{PROG} {version}\n", sys.stdout)
+        parser.exit()
 
 
 def _settings_epilog() -> str:
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_settings_epilog(),
         formatter_class=formatter,
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -237,14 +249,6 @@ def welcome_text(config: Config, first: FirstStart, wss_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _serve(config: Config, first: FirstStart | None, stdout: TextIO) -> None:
-    async with trio.open_nursery() as nursery:
-        context: BridgeContext = await nursery.start(partial(run_bridge, config))
-        if first is not None and context.wss_addresses:
-            stdout.write(welcome_text(config, first, context.wss_addresses[0][1]))
-            stdout.flush()
-
-
 def _setup_logging(config: Config, stream: TextIO) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -263,9 +267,17 @@ def _cmd_serve(config: Config, stdout: TextIO, stderr: TextIO) -> int:
     if first is not None:
         logging.getLogger("bridge.cli").info("first start: wrote %s", first.config_file)
         config = dataclasses.replace(config, config_file=first.config_file)
+    # Imported here: trio, TLS and the MCCP server are only needed to serve (the other commands start faster).
+    from bridge.app import StartupError, serve_blocking
+
+    def started(context: BridgeContext) -> None:
+        if first is not None and context.wss_addresses:
+            stdout.write(welcome_text(config, first, context.wss_addresses[0][1]))
+            stdout.flush()
+
     status = 0
     try:
-        trio.run(_serve, config, first, stdout)
+        serve_blocking(config, on_started=started)
     except* StartupError as group:
         stderr.write(f"{PROG}: {_first(group)}\n")
         status = EXIT_USAGE
