@@ -120,6 +120,19 @@ async def no_call_services(context: BridgeContext) -> AsyncIterator[CallHandler]
     yield calls_unavailable
 
 
+@dataclass(slots=True)
+class BridgeStats:
+    """Counters of the front door (for logs and metrics)."""
+
+    connections: int = 0
+    calls_accepted: int = 0
+    refused_credentials: int = 0  # 403: unknown extension or wrong password
+    refused_locked_out: int = 0  # 429
+    refused_file_origin: int = 0  # 403: Origin null with allow_file_origin off
+    refused_stopping: int = 0  # 503 during a graceful stop
+    no_call: int = 0  # closed or hung up before sending a call
+
+
 class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with the connection's remote address."""
 
@@ -189,6 +202,7 @@ class BridgeContext:
         self.authenticator = authenticator
         self.wss_addresses: list[tuple[str, int]] = []
         self.stopping = False
+        self.stats = BridgeStats()
         self._nursery = nursery
         self._force_exit = force_exit
         self._serve_scope = trio.CancelScope()
@@ -278,6 +292,7 @@ class BridgeContext:
         """Serve one WSS connection: first `call`, authentication, then the call handler."""
         conn_log = ConnectionLog(log, {"remote": _format_address(*conn.remote[:2])})
         self._connections += 1
+        self.stats.connections += 1
         try:
             with trio.CancelScope() as scope:
                 self._scopes.add(scope)
@@ -310,14 +325,17 @@ class BridgeContext:
     async def _handle(self, conn: MccpConnection, conn_log: ConnectionLog) -> None:
         if self.stopping:
             conn_log.info("refused: the bridge is stopping")
+            self.stats.refused_stopping += 1
             await self._refuse(conn, 503, "bridge is shutting down")
             return
         if conn.origin == "null" and not self.config.allow_file_origin:
             conn_log.info("refused: page opened from file:// and allow_file_origin is off")
+            self.stats.refused_file_origin += 1
             await self._refuse(conn, 403, "pages opened from file:// are not allowed")
             return
         call = await self._first_call(conn, conn_log)
         if call is None:
+            self.stats.no_call += 1
             return
         result = await self._authenticate(conn.remote[0], call)
         if result.delay:
@@ -326,14 +344,20 @@ class BridgeContext:
         code = result.mccp_code
         if code is not None:
             conn_log.info("call from %s to %s refused: %d %s", call.clr, call.cld, code, result.outcome.value)
+            if code == 429:
+                self.stats.refused_locked_out += 1
+            else:
+                self.stats.refused_credentials += 1
             await self._refuse(conn, code, REASONS[code])
             return
         mode = "upstream" if result.outcome is AuthOutcome.UPSTREAM else "local"
         conn_log.info("call from %s to %s authenticated (%s)", call.clr, call.cld, mode)
         accepted = AuthenticatedCall(call, (conn.remote[0], conn.remote[1]), result, conn_log)
         if self._still_stopping():  # stop() came while this call was being authenticated
+            self.stats.refused_stopping += 1
             await self._refuse(conn, 503, "bridge is shutting down")
             return
+        self.stats.calls_accepted += 1
         self._calls += 1
         try:
             await self._call_handler(conn, accepted)

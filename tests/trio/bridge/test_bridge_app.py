@@ -160,6 +160,8 @@ async def test_lockout_gives_429_and_is_logged_once(tmp_path: Path, caplog: pyte
                 async with page(context, client) as ws:
                     await ws.send_message(call(pwd=pwd))
                     answers.append(await recv(ws))
+            assert (context.stats.refused_credentials, context.stats.refused_locked_out) == (1, 3)
+            assert (context.stats.connections, context.stats.calls_accepted) == (4, 0)
     assert answers == [Hangup(403, "Forbidden")] + [Hangup(429, "Too Many Requests")] * 3
     locks = [r.getMessage() for r in caplog.records if "locked out" in r.getMessage()]
     assert len(locks) == 2  # source and extension, each once
@@ -191,6 +193,7 @@ async def test_file_origin_refused_when_disallowed(tmp_path: Path) -> None:
             async with page(context, client) as ws:  # an https page still works
                 await ws.send_message(call())
                 assert await recv(ws) == Hangup(503, "calls not available yet")
+            assert (context.stats.refused_file_origin, context.stats.calls_accepted) == (1, 1)
 
 
 async def test_reload_picks_up_new_extensions_and_keeps_old_on_error(
