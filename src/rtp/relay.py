@@ -20,7 +20,8 @@ SIP -> browser (`Relay.sip_rtp` / `sip_rtcp`):
     receiver keyed by SSRC would otherwise stall or glitch. So every packet leaves with our SSRC
     and `seq_out = seq_in + seq_delta`, `ts_out = ts_in + ts_delta` (mod 2**16 / 2**32). On a new
     source (another SSRC, or a jump beyond RFC 3550 A.1's MAX_DROPOUT/MAX_MISORDER, or a timestamp
-    running backwards while the sequence advances) the deltas are recomputed so that the sequence
+    running backwards while the sequence advances, or a "late" packet more than `RESTART_GAP`
+    seconds after the last one) the deltas are recomputed so that the sequence
     continues at last+1 and the timestamp at last + elapsed time (`now`) in clock units (at least
     one frame), and the marker bit is set (RFC 3551 §4.1: first packet of a talkspurt). Packets
     of the previous SSRC arriving within `STALE_GRACE` seconds of a switch are late stragglers
@@ -62,6 +63,7 @@ MAX_DROPOUT = 3000  # RFC 3550 appendix A.1
 MAX_MISORDER = 100
 MAX_TIMESTAMP_JUMP = 8000 * 60  # a forward jump of over a minute at 8 kHz is a new source
 STALE_GRACE = 0.5  # seconds during which the previous SSRC's stragglers are dropped
+RESTART_GAP = 1.0  # seconds after which a "late" packet of the current SSRC means a restart
 _SSRC_HISTORY = 16
 
 
@@ -327,6 +329,14 @@ class Relay:
                 if forward:
                     dts = ((ts - self._last_in_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
                     new_stream = dts < 0 or dts > MAX_TIMESTAMP_JUMP
+                elif (
+                    now is not None
+                    and self._last_out_time is not None
+                    and now - self._last_out_time > RESTART_GAP
+                ):
+                    # Not a late packet (those trail by milliseconds): the source restarted its
+                    # numbering after a pause, e.g. across a re-INVITE.
+                    new_stream = forward = True
             else:
                 new_stream = True
         elif (
