@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib import resources
@@ -377,53 +377,44 @@ def _text(status: int, message: str) -> tuple[int, str, bytes]:
     return status, "text/plain; charset=utf-8", (message + "\n").encode()
 
 
-async def serve_mccp(
-    handler: Callable[[MccpConnection], Awaitable[None]],
-    *,
-    host: str,
-    port: int,
-    ssl_context: ssl.SSLContext | None,
-    page: bytes,
-    limits: ServerLimits = ServerLimits(),
-    routes: Mapping[str, RouteHandler] = {},
-    stats: ServerStats | None = None,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the page and MCCP over WebSocket on ``host:port`` until cancelled.
+@dataclass(frozen=True)
+class MccpFront:
+    """Serves accepted connections: the page, extra routes, and MCCP over WebSocket.
 
-    ``handler(conn)`` runs once per WebSocket connection, inside that connection's nursery;
-    when it returns, the socket is closed. ``ssl_context`` None serves plain HTTP/WS (tests, a
-    TLS-terminating proxy). ``routes`` adds GET paths (e.g. ``/metrics``) answering
-    ``(status, content type, body)``. ``task_status.started`` gets the bound (host, port) list
-    (``port`` 0 picks a free port).
+    :func:`serve_mccp` makes one per listener; tests drive :meth:`serve_stream` over memory
+    streams. ``allowed_origins``, when given, is the set of ``Origin`` values that may open the
+    WebSocket (``"null"`` is what ``file://`` pages send); others get HTTP 403.
     """
-    st = stats if stats is not None else ServerStats()
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = [(str(s.socket.getsockname()[0]), int(s.socket.getsockname()[1])) for s in listeners]
 
-    async def handle_tcp(tcp: trio.SocketStream) -> None:
-        address, remote_port = _peer(tcp)
+    handler: Callable[[MccpConnection], Awaitable[None]]
+    page: bytes
+    limits: ServerLimits = ServerLimits()
+    routes: Mapping[str, RouteHandler] = field(default_factory=dict)
+    stats: ServerStats = field(default_factory=ServerStats)
+    allowed_origins: Collection[str] | None = None
+
+    async def serve_stream(self, stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+        """Serve one connection (already TLS-wrapped if need be) until done; closes ``stream``."""
+        st = self.stats
         st.connections_open += 1
         st.connections_total += 1
-        st.per_address[address] = st.per_address.get(address, 0) + 1
-        stream: trio.abc.Stream = tcp
-        if ssl_context is not None:
-            stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+        st.per_address[remote[0]] = st.per_address.get(remote[0], 0) + 1
         try:
-            await _serve_one(stream, (address, remote_port))
+            await self._serve_one(stream, remote)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             st.handshake_failures += 1  # TLS failure or the client left mid-request
         except Exception:
             st.handler_failures += 1
-            log.exception("mccp %s:%d: connection failed", address, remote_port)
+            log.exception("mccp %s:%d: connection failed", *remote)
         finally:
             st.connections_open -= 1
-            st.per_address[address] -= 1
-            if not st.per_address[address]:
-                del st.per_address[address]
+            st.per_address[remote[0]] -= 1
+            if not st.per_address[remote[0]]:
+                del st.per_address[remote[0]]
             await trio.aclose_forcefully(stream)
 
-    async def _serve_one(stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+    async def _serve_one(self, stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+        st, limits = self.stats, self.limits
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_request_head_bytes)
         request: h11.Request | None = None
         raw, status = b"", None
@@ -441,6 +432,7 @@ async def serve_mccp(
         st.http_requests += 1
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         headers = {name.lower(): value for name, value in request.headers}
+        origin = headers[b"origin"].decode("ascii", "replace") if b"origin" in headers else None
         if st.per_address.get(remote[0], 0) > limits.max_connections_per_address:
             st.refused_busy += 1
             log.warning("mccp %s:%d: refused, too many connections from this address", *remote)
@@ -448,15 +440,18 @@ async def serve_mccp(
         elif request.method != b"GET":
             answer = _text(405, "method not allowed")
         elif path == MCCP_PATH and headers.get(b"upgrade", b"").lower() == b"websocket":
-            await _serve_websocket(stream, raw, remote, headers.get(b"origin"))
-            return
+            if self.allowed_origins is None or origin in self.allowed_origins:
+                await self._serve_websocket(stream, raw, remote, origin)
+                return
+            st.bad_requests += 1
+            answer = _text(403, "origin not allowed")
         elif path == MCCP_PATH:
             answer = _text(426, "this path speaks MCCP over WebSocket only")
         elif path in PAGE_PATHS:
-            answer = (200, "text/html; charset=utf-8", page)
-        elif path in routes:
+            answer = (200, "text/html; charset=utf-8", self.page)
+        elif path in self.routes:
             try:
-                answer = await routes[path]()
+                answer = await self.routes[path]()
             except Exception:
                 log.exception("mccp route %s failed", path)
                 answer = _text(500, "internal error")
@@ -466,8 +461,9 @@ async def serve_mccp(
             await _respond(stream, conn, *answer)
 
     async def _serve_websocket(
-        stream: trio.abc.Stream, raw: bytes, remote: tuple[str, int], origin: bytes | None
+        self, stream: trio.abc.Stream, raw: bytes, remote: tuple[str, int], origin: str | None
     ) -> None:
+        st, limits = self.stats, self.limits
         async with trio.open_nursery() as nursery:
             ws: trio_websocket.WebSocketConnection | None = None
             with trio.move_on_after(limits.handshake_timeout):
@@ -484,22 +480,16 @@ async def serve_mccp(
                 nursery.cancel_scope.cancel()
                 return
             st.websockets_total += 1
-            mccp = MccpConnection(
-                ws,
-                remote=remote,
-                origin=origin.decode("ascii", "replace") if origin is not None else None,
-                limits=limits,
-                stats=st,
-            )
+            mccp = MccpConnection(ws, remote=remote, origin=origin, limits=limits, stats=st)
             started = trio.current_time()
-            log.info("mccp open %s:%d origin=%s", remote[0], remote[1], mccp.origin)
+            log.info("mccp open %s:%d origin=%s", remote[0], remote[1], origin)
             try:
                 async with trio.open_nursery() as tasks:
                     tasks.start_soon(mccp._reader)
                     tasks.start_soon(mccp._keepalive)
                     tasks.start_soon(mccp._call_timer)
                     try:
-                        await handler(mccp)
+                        await self.handler(mccp)
                     except PageGone:
                         pass
                     except Exception:
@@ -520,6 +510,46 @@ async def serve_mccp(
                     trio.current_time() - started,
                 )
 
+
+async def serve_mccp(
+    handler: Callable[[MccpConnection], Awaitable[None]],
+    *,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    page: bytes,
+    limits: ServerLimits = ServerLimits(),
+    routes: Mapping[str, RouteHandler] = {},
+    stats: ServerStats | None = None,
+    allowed_origins: Collection[str] | None = None,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the page and MCCP over WebSocket on ``host:port`` until cancelled.
+
+    ``handler(conn)`` runs once per WebSocket connection, inside that connection's nursery;
+    when it returns, the socket is closed. ``ssl_context`` None serves plain HTTP/WS (tests, a
+    TLS-terminating proxy). ``routes`` adds GET paths (e.g. ``/metrics``) answering
+    ``(status, content type, body)``. ``stats`` receives the counters; ``allowed_origins``
+    restricts who may open the WebSocket (see :class:`MccpFront`). ``task_status.started`` gets
+    the bound (host, port) list (``port`` 0 picks a free port).
+    """
+    front = MccpFront(
+        handler,
+        page,
+        limits,
+        routes,
+        stats if stats is not None else ServerStats(),
+        frozenset(allowed_origins) if allowed_origins is not None else None,
+    )
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = [(str(s.socket.getsockname()[0]), int(s.socket.getsockname()[1])) for s in listeners]
+
+    async def handle_tcp(tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if ssl_context is not None:
+            stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+        await front.serve_stream(stream, _peer(tcp))
+
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle_tcp, listeners)
         task_status.started(bound)
@@ -527,6 +557,7 @@ async def serve_mccp(
 
 __all__ = [
     "MccpConnection",
+    "MccpFront",
     "PageGone",
     "ServerLimits",
     "ServerStats",
