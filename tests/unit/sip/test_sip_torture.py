@@ -495,11 +495,12 @@ _COMMON = (
                 "To: <sip:user@example.com>;tag=2easdjfejw",
                 "From: <sip:other@example.net>;tag=3342436",
                 "Call-ID: scalarlg.noase0of0234hn2qofoaf0232aewf2394r",
-                "CSeq: 1 INVITE",
-                "CSeq: 2 INVITE",
+                "CSeq: 36893488147419103232 INVITE",
+                "Retry-After: 36893488147419103232",
+                'Warning: 1812 overture "In Progress"',
                 "Content-Length: 0",
             ),
-            "2 CSeq headers where one is allowed",
+            "CSeq number too large",
             400,
         ),
         (
@@ -863,3 +864,49 @@ def test_regaut01_unknown_authorization_scheme_parses() -> None:
         )
     )
     assert msg.headers.get("Authorization") == "NoOneKnowsThisScheme opaque-data=here"
+
+
+@pytest.mark.parametrize(
+    ("name", "lines"),
+    [
+        ("bext01 Require/Proxy-Require of unknown extensions", (
+            "Require: nothingSupportsThis, nothingSupportsThisEither",
+            "Proxy-Require: noProxiesSupportThis, norDoAnyProxiesSupportThis",
+        )),
+        ("invut unknown Content-Type", ("Content-Type: application/unknownformat",)),
+        ("sdp01 unacceptable Accept", ("Accept: text/nobodyknowsthis",)),
+        ("badbranch magic cookie alone", ()),
+        ("baddate non-GMT Date is tolerated (Date is not used)", ("Date: Fri, 01 Jan 2010 16:00:00 EST",)),
+    ],
+)  # fmt: skip
+def test_semantically_odd_but_parseable(name: str, lines: tuple[str, ...]) -> None:
+    """§3.2.1, §3.3.5, §3.3.6, §3.3.15 (and §3.1.2.12, deliberately tolerated): these parse; the
+    TU decides (420, 415, 406...)."""
+    via = "Via: SIP/2.0/UDP 192.0.2.100;branch=z9hG4bK" if name.startswith("badbranch") else _COMMON[0]
+    msg = req(raw("OPTIONS sip:user@example.com SIP/2.0", "To: sip:j_user@example.com", via, *_COMMON[1:],
+                  "CSeq: 8 OPTIONS", *lines, "Content-Length: 0"))  # fmt: skip
+    for line in lines:
+        header, _, value = line.partition(": ")
+        if header != "Require" and header != "Proxy-Require":
+            assert msg.headers.get(header) == value
+    if name.startswith("bext01"):
+        assert msg.headers.get_all("Require") == ["nothingSupportsThis", "nothingSupportsThisEither"]
+    if name.startswith("badbranch"):
+        assert msg.top_via.branch == "z9hG4bK"
+
+
+def test_bcast_response_with_broadcast_received() -> None:
+    """§3.3.10: a 200 whose Via says received=255.255.255.255 parses; where to send is the edge's call."""
+    msg = parse_datagram_untrusted(
+        raw(
+            "SIP/2.0 200 OK",
+            "Via: SIP/2.0/UDP 192.0.2.198;branch=z9hG4bK1324923;received=255.255.255.255",
+            "Call-ID: bcast.0384840201234ksdfak3j2erwedfsASdf",
+            "CSeq: 35 INVITE",
+            "From: sip:user@example.com;tag=11141343",
+            "To: sip:user@example.edu;tag=2229",
+            "Content-Length: 0",
+        )
+    )
+    assert isinstance(msg, Response)
+    assert msg.top_via.received == "255.255.255.255"
