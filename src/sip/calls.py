@@ -12,6 +12,8 @@ Theory of operation (RFC 3261 §12-§15):
 * Requests from the far end inside the dialog (BYE, INFO, re-INVITE) arrive through the UA's
   dispatcher by Call-ID: BYE -> 200 + Ended(by="remote"), INFO -> 200 + InfoReceived,
   re-INVITE -> ReOffer, answered by `accept_reoffer()` (491 while one is pending, §14.2).
+* The dialog state (route set, remote target, CSeq order, glare, the cached ACK for a 2xx) is
+  the core's `sip.dialog.Dialog`; this module only decides and sends.
 * `IncomingCall` is what a UAS hook (the echo extension) gets: `answer(sdp)`, `reject(code)`,
   `hangup()`, and `ended` (set by BYE or CANCEL).
 """
@@ -19,15 +21,15 @@ Theory of operation (RFC 3261 §12-§15):
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
 import trio
 from sip.auth import DigestClient, challenges, supported_algorithm
-from sip.errors import SipParseError
-from sip.headers import Headers, NameAddr
+from sip.dialog import Dialog, make_cancel
+from sip.errors import LocalProtocolError, SipParseError
+from sip.headers import NameAddr
 from sip.message import Request, Response, make_request
 from sip.transport import Address, Transport, TransportError
 from sip.uri import Params, SipUri, Uri
@@ -151,58 +153,70 @@ def _sdp_of(message: Request | Response) -> bytes:
     return message.body if ct is not None and ct.media_type == "application/sdp" and message.body else b""
 
 
-# --------------------------------------------------------------------------- dialogs
+# --------------------------------------------------------------------------- calls
 
 
-class _Dialog:
-    """The state both call directions share once a dialog exists (RFC 3261 §12)."""
+def next_hop(request: Request, transport: Transport) -> Address:
+    """§8.1.2 / §12.2.1.1: a request goes to its first Route, else to its Request-URI."""
+    route = request.route
+    return uri_address(route[0].uri if route else request.uri, transport)
 
-    def __init__(self, ua: SipUA, call_id: str, local: NameAddr, remote: NameAddr, cseq: int) -> None:
+
+class _Call:
+    """What both call directions share: the UA, the dialog once there is one, the transport."""
+
+    def __init__(self, ua: SipUA, call_id: str, transport: Transport) -> None:
         self.ua = ua
         self.call_id = call_id
-        self.local = local  # our From/To with our tag
-        self.remote = remote  # theirs (tag once known)
-        self.local_cseq = cseq
-        self.remote_target: Uri | None = None
-        self.route_set: list[NameAddr] = []
-        self.remote_cseq: int | None = None
-        self.transport = ua.transport.default_transport
+        self.transport = transport
+        self.dialog: Dialog | None = None
 
-    def next_hop(self) -> Address:
-        """§12.2.1.1 / §8.1.2: the first Route if any, else the remote target."""
-        assert self.remote_target is not None
-        uri = self.route_set[0].uri if self.route_set else self.remote_target
-        return uri_address(uri, self.transport)
+    @property
+    def local_tag(self) -> str | None:
+        return self.dialog.local_tag if self.dialog is not None else None
 
-    def request(
-        self, method: str, *, cseq: int | None = None, body: bytes = b"", content_type: str | None = None
-    ) -> Request:
-        """Build an in-dialog request (§12.2.1.1)."""
-        if cseq is None:
-            self.local_cseq += 1
-            cseq = self.local_cseq
-        assert self.remote_target is not None
-        return make_request(
-            method,
-            self.remote_target,
-            call_id=self.call_id,
-            cseq=cseq,
-            from_=self.local,
-            to=self.remote,
-            via=self.ua.new_via(self.transport),
-            contact=self.ua.contact(self.local.uri, self.transport),
-            route=self.route_set,
-            headers=self.ua.common_headers(),
-            body=body,
-            content_type=content_type,
+    def local_contact(self, user: str | None) -> NameAddr:
+        return self.ua.contact(SipUri(self.ua.host, user), self.transport)
+
+    async def send_in_dialog(
+        self, method: str, *, body: bytes = b"", content_type: str | None = None
+    ) -> Response:
+        """Send an in-dialog non-INVITE request (§12.2.1.1) and return its final response."""
+        assert self.dialog is not None
+        request = self.dialog.create_request(
+            method, via=self.ua.new_via(self.transport), headers=self.ua.common_headers(),
+            body=body, content_type=content_type,
+        )  # fmt: skip
+        response = await self.ua.transact(request, next_hop(request, self.transport))
+        self.dialog.receive_response(response)
+        return response
+
+    async def answer_in_dialog(
+        self, request: Request, status: int, *, body: bytes = b"", content_type: str | None = None
+    ) -> None:
+        assert self.dialog is not None
+        response = self.dialog.response(
+            request, status, headers=self.ua.common_headers(), body=body, content_type=content_type
         )
+        if request.method == "INVITE":
+            await self.ua.send_invite_final(request, response)
+        else:
+            await self.ua.send_response(request, response)
 
-    async def send_request(self, request: Request) -> Response:
-        """Send an in-dialog non-INVITE request and wait for its final response."""
-        return await self.ua.transact(request, self.next_hop())
+    async def check_in_dialog(self, request: Request) -> bool:
+        """§12.2.2 checks (CSeq order, glare); False when the request was answered here."""
+        assert self.dialog is not None
+        refusal = self.dialog.receive_request(request)
+        if refusal is None:
+            return True
+        if request.method == "INVITE":
+            await self.ua.send_invite_final(request, refusal)
+        else:
+            await self.ua.send_response(request, refusal)
+        return False
 
 
-class OutgoingCall(_Dialog):
+class OutgoingCall(_Call):
     """A call placed by `SipUA.call()`. Read `events`; act with hangup/send_info/accept_reoffer."""
 
     def __init__(
@@ -218,26 +232,25 @@ class OutgoingCall(_Dialog):
         preloaded_route: list[NameAddr],
         from_host: str,
     ) -> None:
-        call_id = f"{ua.token(12)}@{ua.host}"
-        local = NameAddr(SipUri(from_host, caller), display, Params((("tag", ua.token(6)),)))
-        super().__init__(ua, call_id, local, NameAddr(target), cseq=1)
+        super().__init__(ua, f"{ua.token(12)}@{ua.host}", first_hop.transport)
+        self.caller = caller
+        self.local = NameAddr(SipUri(from_host, caller), display, Params((("tag", ua.token(6)),)))
         self.target = target
         self.offer = sdp
         self.local_sdp = sdp
         self.credentials = credentials
         self.first_hop = first_hop
-        self.transport = first_hop.transport
         self.preloaded_route = preloaded_route
         self.state = CallState.CALLING
+        self.cseq = 1
         self._send_events, self.events = trio.open_memory_channel[CallEvent](256)
         self._provisional = trio.Event()
         self._final = trio.Event()
         self._done = trio.Event()
         self._hangup_requested = False
         self._invite: Request | None = None
-        self._invite_dest = first_hop
         self._challenged = False
-        self._reinvite: tuple[Request, Address] | None = None
+        self._reinvite: Request | None = None
         self.ended: Ended | None = None
 
     # ------------------------------------------------------------ public API
@@ -251,28 +264,28 @@ class OutgoingCall(_Dialog):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_wait_then_cancel, self._provisional, nursery.cancel_scope)
                     nursery.start_soon(_wait_then_cancel, self._final, nursery.cancel_scope)
-            if not self._final.is_set() and self._provisional.is_set():
+            if not self._final.is_set() and self._provisional.is_set() and self._invite is not None:
                 self.state = CallState.TERMINATING
-                await self._send_cancel()
+                cancel = make_cancel(self._invite)
+                try:
+                    await self.ua.transact(cancel, self.first_hop)
+                except (TransactionTimeout, TransportError) as exc:
+                    log.info("%s: CANCEL failed: %s", self.call_id, exc or type(exc).__name__)
             with trio.move_on_after(64 * self.ua.t1):
                 await self._done.wait()
-            if not self._done.is_set():  # §9.1: no final within 64*T1 after CANCEL
+            if not self._done.is_set():  # §9.1: no final response within 64*T1 after CANCEL
                 self._end(487, "Request Terminated", "local")
         elif self.state is CallState.CONFIRMED:
             self.state = CallState.TERMINATING
             self._end(200, "Hangup", "local")
-            try:
-                response = await self.send_request(self.request("BYE"))
-                log.debug("%s: BYE answered %d", self.call_id, response.status)
-            except (TransactionTimeout, TransportError) as exc:
-                log.info("%s: BYE not answered: %s", self.call_id, exc or type(exc).__name__)
+            await self._bye()
 
     async def send_info(self, body: bytes, content_type: str) -> int:
         """Send an in-dialog INFO (e.g. DTMF relay); returns the final status (408 on timeout)."""
         if self.state is not CallState.CONFIRMED:
             raise RuntimeError("INFO needs a confirmed call")
         try:
-            response = await self.send_request(self.request("INFO", body=body, content_type=content_type))
+            response = await self.send_in_dialog("INFO", body=body, content_type=content_type)
         except TransactionTimeout:
             return 408
         except TransportError:
@@ -283,17 +296,9 @@ class OutgoingCall(_Dialog):
         """Answer the pending re-INVITE (the last `ReOffer`) with 200 OK and our SDP."""
         if self._reinvite is None:
             raise RuntimeError("no re-INVITE is pending")
-        request, source = self._reinvite
-        self._reinvite = None
+        request, self._reinvite = self._reinvite, None
         self.local_sdp = sdp
-        await self.ua.respond_invite_final(
-            request,
-            source,
-            200,
-            contact=self.ua.contact(self.local.uri, self.transport),
-            body=sdp,
-            content_type="application/sdp",
-        )
+        await self.answer_in_dialog(request, 200, body=sdp, content_type="application/sdp")
 
     # ------------------------------------------------------------ internals
 
@@ -311,6 +316,13 @@ class OutgoingCall(_Dialog):
             self._send_events.close()
         self._done.set()
 
+    async def _bye(self) -> None:
+        try:
+            response = await self.send_in_dialog("BYE")
+            log.debug("%s: BYE answered %d", self.call_id, response.status)
+        except (TransactionTimeout, TransportError, LocalProtocolError) as exc:
+            log.info("%s: BYE not answered: %s", self.call_id, exc or type(exc).__name__)
+
     def _build_invite(self, auth: tuple[str, str] | None) -> Request:
         headers = [*self.ua.common_headers(), ("Allow", ALLOW)]
         if auth is not None:
@@ -319,11 +331,11 @@ class OutgoingCall(_Dialog):
             "INVITE",
             self.target,
             call_id=self.call_id,
-            cseq=self.local_cseq,
+            cseq=self.cseq,
             from_=self.local,
-            to=self.remote,
+            to=NameAddr(self.target),
             via=self.ua.new_via(self.transport),
-            contact=self.ua.contact(self.local.uri, self.transport),
+            contact=self.local_contact(self.caller),
             route=self.preloaded_route,
             headers=headers,
             body=self.offer,
@@ -334,9 +346,11 @@ class OutgoingCall(_Dialog):
         """Place the call: INVITE, one digest retry, ACK on 2xx; emits events; ends on a final failure."""
         auth: tuple[str, str] | None = None
         try:
+            if self.first_hop.port == 0:
+                raise TransportError(f"no route to {self.target}")
             while True:
                 self._invite = self._build_invite(auth)
-                response = await self.ua.transact(self._invite, self._invite_dest, self._on_provisional)
+                response = await self.ua.transact(self._invite, self.first_hop, self._on_provisional)
                 if response.status in (401, 407) and self.credentials is not None and not self._challenged:
                     if self._hangup_requested:
                         self._end(487, "Request Terminated", "local")
@@ -346,7 +360,7 @@ class OutgoingCall(_Dialog):
                         self._end(response.status, response.reason, "remote")
                         return
                     self._challenged = True
-                    self.local_cseq += 1  # §22.2: a new request with a higher CSeq
+                    self.cseq += 1  # §22.2: the retry is a new request with a higher CSeq
                     continue
                 break
         except TransactionTimeout:
@@ -355,7 +369,7 @@ class OutgoingCall(_Dialog):
             return
         except TransportError as exc:
             self._final.set()
-            log.info("%s: cannot reach %s: %s", self.call_id, self._invite_dest, exc)
+            log.info("%s: cannot reach %s: %s", self.call_id, self.first_hop, exc)
             self._end(503, "Service Unavailable", "local")
             return
         self._final.set()
@@ -394,9 +408,6 @@ class OutgoingCall(_Dialog):
         if self.state is CallState.CALLING:
             self.state = CallState.PROCEEDING
         self._provisional.set()
-        tag = response.to.tag
-        if tag is not None and self.remote.tag is None and response.status > 100:
-            self._learn_dialog(response)  # early dialog (§13.2.2.4 / §12.1.2)
         match response.status:
             case 100:
                 self._emit(Trying())
@@ -405,26 +416,18 @@ class OutgoingCall(_Dialog):
             case _:
                 self._emit(Ringing(response.status, response.reason))
 
-    def _learn_dialog(self, response: Response) -> None:
-        """§12.1.2: remote tag, remote target from Contact, route set = reversed Record-Route."""
-        tag = response.to.tag
-        if tag is not None:
-            self.remote = self.remote.with_tag(tag)
-        contacts = response.contacts
-        if contacts:
-            self.remote_target = contacts[0].uri
-        self.route_set = list(reversed(response.record_route))
-
     async def _confirm(self, response: Response) -> None:
-        self.remote = NameAddr(self.remote.uri, self.remote.display_name, self.remote.params.remove("tag"))
-        self._learn_dialog(response)
-        if self.remote_target is None:  # a 2xx without Contact: ACK to the first hop anyway
-            self.remote_target = self.target
         assert self._invite is not None
-        # §13.2.2.4: the ACK for a 2xx is a new transaction with the INVITE's CSeq number.
-        ack = self.request("ACK", cseq=self.local_cseq)
+        # §12.1.2 / §13.2.2.4: the 2xx creates the dialog; its ACK carries the INVITE's CSeq.
+        if response.to.tag is None:  # a broken 2xx: still ACK it, with an empty remote tag
+            response = Response(
+                response.status, response.reason,
+                response.headers.replace("To", str(response.to.with_tag("none"))), response.body,
+            )  # fmt: skip
+        self.dialog = Dialog.from_uac_response(self._invite, response, self.local_contact(self.caller))
+        ack = self.dialog.ack(response, self.ua.new_via(self.transport))
         try:
-            await self.ua.send_ack(ack, self.next_hop(), self._invite)
+            await self.ua.send_ack(ack, next_hop(ack, self.transport), self._invite)
         except TransportError as exc:
             log.info("%s: ACK failed: %s", self.call_id, exc)
         self.state = CallState.CONFIRMED
@@ -432,63 +435,41 @@ class OutgoingCall(_Dialog):
             self.state = CallState.TERMINATING
             self._end(487, "Request Terminated", "local")
             with trio.move_on_after(self.ua.grace):
-                with suppress(TransactionTimeout, TransportError):
-                    await self.send_request(self.request("BYE"))
+                await self._bye()
             return
         self._emit(Answered(_sdp_of(response)))
 
-    async def _send_cancel(self) -> None:
-        """§9.1: CANCEL with the INVITE's Request-URI, Call-ID, From, To, CSeq number, Via and Route."""
-        invite = self._invite
-        assert invite is not None
-        headers = [("Via", invite.headers.get_all("Via")[0]), ("Max-Forwards", "70")]
-        headers += [("Route", r) for r in invite.headers.get_all("Route")]
-        for name in ("From", "To", "Call-ID"):
-            headers.append((name, invite.headers.get(name) or ""))
-        headers.append(("CSeq", f"{invite.cseq.seq} CANCEL"))
-        headers += self.ua.common_headers()
-        cancel = Request("CANCEL", invite.uri, Headers.from_pairs(headers))
-        try:
-            await self.ua.transact(cancel, self._invite_dest)
-        except (TransactionTimeout, TransportError) as exc:
-            log.info("%s: CANCEL failed: %s", self.call_id, exc or type(exc).__name__)
-
     # ------------------------------------------------------------ requests from the far end
 
-    async def on_request(self, request: Request, source: Address) -> None:
-        ua = self.ua
+    async def on_request(self, request: Request) -> None:
+        """An in-dialog request from the far end (routed by the UA on Call-ID and our tag)."""
+        if self.dialog is None or not await self.check_in_dialog(request):
+            return
         match request.method:
             case "BYE":
-                await ua.respond(request, source, 200)
+                await self.answer_in_dialog(request, 200)
                 if self.state is not CallState.TERMINATED:
                     self._end(200, "Remote hangup", "remote")
             case "INFO":
-                await ua.respond(request, source, 200)
+                await self.answer_in_dialog(request, 200)
                 ct = request.content_type
                 self._emit(InfoReceived(request.body, str(ct) if ct is not None else None))
             case "INVITE":
-                if self.state is not CallState.CONFIRMED:
-                    await ua.respond(request, source, 491 if self._reinvite else 500)
-                elif self._reinvite is not None:
-                    await ua.respond(request, source, 491)  # §14.2: one re-INVITE at a time
-                else:  # (the layer has sent 100 Trying)
-                    if request.contacts:
-                        self.remote_target = request.contacts[0].uri  # §12.2.2 target refresh
-                    sdp = _sdp_of(request)
-                    if sdp:
-                        self._reinvite = (request, source)
-                        self._emit(ReOffer(sdp))
-                    else:  # an offer-less re-INVITE (session refresh): offer our current SDP
-                        await ua.respond_invite_final(
-                            request, source, 200, contact=ua.contact(self.local.uri, self.transport),
-                            body=self.local_sdp, content_type="application/sdp",
-                        )  # fmt: skip
+                if self.state is not CallState.CONFIRMED or self._reinvite is not None:
+                    await self.answer_in_dialog(request, 491)  # §14.2
+                elif sdp := _sdp_of(request):
+                    self._reinvite = request
+                    self._emit(ReOffer(sdp))
+                else:  # an offer-less re-INVITE (session refresh): offer our current SDP
+                    await self.answer_in_dialog(
+                        request, 200, body=self.local_sdp, content_type="application/sdp"
+                    )
             case "OPTIONS":
-                await ua.respond(request, source, 200, headers=[("Allow", ALLOW)])
+                await self.answer_in_dialog(request, 200)
             case "ACK":
-                pass  # matched by the UA
+                pass
             case _:
-                await ua.respond(request, source, 501)
+                await self.answer_in_dialog(request, 501)
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -496,20 +477,19 @@ async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-class IncomingCall(_Dialog):
+class IncomingCall(_Call):
     """An initial INVITE offered to the `on_invite` hook. Answer or reject it; `ended` is set by
     the caller's BYE or CANCEL (or our own `hangup()`)."""
 
     def __init__(self, ua: SipUA, request: Request, source: Address) -> None:
-        local = request.to.with_tag(ua.token(6))
-        super().__init__(ua, request.call_id, local, request.from_, cseq=ua.initial_cseq())
+        super().__init__(ua, request.call_id, source.transport)
         self.invite = request
         self.source = source
         self.offer = _sdp_of(request)
-        self.remote_target = request.contacts[0].uri if request.contacts else request.from_.uri
-        self.route_set = list(request.record_route)  # §12.1.1: the UAS keeps Record-Route in order
-        self.transport = source.transport
-        self.remote_cseq = request.cseq.seq
+        user = request.uri.user if isinstance(request.uri, SipUri) else None
+        self.dialog = Dialog.from_uas_request(
+            request, ua.token(6), self.local_contact(user), local_seq=ua.initial_cseq()
+        )
         self.answered = False
         self.ended = trio.Event()
 
@@ -521,15 +501,12 @@ class IncomingCall(_Dialog):
     async def answer(self, sdp: bytes) -> None:
         """200 OK with our SDP (retransmitted until the ACK, §13.3.1.4)."""
         self.answered = True
-        await self.ua.respond_invite_final(
-            self.invite, self.source, 200, to_tag=self.local.tag,
-            contact=self.ua.contact(self.local.uri, self.transport), body=sdp, content_type="application/sdp",
-        )  # fmt: skip
+        await self.answer_in_dialog(self.invite, 200, body=sdp, content_type="application/sdp")
 
-    async def reject(self, status: int, reason: str | None = None) -> None:
-        """A final error response (retransmitted until the ACK)."""
+    async def reject(self, status: int) -> None:
+        """A final error response (the server transaction retransmits it until the ACK)."""
         self.ended.set()
-        await self.ua.respond_invite_final(self.invite, self.source, status, reason, to_tag=self.local.tag)
+        await self.answer_in_dialog(self.invite, status)
 
     async def hangup(self) -> None:
         """Send BYE (UAS side, §15.1.1)."""
@@ -537,23 +514,29 @@ class IncomingCall(_Dialog):
             return
         self.ended.set()
         try:
-            await self.send_request(self.request("BYE"))
-        except (TransactionTimeout, TransportError) as exc:
+            await self.send_in_dialog("BYE")
+        except (TransactionTimeout, TransportError, LocalProtocolError) as exc:
             log.info("%s: BYE failed: %s", self.call_id, exc or type(exc).__name__)
 
-    async def on_request(self, request: Request, source: Address) -> None:
+    async def on_cancel(self, request: Request) -> None:
+        """§9.2: 200 to the CANCEL, then 487 to the INVITE if it is still pending."""
+        await self.ua.respond(request, 200)
+        if not self.answered and not self.ended.is_set():
+            await self.reject(487)
+
+    async def on_request(self, request: Request) -> None:
+        """An in-dialog request from the caller."""
+        if not await self.check_in_dialog(request):
+            return
         match request.method:
             case "BYE":
-                await self.ua.respond(request, source, 200)
+                await self.answer_in_dialog(request, 200)
                 self.ended.set()
-            case "CANCEL":
-                await self.ua.respond(request, source, 200)
-                if not self.answered and not self.ended.is_set():
-                    # §9.2: the INVITE is then answered 487.
-                    await self.reject(487)
+            case "OPTIONS":
+                await self.answer_in_dialog(request, 200)
+            case "INVITE":
+                await self.answer_in_dialog(request, 488)  # the echo keeps its one session
             case "ACK":
                 pass
-            case "OPTIONS":
-                await self.ua.respond(request, source, 200, headers=[("Allow", ALLOW)])
             case _:
-                await self.ua.respond(request, source, 501 if request.method != "INVITE" else 488)
+                await self.answer_in_dialog(request, 501)

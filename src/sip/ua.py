@@ -256,46 +256,37 @@ class SipUA:
 
     # ------------------------------------------------------------ server side
 
-    async def respond(
-        self,
-        request: Request,
-        source: Address,
-        status: int,
-        reason: str | None = None,
-        *,
-        to_tag: str | None = None,
-        contact: NameAddr | None = None,
-        headers: Sequence[tuple[str, str]] = (),
-        body: bytes = b"",
-        content_type: str | None = None,
-    ) -> Response | None:
-        """Answer `request` on its server transaction (§17.2); None if that transaction is gone."""
-        if to_tag is None and status > 100 and request.to.tag is None:
-            to_tag = self._stateless_tag(request)
-        response = make_response(
-            request, status, reason, to_tag=to_tag, contact=contact,
-            headers=[*self.common_headers(), *headers], body=body, content_type=content_type,
-        )  # fmt: skip
+    async def send_response(self, request: Request, response: Response) -> bool:
+        """Send a TU response on `request`'s server transaction (§17.2); False if it is gone."""
         try:
             actions = self._layer.respond(server_key(request), response, trio.current_time())
         except LocalProtocolError as exc:  # e.g. the transaction timed out meanwhile
-            log.info("cannot answer %s %s with %d: %s", request.method, request.call_id, status, exc)
-            return None
+            log.info("cannot answer %s %s with %d: %s", request.method, request.call_id, response.status, exc)
+            return False
         await self._perform(actions)
-        return response
+        return True
 
-    async def respond_invite_final(
+    async def respond(
         self,
         request: Request,
-        source: Address,
         status: int,
         reason: str | None = None,
-        **kwargs: object,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """A final answer to an INVITE. A 2xx is retransmitted by us until its ACK (§13.3.1.4);
+        """Answer an out-of-dialog request (a random To tag unless it has one, §8.2.6.2)."""
+        to_tag = self.token(6) if status > 100 and request.to.tag is None else None
+        response = make_response(
+            request, status, reason, to_tag=to_tag, headers=[*self.common_headers(), *headers]
+        )
+        await self.send_response(request, response)
+
+    async def send_invite_final(self, request: Request, response: Response) -> None:
+        """A final response to an INVITE. A 2xx is retransmitted by us until its ACK (§13.3.1.4);
         a non-2xx by the INVITE server transaction (Timer G, §17.2.1)."""
-        response = await self.respond(request, source, status, reason, **kwargs)  # type: ignore[arg-type]
-        if response is None or not 200 <= status < 300 or self._nursery is None:
+        if not await self.send_response(request, response):
+            return
+        if not 200 <= response.status < 300 or self._nursery is None:
             return
         acked = trio.Event()
         key = (request.call_id, request.cseq.seq)
@@ -321,10 +312,6 @@ class SipUA:
         finally:
             if self._awaiting_ack.get(key) is acked:
                 del self._awaiting_ack[key]
-
-    def _stateless_tag(self, request: Request) -> str:
-        # The same tag for a retransmission is not needed (the cached answer is resent).
-        return self.token(6)
 
     async def _sweeper(self) -> None:
         while True:
@@ -416,33 +403,31 @@ class SipUA:
         dialog = self._dialogs.get(request.call_id)
         if method == "CANCEL":
             if received.cancels is not None and isinstance(dialog, IncomingCall):
-                await dialog.on_request(request, source)
+                await dialog.on_cancel(request)
             else:
-                await self.respond(request, source, 481)  # §9.2: no matching INVITE
+                await self.respond(request, 481)  # §9.2: no matching INVITE
             return
         if request.to.tag is not None:
-            if dialog is not None and dialog.local.tag == request.to.tag:
-                await dialog.on_request(request, source)
+            if dialog is not None and dialog.local_tag == request.to.tag:
+                await dialog.on_request(request)
             else:
-                await self.respond(request, source, 481)  # §12.2.2
+                await self.respond(request, 481)  # §12.2.2
             return
         match method:
             case "REGISTER":
                 await self._on_register(request, source)
             case "OPTIONS":
-                await self.respond(
-                    request, source, 200, headers=[("Allow", ALLOW), ("Accept", "application/sdp")]
-                )
+                await self.respond(request, 200, headers=[("Allow", ALLOW), ("Accept", "application/sdp")])
             case "INVITE":
                 await self._on_invite(request, source)
             case "BYE" | "INFO":
-                await self.respond(request, source, 481)
+                await self.respond(request, 481)
             case _:
-                await self.respond(request, source, 405, headers=[("Allow", ALLOW)])
+                await self.respond(request, 405, headers=[("Allow", ALLOW)])
 
     async def _on_invite(self, request: Request, source: Address) -> None:
         if self.on_invite is None or self._nursery is None:
-            await self.respond(request, source, 403)  # not an open relay
+            await self.respond(request, 403)  # not an open relay
             return
         call = IncomingCall(self, request, source)
         self._dialogs[call.call_id] = call
@@ -469,12 +454,12 @@ class SipUA:
 
     async def _on_register(self, request: Request, source: Address) -> None:
         if self.registrar is None or self.ha1_lookup is None:
-            await self.respond(request, source, 403, "Registration not accepted here")
+            await self.respond(request, 403, "Registration not accepted here")
             return
         now = trio.current_time()
         user = request.to.uri.user if isinstance(request.to.uri, SipUri) else None
         if not user:
-            await self.respond(request, source, 404)
+            await self.respond(request, 404)
             return
         value = request.headers.get("Authorization")
         if value is None:
@@ -484,7 +469,7 @@ class SipUA:
             creds = parse_credentials(value)
         except SipParseError as exc:
             log.info("REGISTER from %s: bad credentials: %s", source, exc)
-            await self.respond(request, source, 400, "Bad Authorization")
+            await self.respond(request, 400, "Bad Authorization")
             return
         nonce = check_nonce(self._nonce_key, creds.nonce, now)
         if nonce is not NonceCheck.VALID:  # not ours, or too old (RFC 7616 §3.3 stale=true)
@@ -496,7 +481,7 @@ class SipUA:
             ha1 = self.ha1_lookup(creds.username, self.realm, algorithm)
         if ha1 is None or not verify(creds, "REGISTER", ha1):
             log.info("REGISTER for %s from %s: authentication failed", user, source)
-            await self.respond(request, source, 403)
+            await self.respond(request, 403)
             return
         contacts: list[ContactSpec] = []
         if request.contact_is_star:
@@ -516,10 +501,10 @@ class SipUA:
             )  # fmt: skip
         except RegistrarError as exc:
             extra = [("Min-Expires", str(exc.min_expires))] if exc.min_expires else []
-            await self.respond(request, source, exc.status, exc.reason, headers=extra)
+            await self.respond(request, exc.status, exc.reason, headers=extra)
             return
         headers = [("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in outcome.bindings]
-        await self.respond(request, source, 200, headers=headers)
+        await self.respond(request, 200, headers=headers)
 
     async def _challenge(self, request: Request, source: Address, now: float, *, stale: bool) -> None:
         """401 with one challenge per algorithm (RFC 8760 §2.4), a stateless HMAC nonce."""
@@ -528,4 +513,4 @@ class SipUA:
             ("WWW-Authenticate", str(make_challenge(self.realm, nonce, algorithm=algorithm, stale=stale)))
             for algorithm in self.challenge_algorithms
         ]
-        await self.respond(request, source, 401, headers=headers)
+        await self.respond(request, 401, headers=headers)
