@@ -269,6 +269,10 @@ class Dialog:
     def receive_response(self, response: Response) -> None:
         """Update the dialog from a response to a request we sent in it (or the initial INVITE)."""
         status, method = response.status, response.cseq.method
+        tag = response.to.tag
+        if tag is not None and tag != self.remote_tag:
+            # A forked answer from another UAS is another dialog (§12.1.2): look up by id first.
+            raise LocalProtocolError(f"response with To tag {tag!r} belongs to another dialog than {self.id}")
         if self.state is DialogState.TERMINATED:
             return
         if method == "INVITE":

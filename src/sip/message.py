@@ -321,13 +321,19 @@ def error_response(err: SipParseError, to_tag: str | None = None) -> Response | 
     """A stateless answer (status `err.status_hint`) to a request that failed to parse.
 
     Uses the raw Via/From/To/Call-ID/CSeq of `err.head`; None when the head was unreadable,
-    lacks a Via (nowhere to send it, §18.2.2) or the bad message was an ACK (never answered).
+    lacks a parsable top Via (nowhere to send it, §18.2.2) or the bad message was an ACK (never
+    answered).
     """
     if err.head is None:
         return None
     method, _uri, headers = err.head
-    if method == "ACK" or "Via" not in headers:
+    top_via = headers.get("Via")
+    if method == "ACK" or top_via is None:
         return None
+    try:
+        parse_via(top_via)
+    except SipParseError:
+        return None  # no usable top Via: the answer could not be routed (§18.2.2)
     pairs: list[tuple[str, str]] = [("Via", v) for v in headers.get_all("Via")]
     for name in ("From", "To", "Call-ID", "CSeq"):
         value = headers.get(name)

@@ -248,6 +248,17 @@ def test_make_cancel_rfc3261_9_1() -> None:
     assert cancel.body == b""
 
 
+def test_forked_answer_is_another_dialog() -> None:
+    inv = invite()
+    d = Dialog.from_uac_response(
+        inv, make_response(inv, 180, to_tag="fork1", contact=BOB_CONTACT), ALICE_CONTACT
+    )
+    with pytest.raises(LocalProtocolError, match="belongs to another dialog"):
+        d.receive_response(make_response(inv, 200, to_tag="fork2", contact=BOB_CONTACT))
+    d.receive_response(make_response(inv, 100))  # no tag: fine
+    assert state(d) is DialogState.EARLY
+
+
 def test_create_request_misuse() -> None:
     inv = invite()
     d = Dialog.from_uac_response(inv, make_response(inv, 200, to_tag="t", contact=BOB_CONTACT), ALICE_CONTACT)

@@ -208,6 +208,10 @@ def test_error_response_needs_a_readable_head() -> None:
     with pytest.raises(SipParseError) as info:
         parse_datagram_untrusted(F9.replace(b"CSeq: 314159 INVITE", b"CSeq: x"))
     assert info.value.head is None  # responses are never answered
+    with pytest.raises(SipParseError) as info:
+        parse_datagram_untrusted(F1.replace(b"SIP/2.0/UDP pc33", b"SIP/2.0 pc33"))
+    assert info.value.head is not None
+    assert error_response(info.value) is None  # the top Via is unusable: nowhere to answer
 
 
 # --- stream framing ------------------------------------------------------------------------------
