@@ -3,8 +3,9 @@
 Theory of operation:
 
 * One `SipUA` owns one `SipTransport` and runs, in its own nursery (`run()`), the dispatcher (the
-  only reader of `transport.inbound`), a sweeper for expired server-transaction state, and the
-  handlers of incoming INVITEs when a UAS hook is installed (the echo extension).
+  only reader of `transport.inbound`), the transaction timer task, a sweeper for remembered ACKs,
+  the 2xx retransmitters, and the handlers of incoming INVITEs when a UAS hook is installed (the
+  echo extension).
 * Transactions are the core's (`sip.layer.TransactionLayer`, RFC 3261 §17 with RFC 6026): every
   received message goes through `layer.receive()`, every action it returns is performed here
   (`Send` -> the transport; a send failure is fed back with `transport_error()`), and one timer
@@ -17,7 +18,9 @@ Theory of operation:
 * Calls: `SipUA.call()` is an async context manager yielding an `OutgoingCall`, whose `events`
   channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
   a bounded shielded `move_on_after(grace)`. In-dialog requests from the far end (BYE, INFO,
-  re-INVITE) are routed by Call-ID to the call.
+  re-INVITE) are routed by Call-ID and our tag to the call. Upstream mode: with `outbound_proxy`
+  (per UA or per call) every INVITE goes to that proxy as a preloaded loose Route (§8.1.2); a
+  call the proxy never challenges is logged once as a configuration warning.
 * REGISTER (when a `Registrar` and an `ha1_lookup` are given): digest challenge with a stateless
   HMAC nonce (sip.registrar.make_nonce), credentials checked against the HA1 the bridge looks up;
   nothing is ever proxied. OPTIONS -> 200. Initial INVITEs -> 403 unless an `on_invite` hook
@@ -94,8 +97,10 @@ class SipUA:
         t1: float = T1,
         t2: float = T2,
         grace: float = 4.0,
+        outbound_proxy: tuple[str, int, str] | None = None,
     ) -> None:
         self.transport = transport
+        self.outbound_proxy = outbound_proxy
         self.host = public_host or local_host or transport.public_host
         self.user_agent = user_agent
         self.registrar = registrar
@@ -143,9 +148,14 @@ class SipUA:
         credentials: tuple[str, str] | None = None,
         outbound_proxy: tuple[str, int, str] | None = None,
     ) -> AsyncIterator[OutgoingCall]:
-        """Place a call to `target` (a SIP URI) as `caller` (the user part); see OutgoingCall."""
+        """Place a call to `target` (a SIP URI) as `caller` (the user part); see OutgoingCall.
+
+        `outbound_proxy` is `(host, port, "udp" | "tcp")`; `credentials` `(user, password)` answer
+        one 401/407. Raises SipParseError for a target that is not a SIP URI.
+        """
         uri = parse_sip_uri(target)
         preloaded: list[NameAddr] = []
+        outbound_proxy = outbound_proxy or self.outbound_proxy
         if outbound_proxy is not None:
             host, port, transport_name = outbound_proxy
             first_hop = Address(host, port, Transport.from_token(transport_name))

@@ -383,3 +383,22 @@ async def test_unroutable_target_ends_503_and_fuzzed_input_never_kills_the_ua(
                 break
         assert answer.status == 200
         assert ua.transport.stats.bad_datagrams > 0
+
+
+async def test_upstream_mode_routes_to_proxy_and_warns_once_when_never_challenged(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with setup() as (ua, peer):
+        ua.outbound_proxy = ("127.0.0.1", peer.port, "udp")
+        for _ in range(2):
+            async with ua.call(
+                "sip:101@pbx.example", caller="100", sdp=SDP, credentials=("100", "pw")
+            ) as call:
+                invite = await peer.recv_request("INVITE")
+                assert str(invite.uri) == "sip:101@pbx.example"
+                assert invite.headers.get("Route") == f"<sip:127.0.0.1:{peer.port};lr>"
+                await peer.reply(invite, 486)
+                await peer.recv_request("ACK")
+                assert [e async for e in call.events] == [Ended(486, "Busy Here", "remote")]
+    warnings = [r for r in caplog.records if "without any digest challenge" in r.getMessage()]
+    assert len(warnings) == 1
