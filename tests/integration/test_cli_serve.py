@@ -273,6 +273,7 @@ def test_bad_certificate_exits_2_naming_the_file(tmp_path: Path, damage: str) ->
         key.write_bytes((other / "wrtcCert" / "server.key").read_bytes())
         expected = f"{key}: the private key does not match the certificate in {crt}"
     result = cli(tmp_path, "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1", "--wss-port", "0")
+    # (the certificate is checked before anything binds, so no --sip-port is needed here)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"mccp-bridge: certificate error: {expected}"
     assert "start WSS service" not in result.stderr
@@ -294,6 +295,8 @@ def test_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
             "127.0.0.1",
             "--wss-port",
             str(port),
+            "--sip-port",
+            "0",
         )
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]
