@@ -96,6 +96,13 @@ class FakeBridge:
                     while not isinstance(msg := await conn.receive(), HangupRequest):
                         seen.append(msg)
                     self.after_answer["talk"] = [*seen, msg]
+                case "fast" | "same":  # progress and answer back to back (same or updated SDP)
+                    await conn.send(Ringing())
+                    await conn.send(Progress(fake_answer(call.sdp, 1)))
+                    await conn.send(Answer(fake_answer(call.sdp, 2 if call.cld == "fast" else 1)))
+                    await conn.receive()
+                case "drop":  # the bridge goes away mid-call
+                    await conn.send(Ringing())
                 case _:
                     await conn.send(Hangup(403, "Forbidden"))
         except PageGone:
@@ -214,7 +221,25 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
             await trio.sleep(0.05)
     assert fake.after_answer["talk"] == [Dtmf("5"), HangupRequest()]
 
-    # 5. Nothing listening: an error a person can act on, with a link to accept the certificate.
+    # 5. progress + answer back to back: applied in order; an identical answer changes nothing,
+    #    a different one is applied through a new offer (o= version of the local SDP moves on).
+    local_o = "pc.localDescription.sdp.match(/^o=.*$/m)[0] === __mccp.offerSdp.match(/^o=.*$/m)[0]"
+    for cld, renegotiated in (("fast", True), ("same", False)):
+        await page.goto(f"{local.as_uri()}?{params}&cld={cld}")
+        await wait_state(page, "talking")
+        await page.wait_for("pc.signalingState === 'stable'")
+        assert await page.evaluate("__mccp.errors") == []
+        assert await page.evaluate("__mccp.endText") is None
+        assert await page.evaluate(local_o) is (not renegotiated)
+        assert await page.evaluate("__mccp.answerSdp.includes('o=- 4242 2 ')") is renegotiated
+
+    # 6. The bridge closes the socket while ringing.
+    await page.goto(f"{https}?{params}&cld=drop")
+    await wait_state(page, "ended")
+    assert (await text_of(page, "detail")).startswith("Connection to the bridge lost")
+    shots.append(str(await page.snap("connection-lost")))
+
+    # 7. Nothing listening: an error a person can act on, with a link to accept the certificate.
     await page.goto(f"{https}?server=127.0.0.1:1&clr=1&pwd=x&cld=2")
     await wait_state(page, "ended")
     detail = await text_of(page, "detail")
@@ -222,7 +247,7 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
     assert await page.evaluate("document.querySelector('#detail a').href") == "https://127.0.0.1:1/"
     shots.append(str(await page.snap("unreachable")))
 
-    # 6. A crafted server parameter is refused, never parsed as HTML.
+    # 8. A crafted server parameter is refused, never parsed as HTML.
     await page.goto(f"{https}?server=%3Cimg%20src%3Dx%20onerror%3D__pwned%3D1%3E&clr=1&pwd=x&cld=2")
     await wait_state(page, "ended")
     assert (await text_of(page, "detail")).startswith("Invalid bridge address: <img")
