@@ -287,13 +287,25 @@ class SipTransport:
 
     async def _tcp_acceptor(self, listener: trio.SocketListener) -> None:
         while True:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # e.g. EMFILE: back off instead of dying
+                log.warning("TCP accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
             if len(self._conns) >= self.max_tcp_connections:
                 self.stats.tcp_refused += 1
                 await trio.aclose_forcefully(stream)
                 continue
-            peer = stream.socket.getpeername()
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:  # reset before we looked
+                await trio.aclose_forcefully(stream)
+                continue
             conn = _Conn(stream, Address(peer[0], peer[1], Transport.TCP), trio.current_time())
+            old = self._conns.get((conn.peer.host, conn.peer.port))
+            if old is not None:
+                await self._close(old)
             self._conns[(conn.peer.host, conn.peer.port)] = conn
             self.stats.tcp_accepted += 1
             assert self._nursery is not None
