@@ -44,6 +44,7 @@ that clock too (see `rtp.dtls`: OpenSSL's own timer reads the wall clock, so it 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import secrets
@@ -326,14 +327,14 @@ class MediaSession:
         return self.ice.selected or self._last_validated
 
     def stats(self) -> MediaStats:
-        """Every counter of the call's media plane."""
+        """A copy of every counter of the call's media plane (for metrics and the end-of-call log)."""
         return MediaStats(
-            demux=self.demux,
-            ice=self.ice.counters,
-            dtls=self.dtls.counters,
-            to_sip=self.relay.to_sip,
-            to_browser=self.relay.to_browser,
-            edge=self.edge,
+            demux=copy.copy(self.demux),
+            ice=copy.copy(self.ice.counters),
+            dtls=copy.copy(self.dtls.counters),
+            to_sip=copy.deepcopy(self.relay.to_sip),
+            to_browser=copy.deepcopy(self.relay.to_browser),
+            edge=copy.copy(self.edge),
             dtls_state=self.dtls.state,
             selected=self.ice.selected,
         )
