@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mccp.codec import encode
 from mccp.errors import ErrorCode, LocalProtocolError, ParseError, RemoteProtocolError
@@ -199,3 +201,39 @@ def test_page_hangup_cancels_timeout() -> None:
     s = Session(now=0.0, call_timeout=5.0)
     s.receive(HangupRequest())
     assert s.next_deadline() is None
+
+
+# ------------------------------------------------------------------ random exchanges
+
+_page_msgs = st.sampled_from(PAGE_MSGS)
+_bridge_msgs = st.sampled_from(BRIDGE_MSGS)
+_texts = st.sampled_from(['{"type":"ping"}', "{", '{"type":"dtmf","digits":"9"}', "[]", encode(CALL)])
+NEXT: dict[SessionState, set[SessionState]] = {
+    S.AWAITING_CALL: {S.AWAITING_CALL, S.CALLING, S.ENDED},
+    S.CALLING: {S.CALLING, S.EARLY, S.ANSWERED, S.ENDED},
+    S.EARLY: {S.EARLY, S.ANSWERED, S.ENDED},
+    S.ANSWERED: {S.ANSWERED, S.ENDED},
+    S.ENDED: {S.ENDED},
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_page_msgs, _bridge_msgs, _texts), max_size=25))
+def test_random_exchanges_keep_the_invariants(items: list[PageMessage | BridgeMessage | str]) -> None:
+    s = Session(now=0.0)
+    for item in items:
+        before = s.state
+        try:
+            match item:
+                case str():
+                    s.receive_text(item)
+                case Call() | Dtmf() | HangupRequest() | Ping():
+                    s.receive(item)
+                case _:
+                    s.send(item)
+        except (RemoteProtocolError, LocalProtocolError):
+            assert s.state is before  # a refused message changes nothing
+            continue
+        assert s.state in NEXT[before]
+        assert (s.call is None) == (s.state is S.AWAITING_CALL or (s.state is S.ENDED and s.call is None))
+        assert (s.state is S.ENDED) == (s.ended_by is not None)
