@@ -443,8 +443,7 @@ class MediaSession:
                 self._on_browser_datagram(view[:n], _addr(src), now)
             self.dtls.handle_timeout(now)
             self._flush_dtls()
-            if not reported and self.dtls.state is DtlsState.CONNECTED:
-                self._start_srtp()
+            if not reported and self.keys_ready:
                 task_status.started()
                 reported = True
             self._check_end(now, started_at)
@@ -470,6 +469,9 @@ class MediaSession:
                 if self.dtls.role is DtlsRole.SERVER:
                     self._dtls_peer = src
                 self.dtls.feed_untrusted(bytes(data), now)
+                if self.dtls.state is DtlsState.CONNECTED and not self.keys_ready:
+                    # Key SRTP at once: the peer's first SRTP may follow in this same batch.
+                    self._start_srtp()
             case PacketKind.RTP | PacketKind.RTCP:
                 if not self.ice.is_validated(src):
                     self.edge.not_validated += 1
