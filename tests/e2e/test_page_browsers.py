@@ -167,6 +167,17 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
     assert await page.evaluate("document.getElementById('server').value") == f"127.0.0.1:{port}"
     assert await page.evaluate("document.getElementById('form').classList.contains('hidden')") is False
     shots.append(str(await page.snap("form")))
+    hosts = await page.evaluate(
+        "['bridge.example', 'bridge.example:443', '10.0.0.1', '::1', '[::1]', '[::1]:7000'].map(bridgeHost)"
+    )
+    assert hosts == [
+        "bridge.example:5062",
+        "bridge.example:443",
+        "10.0.0.1:5062",
+        "[::1]:5062",
+        "[::1]:5062",
+        "[::1]:7000",
+    ]
 
     # 2. Served over https: calling -> ringing (ringback) -> busy.
     await page.goto(f"{https}?{params}&cld=ring")
