@@ -269,6 +269,7 @@ def _cmd_serve(config: Config, stdout: TextIO, stderr: TextIO) -> int:
         config = dataclasses.replace(config, config_file=first.config_file)
     # Imported here: trio, TLS and the MCCP server are only needed to serve (the other commands start faster).
     from bridge.app import StartupError, serve_blocking
+    from bridge.services import bridge_services
 
     def started(context: BridgeContext) -> None:
         if first is not None and context.wss_addresses:
@@ -277,7 +278,7 @@ def _cmd_serve(config: Config, stdout: TextIO, stderr: TextIO) -> int:
 
     status = 0
     try:
-        serve_blocking(config, on_started=started)
+        serve_blocking(config, on_started=started, services=bridge_services)
     except* StartupError as group:
         stderr.write(f"{PROG}: {_first(group)}\n")
         status = EXIT_USAGE
