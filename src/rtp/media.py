@@ -120,7 +120,8 @@ class EdgeCounters:
     before_keys: int = 0  # SRTP before the DTLS handshake completed
     no_browser_address: int = 0  # SIP media before the browser's address is known
     unknown_source: int = 0  # SIP media from an address other than the answer's (once latched)
-    no_sip_address: int = 0  # browser media before the SIP answer
+    no_sip_address: int = 0  # media (either way) before the SIP answer
+    on_hold: int = 0  # browser media not sent while the SIP side holds the call
     send_failed: int = 0  # sendto raised (full buffer, ICMP unreachable)
     latched: int = 0  # symmetric RTP: the SIP source differed from its SDP address
 
@@ -484,8 +485,11 @@ class MediaSession:
                 if out is None:
                     return
                 sip = self._sip
-                if sip is None or not sip.may_send:
+                if sip is None:
                     self.edge.no_sip_address += 1
+                    return
+                if not sip.may_send:
+                    self.edge.on_hold += 1
                     return
                 is_rtcp, datagram = out
                 if is_rtcp:

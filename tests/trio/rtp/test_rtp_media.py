@@ -461,7 +461,7 @@ async def test_open_media_call_with_early_media_and_hold() -> None:
                         with trio.move_on_after(0.3):
                             await phone.recvfrom(2048)
                             pytest.fail("media sent to a phone that holds")
-                        assert media.stats().edge.no_sip_address == 1
+                        assert media.stats().edge.on_hold == 1
                         # resume
                         answer = media.answer_sip_offer(phone_sdp(phone.getsockname()[1], version=3))
                         assert "a=sendrecv" in answer
