@@ -179,6 +179,14 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
         "[::1]:7000",
     ]
 
+    # The form calls with what was typed in.
+    for name, value in (("clr", "7"), ("pwd", "bad"), ("cld", "form")):
+        await page.evaluate(f"document.getElementById({name!r}).value = {value!r}")
+    await page.evaluate("document.getElementById('call').click()")
+    await wait_state(page, "ended")
+    assert await text_of(page, "detail") == "Wrong password (403)"
+    assert (fake.calls["form"].clr, fake.calls["form"].pwd) == ("7", "bad")
+
     # 2. Served over https: calling -> ringing (ringback) -> busy.
     await page.goto(f"{https}?{params}&cld=ring")
     await wait_state(page, "ringing")
