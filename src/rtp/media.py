@@ -481,14 +481,14 @@ class MediaSession:
                     self.edge.before_keys += 1
                     return
                 self._last_browser_media = now
+                sip = self._sip
+                if sip is None:  # still ringing: no codec map, no address (not a relay drop)
+                    self.edge.no_sip_address += 1
+                    return
                 out = self.relay.browser_packet(bytes(data), now)
                 if out is None:
                     return
-                sip = self._sip
-                if sip is None:
-                    self.edge.no_sip_address += 1
-                    return
-                if not sip.may_send:
+                if not sip.may_send:  # still unprotected above, so SRTP's rollover stays in step
                     self.edge.on_hold += 1
                     return
                 is_rtcp, datagram = out

@@ -156,6 +156,11 @@ async def test_ice_dtls_and_srtp_both_ways() -> None:
             assert r.media.keys_ready
             assert r.media.ice.selected == r.browser.sock.getsockname()
             assert r.browser.stun_replies == [200]
+            # while the phone rings (no SIP answer yet) browser media is counted, not relayed
+            await r.browser.send_rtp(99, 0, b"\x00" * 160)
+            while r.media.stats().edge.no_sip_address == 0:
+                await trio.sleep(0.01)
+            assert r.media.stats().to_sip.dropped_total == 0
             phone_addr = r.phone.getsockname()
             r.media.set_sip_remote(SipRemote(phone_addr, r.phone_rtcp.getsockname(), PCMU))
             # browser -> SIP: SRTP in, plain RTP out at the phone
