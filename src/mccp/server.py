@@ -352,7 +352,8 @@ async def _respond(
     status: int,
     ctype: str,
     body: bytes,
-    extra: list[tuple[str, str]] | None = None,
+    *,
+    head_only: bool = False,
 ) -> None:
     headers = [
         ("Content-Type", ctype),
@@ -360,7 +361,6 @@ async def _respond(
         ("Cache-Control", "no-cache"),
         ("X-Content-Type-Options", "nosniff"),
         ("Connection", "close"),
-        *(extra or []),
     ]
     if conn.our_state is not h11.SEND_RESPONSE:
         # The request was unparseable: h11 cannot answer it, write a bare response.
@@ -368,7 +368,8 @@ async def _respond(
         conn.receive_data(b"GET / HTTP/1.0\r\n\r\n")
         conn.next_event()
     data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=body)) or b""
+    if not head_only:  # RFC 9110 section 9.3.2: a response to HEAD has no content
+        data += conn.send(h11.Data(data=body)) or b""
     data += conn.send(h11.EndOfMessage()) or b""
     await stream.send_all(data)
 
@@ -433,13 +434,18 @@ class MccpFront:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         headers = {name.lower(): value for name, value in request.headers}
         origin = headers[b"origin"].decode("ascii", "replace") if b"origin" in headers else None
+        upgrade = headers.get(b"upgrade", b"").lower()
         if st.per_address.get(remote[0], 0) > limits.max_connections_per_address:
             st.refused_busy += 1
             log.warning("mccp %s:%d: refused, too many connections from this address", *remote)
             answer = _text(503, "too many connections from your address")
-        elif request.method != b"GET":
+        elif request.method not in (b"GET", b"HEAD"):
             answer = _text(405, "method not allowed")
-        elif path == MCCP_PATH and headers.get(b"upgrade", b"").lower() == b"websocket":
+        elif (
+            path == MCCP_PATH
+            and request.method == b"GET"
+            and headers.get(b"upgrade", b"").lower() == b"websocket"
+        ):
             if self.allowed_origins is None or origin in self.allowed_origins:
                 await self._serve_websocket(stream, raw, remote, origin)
                 return
@@ -458,7 +464,7 @@ class MccpFront:
         else:
             answer = _text(404, "not found")
         with trio.move_on_after(_CLOSE_GRACE):
-            await _respond(stream, conn, *answer)
+            await _respond(stream, conn, *answer, head_only=request.method == b"HEAD")
 
     async def _serve_websocket(
         self, stream: trio.abc.Stream, raw: bytes, remote: tuple[str, int], origin: str | None

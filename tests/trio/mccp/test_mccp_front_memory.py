@@ -16,6 +16,8 @@ import trio.testing
 import trio_websocket
 import wsproto
 import wsproto.events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trio
 from mccp.codec import decode_bridge_untrusted, encode
@@ -227,3 +229,80 @@ async def test_rate_limit_refills(autojump_clock: trio.testing.MockClock) -> Non
         assert second.count(Pong()) == 20
         assert second.count(ErrorReply(429, "too many messages; dropped")) == 1
     assert f.stats.rate_limited == 10
+
+
+def _all_tasks() -> list[trio.lowlevel.Task]:
+    tasks, todo = [], [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        assert task is not None
+        tasks.append(task)
+        todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return tasks
+
+
+async def test_vanished_page_leaves_no_task(autojump_clock: trio.testing.MockClock) -> None:
+    f, bridge = front()
+    async with trio.open_nursery() as nursery:
+        await trio.testing.wait_all_tasks_blocked()
+        baseline = len(_all_tasks())
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(f.serve_stream, server, ("192.0.2.1", 40000))
+        inner_cancel = trio.CancelScope()
+
+        async def page_side() -> None:
+            with inner_cancel:
+                async with trio.open_nursery() as client_nursery:
+                    ws = await _connect(client_nursery, client, "null")
+                    await ws.send_message(encode(CALL))
+                    assert await recv(ws) == Ringing()
+                    await trio.sleep_forever()
+
+        nursery.start_soon(page_side)
+        await trio.sleep(1.0)
+        assert len(_all_tasks()) > baseline + 4  # front, reader, keepalive, handler, ws reader...
+        inner_cancel.cancel()
+        await trio.aclose_forcefully(client)  # the page vanishes: no close frame
+        await trio.sleep(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_all_tasks()) == baseline
+    assert bridge.ended
+    assert bridge.ended[0].startswith("closed")
+    assert f.stats.connections_open == 0
+    assert f.stats.per_address == {}
+
+
+_heads = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda method, target, extra: f"{method} {target} HTTP/1.1\r\nHost: b\r\n{extra}\r\n".encode(),
+        st.sampled_from(["GET", "POST", "HEAD", "G\x00T"]),
+        st.sampled_from(["/", "/lite.html", "/mccp", "/x", "*", "/%00"]),
+        st.sampled_from(
+            ["", "Upgrade: websocket\r\n", "Connection: Upgrade\r\nUpgrade: websocket\r\n", "X\r\n"]
+        ),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_heads, st.integers(min_value=1, max_value=64))
+def test_any_request_bytes_get_an_answer_or_a_close(head: bytes, chunk: int) -> None:
+    async def run() -> bytes:
+        f, _ = front(ServerLimits(call_timeout=1.0))
+        client, server = trio.testing.memory_stream_pair()
+        out = b""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(f.serve_stream, server, ("192.0.2.1", 40000))
+            for i in range(0, len(head), chunk):
+                await client.send_all(head[i : i + chunk])
+            with trio.move_on_after(60):
+                while data := await client.receive_some():
+                    out += data
+            await client.aclose()
+        assert f.stats.connections_open == 0
+        assert f.stats.handler_failures == 0
+        return out
+
+    out = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert out == b"" or out.startswith(b"HTTP/1.1 ")

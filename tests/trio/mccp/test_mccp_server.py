@@ -175,6 +175,15 @@ async def test_http_errors(tls: tuple[ssl.SSLContext, ssl.SSLContext], raw: byte
             assert (await http_get(port, tls[1], get("/"))).endswith(PAGE)
 
 
+async def test_head_request_gets_headers_only(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    with trio.fail_after(10):
+        async with running(echoing_handler(Recorder()), tls[0]) as port:
+            resp = await http_get(port, tls[1], b"HEAD /lite.html HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 200 ")
+    assert f"content-length: {len(PAGE)}\r\n".encode() in resp.lower()
+    assert resp.endswith(b"\r\n\r\n")
+
+
 async def test_extra_route(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     with trio.fail_after(10):
         async with running(echoing_handler(Recorder()), tls[0]) as port:
