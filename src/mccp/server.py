@@ -441,11 +441,7 @@ class MccpFront:
             answer = _text(503, "too many connections from your address")
         elif request.method not in (b"GET", b"HEAD"):
             answer = _text(405, "method not allowed")
-        elif (
-            path == MCCP_PATH
-            and request.method == b"GET"
-            and headers.get(b"upgrade", b"").lower() == b"websocket"
-        ):
+        elif path == MCCP_PATH and request.method == b"GET" and upgrade == b"websocket":
             if self.allowed_origins is None or origin in self.allowed_origins:
                 await self._serve_websocket(stream, raw, remote, origin)
                 return
