@@ -306,3 +306,33 @@ def test_any_request_bytes_get_an_answer_or_a_close(head: bytes, chunk: int) -> 
 
     out = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
     assert out == b"" or out.startswith(b"HTTP/1.1 ")
+
+
+_frames = st.lists(
+    st.one_of(
+        st.text(max_size=80),
+        st.binary(max_size=40),
+        st.sampled_from(['{"type":"dtmf","digits":"1"}', '{"type":"call"}', '{"type":"hangup","v":3}', "{}"]),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_frames)
+def test_any_frames_are_answered_and_the_connection_survives(frames: list[str | bytes]) -> None:
+    async def run() -> None:
+        f, bridge = front()
+        async with trio.open_nursery() as nursery, page(f, nursery) as ws:
+            for frame in frames:
+                await ws.send_message(frame)
+                reply = await recv(ws)  # every one of these is refused with an error
+                assert isinstance(reply, ErrorReply)
+                assert reply.code in (400, 409, 415, 505)
+            await ws.send_message('{"type":"ping"}')
+            assert await recv(ws) == Pong()
+        assert f.stats.errors_sent == len(frames)
+        assert f.stats.handler_failures == 0
+        assert bridge.ended == ["closed (1000)"]
+
+    trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
