@@ -455,9 +455,12 @@ class MediaSession:
         self.demux.count(kind)
         match kind:
             case PacketKind.STUN:
+                selected = self.ice.selected
                 reply = self.ice.handle_stun_untrusted(bytes(data), src, now)
                 if reply is not None:
                     self._send(self._browser, reply, src)
+                if self.ice.selected != selected:
+                    self.log.info("ICE: the browser nominated %s:%d", *src)
                 if self.ice.is_validated(src):
                     self._last_validated = src
                     if self.dtls.role is DtlsRole.CLIENT and self._dtls_peer is None:
@@ -559,6 +562,9 @@ class MediaSession:
             return False
         # RFC 4961 symmetric RTP: latch onto the real source once.
         self.edge.latched += 1
+        self.log.info(
+            "SIP %s comes from %s:%d, not %s:%d: latched", "RTCP" if rtcp else "RTP", *src, *expected
+        )
         if rtcp:
             self._sip_rtcp_latched = True
             self._sip = SipRemote(sip.rtp, src, sip.codec_map, sip.may_send)
