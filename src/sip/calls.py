@@ -228,18 +228,19 @@ class OutgoingCall(_Call):
         display: str | None,
         sdp: bytes,
         credentials: tuple[str, str] | None,
-        first_hop: Address,
+        hop: SipUri,
         preloaded_route: list[NameAddr],
         from_host: str,
     ) -> None:
-        super().__init__(ua, f"{ua.token(12)}@{ua.host}", first_hop.transport)
+        super().__init__(ua, f"{ua.token(12)}@{ua.host}", ua.transport.default_transport)
         self.caller = caller
         self.local = NameAddr(SipUri(from_host, caller), display, Params((("tag", ua.token(6)),)))
         self.target = target
         self.offer = sdp
         self.local_sdp = sdp
         self.credentials = credentials
-        self.first_hop = first_hop
+        self.hop = hop  # the outbound proxy, or the target itself
+        self.first_hop: Address | None = None  # where the INVITE goes, once located
         self.preloaded_route = preloaded_route
         self.state = CallState.CALLING
         self.cseq = 1
@@ -264,7 +265,12 @@ class OutgoingCall(_Call):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_wait_then_cancel, self._provisional, nursery.cancel_scope)
                     nursery.start_soon(_wait_then_cancel, self._final, nursery.cancel_scope)
-            if not self._final.is_set() and self._provisional.is_set() and self._invite is not None:
+            if (
+                not self._final.is_set()
+                and self._provisional.is_set()
+                and self._invite is not None
+                and self.first_hop is not None
+            ):
                 self.state = CallState.TERMINATING
                 cancel = make_cancel(self._invite)
                 try:
@@ -346,8 +352,8 @@ class OutgoingCall(_Call):
         """Place the call: INVITE, one digest retry, ACK on 2xx; emits events; ends on a final failure."""
         auth: tuple[str, str] | None = None
         try:
-            if self.first_hop.port == 0:
-                raise TransportError(f"no route to {self.target}")
+            self.first_hop = await self.ua.locate(self.hop, self.transport)
+            self.transport = self.first_hop.transport
             while True:
                 self._invite = self._build_invite(auth)
                 response = await self.ua.transact(self._invite, self.first_hop, self._on_provisional)

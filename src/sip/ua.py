@@ -46,6 +46,7 @@ from sip.headers import NameAddr, Via
 from sip.layer import LayerAction, RequestReceived, StrayResponse, TransactionLayer, server_key
 from sip.message import Request, Response, make_response
 from sip.registrar import ContactSpec, NonceCheck, Registrar, RegistrarError, check_nonce, make_nonce
+from sip.resolver import SipResolver, is_ip_literal
 from sip.timers import TimerConfig
 from sip.transaction import (
     AckReceived,
@@ -98,9 +99,11 @@ class SipUA:
         t2: float = T2,
         grace: float = 4.0,
         outbound_proxy: tuple[str, int, str] | None = None,
+        resolver: SipResolver | None = None,
     ) -> None:
         self.transport = transport
         self.outbound_proxy = outbound_proxy
+        self._resolver = resolver
         self.host = public_host or local_host or transport.public_host
         self.user_agent = user_agent
         self.registrar = registrar
@@ -156,22 +159,18 @@ class SipUA:
         uri = parse_sip_uri(target)
         preloaded: list[NameAddr] = []
         outbound_proxy = outbound_proxy or self.outbound_proxy
+        hop = uri
         if outbound_proxy is not None:
             host, port, transport_name = outbound_proxy
-            first_hop = Address(host, port, Transport.from_token(transport_name))
             # §8.1.2: the outbound proxy as a preloaded loose Route.
-            proxy = SipUri(f"[{host}]" if ":" in host else host, None, port, Params((("lr", None),)))
-            if first_hop.transport is Transport.TCP:
-                proxy = proxy.with_params(proxy.params.set("transport", "tcp"))
-            preloaded = [NameAddr(proxy)]
-        else:
-            try:
-                first_hop = uri_address(uri, self.transport.default_transport)
-            except TransportError:  # e.g. transport=sctp: the call ends at once with 503
-                first_hop = Address(uri.host_no_brackets, 0, self.transport.default_transport)
+            params = Params((("lr", None),))
+            if transport_name.lower() != "udp":
+                params = params.set("transport", transport_name.lower())
+            hop = SipUri(f"[{host}]" if ":" in host else host, None, port, params)
+            preloaded = [NameAddr(hop)]
         call = OutgoingCall(
             self, uri, caller=caller, display=display, sdp=sdp, credentials=credentials,
-            first_hop=first_hop, preloaded_route=preloaded, from_host=uri.host,
+            hop=hop, preloaded_route=preloaded, from_host=uri.host,
         )  # fmt: skip
         self._dialogs[call.call_id] = call
         try:
@@ -204,6 +203,14 @@ class SipUA:
             )
 
     # ------------------------------------------------------------ building blocks
+
+    async def locate(self, uri: SipUri, default: Transport) -> Address:
+        """The first hop for `uri`: as is for an IP literal, else RFC 3263 SRV / A (TransportError)."""
+        if is_ip_literal(uri.params.get("maddr") or uri.host_no_brackets):
+            return uri_address(uri, default)
+        if self._resolver is None:
+            self._resolver = SipResolver()
+        return (await self._resolver.locate(uri, default))[0]
 
     def new_via(self, transport: Transport) -> Via:
         """A Via for a new client transaction: our sent-by, a fresh branch, rport (RFC 3581)."""

@@ -22,6 +22,7 @@ EDGE_MODULES = {
     "sip.transport",
     "sip.ua",
     "sip.calls",
+    "sip.resolver",
     "rtp.media",
     "rtp.ports",
 }

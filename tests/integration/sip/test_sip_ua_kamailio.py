@@ -10,7 +10,7 @@ from tests.integration.sip.conftest import audio_sdp, rtp_packet, sdp_media_addr
 from tests.support.sip_peers import KAMAILIO_PORT, SIPP_PORT, Kamailio, SippUas
 
 import trio
-from sip.calls import Answered, Ended, Ringing
+from sip.calls import Answered, Ended, Ringing, Trying
 from sip.ua import SipUA
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(30)]
@@ -42,7 +42,9 @@ async def test_authenticated_call_reaches_registered_sipp_with_media(
                 if isinstance(event, Answered | Ended):
                     break
             assert isinstance(seen[-1], Answered), seen
-            assert Ringing(180, "Ringing") in seen
+            # (180 and 200 leave SIPp back to back; Kamailio's workers may forward them in either
+            # order, and a 180 after the 200 is rightly ignored, so Ringing is not asserted here.)
+            assert all(isinstance(e, Trying | Ringing | Answered) for e in seen)
             host, port, _ = sdp_media_address(seen[-1].sdp)
             await rtp.sendto(rtp_packet(7), (host, port))
             assert await rtp.recv(2048) == rtp_packet(7)
