@@ -336,3 +336,40 @@ def test_any_frames_are_answered_and_the_connection_survives(frames: list[str | 
         assert bridge.ended == ["closed (1000)"]
 
     trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_page_that_stops_reading_cannot_block_the_bridge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A page whose socket accepts nothing (lockstep stream, never read) is dropped by the keep-alive."""
+    outcome: list[str] = []
+    call_seen = trio.Event()
+
+    async def pushy_handler(conn: MccpConnection) -> None:
+        await conn.receive()
+        call_seen.set()
+        try:
+            while True:  # blocks as soon as the page stops reading
+                await conn.send(Ringing())
+        except PageGone as exc:
+            outcome.append(exc.reason)
+
+    f = MccpFront(pushy_handler, b"<html>")
+    client, server = trio.testing.lockstep_stream_pair()
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(f.serve_stream, server, ("192.0.2.1", 40000))
+        await client.send_all(ws.send(wsproto.events.Request(host="bridge", target="/mccp")))
+        while not any(isinstance(e, wsproto.events.AcceptConnection) for e in ws.events()):
+            ws.receive_data(bytes(await client.receive_some()))
+        await client.send_all(ws.send(wsproto.events.TextMessage(encode(CALL))))
+        await call_seen.wait()
+        start = trio.current_time()
+        with trio.fail_after(60):
+            while not outcome:
+                await trio.sleep(0.5)
+        assert trio.current_time() - start <= 15 + 10 + 2 + 1  # ping, pong timeout, close grace
+        await client.aclose()
+    assert outcome == ["no pong in time"]
+    assert f.stats.pong_timeouts == 1
+    assert f.stats.connections_open == 0
