@@ -156,7 +156,7 @@ class MccpConnection:
         self.remote = remote
         """The page's (address, port)."""
         self.origin = origin
-        """The ``Origin`` header of the upgrade request (None from ``file://`` pages: "null")."""
+        """The upgrade request's ``Origin`` (``"null"`` from ``file://`` pages; None if absent)."""
         self._ws = ws
         self._limits = limits
         self._stats = stats
@@ -249,7 +249,7 @@ class MccpConnection:
                     await self._reply_error(
                         ErrorCode.TOO_BIG, f"frame of {len(data)} over the {limits.max_frame_bytes} limit"
                     )
-                    await self._close(1009, "message too big")
+                    await self._close(1009, "message too big")  # RFC 6455 section 7.4.1
                     return
                 if isinstance(data, bytes):
                     stats.messages_dropped += 1
@@ -278,6 +278,7 @@ class MccpConnection:
     async def _keepalive(self) -> None:
         while True:
             await trio.sleep(self._limits.ping_interval)
+            # RFC 6455 section 5.5.2: a peer that receives a Ping MUST answer it with a Pong.
             try:
                 with trio.move_on_after(self._limits.pong_timeout) as scope:
                     await self._ws.ping()
@@ -286,7 +287,7 @@ class MccpConnection:
             if scope.cancelled_caught:
                 self._stats.pong_timeouts += 1
                 self._mark_gone("no pong in time")
-                await self._close(1011, "no pong")
+                await self._close(1011, "no pong")  # RFC 6455 7.4.1: unexpected condition
                 return
 
     async def _call_timer(self) -> None:
