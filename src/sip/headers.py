@@ -197,7 +197,11 @@ def unquote(text: str) -> str:
 
 
 def quote(text: str) -> str:
-    """Make a quoted-string of `text`, escaping `"` and `\\` (RFC 3261 §25.1 quoted-pair)."""
+    """Make a quoted-string of `text`, escaping `"` and `\\` (RFC 3261 §25.1 quoted-pair).
+
+    CR and LF cannot appear in a quoted-string, even escaped: they become spaces.
+    """
+    text = text.replace("\r", " ").replace("\n", " ")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

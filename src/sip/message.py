@@ -4,7 +4,8 @@ Public API:
 
 * `Request(method, uri, headers, body=b"")` and `Response(status, reason, headers, body=b"")`:
   frozen dataclasses. `bytes(msg)` serializes with CRLF line ends and always writes a correct
-  `Content-Length` (the stored one, if any, is replaced by `len(body)`).
+  `Content-Length` (the stored one, if any, is replaced by `len(body)`); a CR or LF inside a
+  built value raises `LocalProtocolError` instead of injecting header fields.
 * Typed accessors on both (parsed on access; `sip.parser` validates them when a message arrives,
   so on a received message they do not raise): `call_id`, `cseq`, `from_`, `to`, `vias`,
   `top_via`, `contacts`, `contact_is_star`, `record_route`, `route`, `content_type`,
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Self
 
-from sip.errors import SipParseError
+from sip.errors import LocalProtocolError, SipParseError
 from sip.headers import (
     ContentType,
     CSeq,
@@ -212,6 +213,10 @@ def _serialize(start: str, headers: Headers, body: bytes) -> bytes:
             lines.append(f"{name}: {value}")
     if not length_written:
         lines.append(f"Content-Length: {len(body)}")
+    for line in lines:
+        if "\n" in line or "\r" in line:
+            # A CR or LF in a value would inject header fields (e.g. from a display name).
+            raise LocalProtocolError(f"CR or LF inside a header or start line: {line[:60]!r}")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
 
