@@ -145,7 +145,9 @@ def uri_address(uri: Uri, default: Transport = Transport.UDP) -> Address:
         transport = Transport.from_token(uri.transport) if uri.transport else default
     except ValueError as exc:
         raise TransportError(str(exc)) from None
-    return Address(host, uri.port or (5061 if uri.scheme == "sips" else 5060), transport)
+    if uri.scheme == "sips" and transport is not Transport.TLS:
+        transport = Transport.TLS  # RFC 3261 §26.2: sips means TLS on every hop
+    return Address(host, uri.port or (5061 if transport is Transport.TLS else 5060), transport)
 
 
 def _sdp_of(message: Request | Response) -> bytes:

@@ -36,7 +36,7 @@ __all__ = ["SipResolver", "is_ip_literal"]
 
 log = logging.getLogger("sip.resolver")
 
-_SRV_PREFIX = {Transport.UDP: "_sip._udp.", Transport.TCP: "_sip._tcp."}
+_SRV_PREFIX = {Transport.UDP: "_sip._udp.", Transport.TCP: "_sip._tcp.", Transport.TLS: "_sips._tcp."}
 
 
 def is_ip_literal(host: str) -> bool:
@@ -71,7 +71,9 @@ class SipResolver:
             transport = Transport.from_token(forced) if forced else default
         except ValueError as exc:
             raise TransportError(str(exc)) from None
-        default_port = 5061 if uri.scheme == "sips" else 5060
+        if uri.scheme == "sips":
+            transport = Transport.TLS  # RFC 3261 §26.2
+        default_port = 5061 if transport is Transport.TLS else 5060
         if is_ip_literal(host):
             return [Address(host.strip("[]"), uri.port or default_port, transport)]
         with trio.move_on_after(self.timeout * 2) as scope:

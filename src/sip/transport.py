@@ -1,4 +1,4 @@
-"""SIP over UDP and TCP on Trio (RFC 3261 §18, RFC 3581): the sockets and nothing else.
+"""SIP over UDP, TCP and TLS on Trio (RFC 3261 §18, §26.2, RFC 3581): the sockets and nothing else.
 
 Theory of operation:
 
@@ -19,6 +19,10 @@ Theory of operation:
   Failures raise `TransportError`, which a UA maps to 503 (RFC 3261 §8.1.3.1).
 * `public_host`/`public_port` (what goes into Via sent-by and Contact) are separate from the bind
   address, for a bridge behind a static NAT or bound to the wildcard.
+* TLS (optional): with `tls_server_context` a TLS listener runs on `tls_port` (0 = any free port);
+  with `tls_client_context` connections to `Transport.TLS` destinations are made over TLS (the
+  server name is the destination host, §26.3.1). TLS connections are framed, reused and
+  idle-closed like TCP ones; connections are keyed by (host, port, transport).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -56,6 +61,12 @@ class Transport(Enum):
 
     UDP = "UDP"
     TCP = "TCP"
+    TLS = "TLS"
+
+    @property
+    def reliable(self) -> bool:
+        """TCP and TLS are reliable (no retransmissions, §17.1.1.2)."""
+        return self is not Transport.UDP
 
     @classmethod
     def from_token(cls, token: str) -> Transport:
@@ -105,11 +116,12 @@ class TransportStats:
     tcp_connected: int = 0
     tcp_closed: int = 0
     tcp_refused: int = 0
+    tls_failures: int = 0
 
 
 @dataclass(slots=True, eq=False)
 class _Conn:
-    stream: trio.SocketStream
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
     peer: Address
     last_used: float
     lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
@@ -141,6 +153,10 @@ class SipTransport:
         connect_timeout: float = 5.0,
         max_tcp_connections: int = 512,
         inbound_queue: int = 256,
+        tls_server_context: ssl.SSLContext | None = None,
+        tls_client_context: ssl.SSLContext | None = None,
+        tls_port: int | None = None,
+        public_tls_port: int | None = None,
     ) -> None:
         if not (udp or tcp):
             raise ValueError("a SIP transport needs UDP or TCP")
@@ -157,8 +173,13 @@ class SipTransport:
         self._send_inbound, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
         self._udp: trio.socket.SocketType | None = None
         self._listener: trio.SocketListener | None = None
-        self._conns: dict[tuple[str, int], _Conn] = {}
-        self._connecting: dict[tuple[str, int], trio.Event] = {}
+        self._conns: dict[tuple[str, int, Transport], _Conn] = {}
+        self._connecting: dict[tuple[str, int, Transport], trio.Event] = {}
+        self.tls_server_context = tls_server_context
+        self.tls_client_context = tls_client_context
+        self.tls_port = tls_port if tls_port is not None else (port + 1 if port else 0)
+        self._public_tls_port = public_tls_port
+        self._tls_listener: trio.SocketListener | None = None
         self._nursery: trio.Nursery | None = None
         self._family = trio.socket.AF_INET6 if ":" in bind_host else trio.socket.AF_INET
         # Tests may hook outgoing datagrams (loss): return False to drop.
@@ -171,10 +192,16 @@ class SipTransport:
         """The port advertised in Via/Contact (the bound port unless configured)."""
         return self._public_port or self.port
 
-    def sent_by(self) -> str:
+    def port_for(self, transport: Transport) -> int:
+        """The port advertised in Via/Contact for `transport` (TLS has its own listener)."""
+        if transport is Transport.TLS:
+            return self._public_tls_port or self.tls_port
+        return self.public_port
+
+    def sent_by(self, transport: Transport = Transport.UDP) -> str:
         """`host:port` for Via sent-by and Contact (IPv6 in brackets)."""
         host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"{host}:{self.public_port}"
+        return f"{host}:{self.port_for(transport)}"
 
     @property
     def default_transport(self) -> Transport:
@@ -189,7 +216,14 @@ class SipTransport:
                 if self._udp is not None:
                     nursery.start_soon(self._udp_reader, self._udp)
                 if self._listener is not None:
-                    nursery.start_soon(self._tcp_acceptor, self._listener)
+                    nursery.start_soon(self._tcp_acceptor, self._listener, Transport.TCP)
+                if self.tls_server_context is not None:
+                    listeners = await trio.open_tcp_listeners(self.tls_port, host=self.bind_host)
+                    for extra in listeners[1:]:
+                        await extra.aclose()
+                    self._tls_listener = listeners[0]
+                    self.tls_port = self._tls_listener.socket.getsockname()[1]
+                    nursery.start_soon(self._tcp_acceptor, self._tls_listener, Transport.TLS)
                 log.info("SIP transport on %s port %d (udp=%s tcp=%s)", self.bind_host, self.port,
                          self.udp_enabled, self.tcp_enabled)  # fmt: skip
                 task_status.started(self)
@@ -201,6 +235,8 @@ class SipTransport:
                         await self._close(conn)
                     if self._listener is not None:
                         await self._listener.aclose()
+                    if self._tls_listener is not None:
+                        await self._tls_listener.aclose()
                     if self._udp is not None:
                         self._udp.close()
                 await self._send_inbound.aclose()
@@ -215,13 +251,13 @@ class SipTransport:
         match dest.transport:
             case Transport.UDP:
                 await self._send_udp(data, dest)
-            case Transport.TCP:
+            case Transport.TCP | Transport.TLS:
                 await self._send_tcp(data, dest)
         self.stats.sent += 1
 
     def response_address(self, request: Request, source: Address) -> Address:
         """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581 §4)."""
-        if source.transport is Transport.TCP or "Via" not in request.headers:
+        if source.transport.reliable or "Via" not in request.headers:
             return source  # back over the connection (or the address) it came from
         via = request.top_via
         host = via.received or source.host
@@ -285,7 +321,7 @@ class SipTransport:
                 continue
             await self._deliver(message, source)
 
-    async def _tcp_acceptor(self, listener: trio.SocketListener) -> None:
+    async def _tcp_acceptor(self, listener: trio.SocketListener, transport: Transport) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -302,11 +338,17 @@ class SipTransport:
             except OSError:  # reset before we looked
                 await trio.aclose_forcefully(stream)
                 continue
-            conn = _Conn(stream, Address(peer[0], peer[1], Transport.TCP), trio.current_time())
-            old = self._conns.get((conn.peer.host, conn.peer.port))
+            wrapped: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
+            if transport is Transport.TLS:
+                assert self.tls_server_context is not None
+                # The handshake runs on the first read, in the reader task (bounded by its idle timer).
+                wrapped = trio.SSLStream(stream, self.tls_server_context, server_side=True)
+            conn = _Conn(wrapped, Address(peer[0], peer[1], transport), trio.current_time())
+            key = (conn.peer.host, conn.peer.port, transport)
+            old = self._conns.get(key)
             if old is not None:
                 await self._close(old)
-            self._conns[(conn.peer.host, conn.peer.port)] = conn
+            self._conns[key] = conn
             self.stats.tcp_accepted += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._tcp_reader, conn)
@@ -318,7 +360,10 @@ class SipTransport:
                 with trio.move_on_at(conn.last_used + self.tcp_idle_timeout) as idle:
                     try:
                         data = await conn.stream.receive_some(65536)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        if isinstance(exc.__cause__, ssl.SSLError):
+                            self.stats.tls_failures += 1
+                            log.info("TLS with %s failed: %s", conn.peer, exc.__cause__)
                         return
                 if idle.cancelled_caught:
                     if conn.last_used + self.tcp_idle_timeout <= trio.current_time():
@@ -328,7 +373,7 @@ class SipTransport:
                 if not data:
                     return  # EOF
                 conn.last_used = trio.current_time()
-                parser.feed(data)
+                parser.feed(bytes(data))
                 while (event := parser.next_event()) is not None:
                     match event:
                         case KeepAlive(ping=ping):
@@ -376,7 +421,7 @@ class SipTransport:
         conn.last_used = trio.current_time()
 
     async def _connection(self, dest: Address) -> _Conn:
-        key = (dest.host, dest.port)
+        key = (dest.host, dest.port, dest.transport)
         while True:
             conn = self._conns.get(key)
             if conn is not None and not conn.closed:
@@ -393,8 +438,8 @@ class SipTransport:
         try:
             with trio.move_on_after(self.connect_timeout) as timeout:
                 try:
-                    stream = await trio.open_tcp_stream(dest.host, dest.port)
-                except OSError as exc:
+                    stream = await self._connect(dest)
+                except (OSError, trio.BrokenResourceError) as exc:
                     self.stats.send_errors += 1
                     raise TransportError(f"cannot connect to {dest}: {exc}") from exc
             if timeout.cancelled_caught:
@@ -409,11 +454,28 @@ class SipTransport:
             del self._connecting[key]
             done.set()
 
+    async def _connect(self, dest: Address) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        tcp = await trio.open_tcp_stream(dest.host, dest.port)
+        if dest.transport is not Transport.TLS:
+            return tcp
+        if self.tls_client_context is None:
+            await tcp.aclose()
+            raise OSError("TLS is not configured (no client context)")
+        # §26.3.1: the server's certificate must match the host we wanted to reach.
+        tls = trio.SSLStream(tcp, self.tls_client_context, server_hostname=dest.host)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError:
+            self.stats.tls_failures += 1
+            await trio.aclose_forcefully(tcp)
+            raise
+        return tls
+
     async def _close(self, conn: _Conn) -> None:
         if conn.closed:
             return
         conn.closed = True
-        key = (conn.peer.host, conn.peer.port)
+        key = (conn.peer.host, conn.peer.port, conn.peer.transport)
         if self._conns.get(key) is conn:
             del self._conns[key]
         self.stats.tcp_closed += 1

@@ -216,14 +216,14 @@ class SipUA:
         """A Via for a new client transaction: our sent-by, a fresh branch, rport (RFC 3581)."""
         via_host = f"[{self.host}]" if ":" in self.host else self.host
         params = Params((("branch", "z9hG4bK" + self.token(8)), ("rport", None)))
-        return Via(transport.value, via_host, self.transport.public_port, params)
+        return Via(transport.value, via_host, self.transport.port_for(transport), params)
 
     def contact(self, local_uri: Uri, transport: Transport) -> NameAddr:
         """Our Contact for a dialog (§8.1.1.8): user@our address, transport=tcp when needed."""
         user = local_uri.user if isinstance(local_uri, SipUri) else None
-        params = Params((("transport", "tcp"),)) if transport is Transport.TCP else Params()
+        params = Params((("transport", transport.value.lower()),)) if transport.reliable else Params()
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return NameAddr(SipUri(host, user, self.transport.public_port, params))
+        return NameAddr(SipUri(host, user, self.transport.port_for(transport), params))
 
     def common_headers(self) -> list[tuple[str, str]]:
         return [("User-Agent", self.user_agent)]
@@ -244,7 +244,7 @@ class SipUA:
         Provisional responses go to `on_provisional`. Raises `TransactionTimeout` (Timer B/F)
         or TransportError. The layer itself ACKs a non-2xx final response (§17.1.1.3).
         """
-        reliable = dest.transport is Transport.TCP
+        reliable = dest.transport.reliable
         key, actions = self._layer.send_request(request, dest, trio.current_time(), reliable)
         send, receive = trio.open_memory_channel[_TxEvent](32)
         self._waiters[key] = send
@@ -404,7 +404,7 @@ class SipUA:
             if isinstance(message, Request):
                 # The server transaction answers where RFC 3261 §18.2.2 / RFC 3581 say.
                 source = self.transport.response_address(message, source)
-            reliable = source.transport is Transport.TCP
+            reliable = source.transport.reliable
             actions = self._layer.receive(message, source, trio.current_time(), reliable)
             await self._perform(actions)
         except SipParseError as exc:  # a header the parser let through and an accessor refused
