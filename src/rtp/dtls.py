@@ -20,12 +20,17 @@ bytes. `set_ciphertext_mtu(MTU)` keeps each record (handshake messages are fragm
 OpenSSL) under that size, so certificates never need IP fragmentation (RFC 6347 4.1.1).
 
 Retransmission (RFC 6347 section 4.2.4). OpenSSL's own DTLS timer reads the wall clock
-(`DTLSv1_get_timeout`/`DTLSv1_handle_timeout` compare against gettimeofday), which would make the
-object impure and untestable under a fake clock. So, as trio's DTLS does, we keep our own timer
-on the `now` the caller passes: each new flight OpenSSL emits while handshaking is remembered,
-`next_deadline()` is `sent_at + rto`, and `handle_timeout(now)` re-sends the remembered flight
-and doubles `rto` (1 s initially, at most 60 s). Re-sent datagrams are byte-identical, so the
-peer's replay window drops the records it already has and keeps the ones it lost. The final
+(`DTLSv1_get_timeout`/`DTLSv1_handle_timeout` compare against gettimeofday), while this object
+lives on the `now` the caller passes (Trio's clock in production, a fake one in tests). We
+reconcile the two like this: each new flight OpenSSL emits while handshaking is remembered and
+`next_deadline()` is `sent_at + DTLSv1_get_timeout() + 5 ms`, i.e. just after OpenSSL's own
+timer (1 s, doubling up to 60 s). At that deadline `handle_timeout(now)` calls
+`DTLSv1_handle_timeout`, so OpenSSL re-encodes the flight with fresh record sequence numbers,
+which matters: a byte-identical copy is dropped by the peer's replay window (RFC 6347 4.1.2.6)
+for every record it has already seen, including a ChangeCipherSpec it saw too early (overtaking
+the fragment before it) and had to discard, and the handshake would never finish. When
+OpenSSL's wall clock says the timer has not expired (a fake clock in tests, a clock step), we
+fall back to re-sending the remembered bytes and doubling our own timer. The final
 flight (the one that completes the peer's handshake) has no timer (RFC 6347 4.2.4): it is
 re-sent, at most MAX_FINAL_RESENDS times, whenever handshake records still arrive once we are
 connected, which means the peer never got it and is retransmitting its own last flight.
@@ -71,6 +76,7 @@ __all__ = [
 MTU = 1200
 INITIAL_RTO = 1.0  # RFC 6347 4.2.4.1: initial timer 1 s
 MAX_RTO = 60.0  # RFC 6347 4.2.4.1: at least 60 s maximum
+TIMER_SLACK = 0.005  # fire just after OpenSSL's wall-clock timer, never just before
 RECORD_HEADER = 13
 DTLS1_2_VERSION = 0xFEFD
 MAX_FINAL_RESENDS = 10
@@ -292,13 +298,31 @@ class DtlsEndpoint:
         return self._deadline if self.state is DtlsState.HANDSHAKING else None
 
     def handle_timeout(self, now: float) -> None:
-        """Re-send the last flight if its timer has expired (RFC 6347 4.2.4) and back off."""
+        """Re-send the last flight if its timer has expired (RFC 6347 4.2.4) and back off.
+
+        OpenSSL is asked first (`DTLSv1_handle_timeout`): its retransmission re-encodes the
+        flight under fresh record sequence numbers, which the peer accepts even when it has
+        already seen (and had to discard, e.g. a ChangeCipherSpec that overtook the message
+        before it) some of the first copy. Only if OpenSSL's wall-clock timer has not expired
+        (a test's fake clock, a wall-clock step) do we re-send the remembered bytes.
+        """
         if self.state is not DtlsState.HANDSHAKING or self._deadline is None or now < self._deadline:
             return
-        self._out.extend(self._flight)
         self.counters.retransmits += 1
+        try:
+            self._conn.DTLSv1_handle_timeout()
+        except SSL.Error as exc:
+            self._collect(None)
+            self._fail(f"DTLS retransmission failed: {exc}")
+            return
+        fresh = self._collect(None)
         self._rto = min(self._rto * 2, MAX_RTO)
-        self._deadline = now + self._rto
+        if fresh:  # OpenSSL re-encoded the flight and doubled its own timer: follow it
+            self._flight = fresh
+            self._deadline = now + self._timer(self._rto)
+        else:
+            self._out.extend(self._flight)
+            self._deadline = now + self._rto
 
     def close(self) -> None:
         """Send close_notify (if connected) and end; `outgoing()` then holds the alert."""
@@ -384,6 +408,12 @@ class DtlsEndpoint:
                 break
         self._collect(None)  # e.g. a re-sent final flight answering the peer's retransmission
 
+    def _timer(self, fallback: float) -> float:
+        """Seconds until the retransmission: OpenSSL's own timer if it runs (so that its
+        `DTLSv1_handle_timeout` finds it expired), plus a little slack, else `fallback`."""
+        remaining = self._conn.DTLSv1_get_timeout()
+        return fallback if remaining is None else remaining + TIMER_SLACK
+
     def _collect(self, now: float | None) -> list[bytes]:
         """Move what OpenSSL wrote into datagrams; with `now`, it is a new flight to time."""
         chunks: list[bytes] = []
@@ -404,5 +434,5 @@ class DtlsEndpoint:
             # A new flight (an alert alone is sent once, never retransmitted).
             self._flight = datagrams
             self._rto = INITIAL_RTO
-            self._deadline = now + self._rto
+            self._deadline = now + self._timer(self._rto)
         return datagrams
