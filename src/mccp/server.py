@@ -562,6 +562,7 @@ __all__ = [
     "MccpConnection",
     "MccpFront",
     "PageGone",
+    "RouteHandler",
     "ServerLimits",
     "ServerStats",
     "load_page",
