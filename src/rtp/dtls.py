@@ -69,7 +69,9 @@ __all__ = [
     "DtlsEndpoint",
     "DtlsRole",
     "DtlsState",
+    "certificate_fingerprint",
     "format_fingerprint",
+    "split_records_untrusted",
 ]
 
 # Bytes of DTLS per datagram: well under the 1280-byte IPv6 minimum MTU minus IP/UDP headers.
