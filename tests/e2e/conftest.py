@@ -36,6 +36,19 @@ REMOTE_FREQUENCY_JS = """
 })()
 """
 
+# The page's inbound audio as the browser reports it (RTP packets, and the level it decoded: 0..1).
+INBOUND_AUDIO_JS = """
+(async () => {
+  let out = null;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") {
+      out = { packets: s.packetsReceived, level: s.audioLevel, energy: s.totalAudioEnergy };
+    }
+  });
+  return out;
+})()
+"""
+
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
