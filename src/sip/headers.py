@@ -106,6 +106,7 @@ _KNOWN = [
     "WWW-Authenticate",
 ]
 _CANONICAL = {name.lower(): name for name in _KNOWN} | COMPACT_FORMS
+_LOOKUP_KEYS = {lower: canon.lower() for lower, canon in _CANONICAL.items()}
 
 # Headers whose grammar is `x *(COMMA x)`: split into one entry per element when parsed.
 LIST_HEADERS = frozenset(
@@ -154,6 +155,12 @@ _MEDIA_RE = re.compile(rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*")
 def canonical_name(name: str) -> str:
     """The canonical spelling of a header name (`call-id`, `i` -> `Call-ID`); unknown names as given."""
     return _CANONICAL.get(name.lower(), name)
+
+
+def _lookup_key(name: str) -> str:
+    """The lower-cased canonical name used for lookups (`I` -> `call-id`)."""
+    lower = name.lower()
+    return _LOOKUP_KEYS.get(lower, lower)
 
 
 def split_top(value: str, sep: str, what: str) -> list[str]:
@@ -241,11 +248,14 @@ class Headers:
     """An ordered, immutable multi-map of header fields; names compare case-insensitively."""
 
     items: tuple[tuple[str, str], ...] = ()
-    _keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _index: dict[str, list[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Lower-cased canonical names, computed once: lookups are the parser's hot path.
-        object.__setattr__(self, "_keys", tuple(canonical_name(n).lower() for n, _ in self.items))
+        # Values by lower-cased canonical name, built once: lookups are the parser's hot path.
+        index: dict[str, list[str]] = {}
+        for name, value in self.items:
+            index.setdefault(_lookup_key(name), []).append(value)
+        object.__setattr__(self, "_index", index)
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
@@ -254,16 +264,12 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """The first value of header `name`, or None."""
-        key = canonical_name(name).lower()
-        for k, (_, v) in zip(self._keys, self.items, strict=True):
-            if k == key:
-                return v
-        return None
+        values = self._index.get(_lookup_key(name))
+        return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
         """All values of header `name`, in order."""
-        key = canonical_name(name).lower()
-        return [v for k, (_, v) in zip(self._keys, self.items, strict=True) if k == key]
+        return list(self._index.get(_lookup_key(name), ()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -284,18 +290,18 @@ class Headers:
 
     def remove(self, name: str) -> Headers:
         """A copy without any `name` header."""
-        key = canonical_name(name).lower()
-        return Headers(tuple(item for k, item in zip(self._keys, self.items, strict=True) if k != key))
+        key = _lookup_key(name)
+        return Headers(tuple(item for item in self.items if _lookup_key(item[0]) != key))
 
     def replace(self, name: str, values: str | Iterable[str]) -> Headers:
         """A copy where the `name` headers are replaced by `values`, at the place of the first one."""
         canon = canonical_name(name)
-        key = canon.lower()
+        key = _lookup_key(name)
         new = [(canon, values)] if isinstance(values, str) else [(canon, v) for v in values]
         out: list[tuple[str, str]] = []
         placed = False
         for n, v in self.items:
-            if n.lower() == key:
+            if _lookup_key(n) == key:
                 if not placed:
                     out.extend(new)
                     placed = True
