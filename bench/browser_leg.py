@@ -1,0 +1,321 @@
+"""The browser side of the benchmark's calls: MCCP over WSS, an ICE check, DTLS, SRTP keys.
+
+Lean on purpose (hundreds of calls in one Trio process): every call shares ONE UDP socket, and
+datagrams are dispatched to the call by their source port (each call has its own bridge port).
+Each call is a task that holds its WebSocket open (trio-websocket answers the bridge's pings) until
+it is told to hang up. The ICE/DTLS reader can be paused while the C blaster owns the socket; the
+consent task keeps sending STUN checks every `CONSENT_INTERVAL` seconds (RFC 7675), as browsers do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+from dataclasses import dataclass, field
+
+import trio_websocket
+
+import trio
+from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
+from rtp.srtp import SrtpProfile, keys_from_dtls
+from rtp.stun import binding_request
+
+CONSENT_INTERVAL = 5.0
+CERT = DtlsCertificate.generate("bench-browser")
+OFFER_TEMPLATE = """v=0
+o=- {sid} 2 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0
+a=extmap-allow-mixed
+a=msid-semantic: WMS bench
+m=audio {port} UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126
+c=IN IP4 127.0.0.1
+a=rtcp:9 IN IP4 0.0.0.0
+a=candidate:1 1 udp 2122194687 127.0.0.1 {port} typ host generation 0 network-id 1
+a=ice-ufrag:{ufrag}
+a=ice-pwd:{pwd}
+a=ice-options:trickle
+a=fingerprint:sha-256 {fingerprint}
+a=setup:actpass
+a=mid:0
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid
+a=sendrecv
+a=msid:bench bench-track
+a=rtcp-mux
+a=rtcp-rsize
+a=rtpmap:111 opus/48000/2
+a=rtcp-fb:111 transport-cc
+a=fmtp:111 minptime=10;useinbandfec=1
+a=rtpmap:63 red/48000/2
+a=fmtp:63 111/111
+a=rtpmap:9 G722/8000
+a=rtpmap:0 PCMU/8000
+a=rtpmap:8 PCMA/8000
+a=rtpmap:13 CN/8000
+a=rtpmap:110 telephone-event/48000
+a=rtpmap:126 telephone-event/8000
+a=ssrc:{ssrc} cname:bench
+"""
+
+
+class CallFailed(Exception):
+    """A call did not get set up (MCCP hangup/error, timeout, DTLS failure)."""
+
+
+def _attr(sdp: str, name: str) -> str:
+    match = re.search(rf"^a={name}:(.*?)\r?$", sdp, re.MULTILINE)
+    if match is None:
+        raise CallFailed(f"no a={name} in the bridge's answer")
+    return match.group(1).strip()
+
+
+def _media_port(sdp: str) -> int:
+    match = re.search(r"^m=audio (\d+) ", sdp, re.MULTILINE)
+    if match is None:
+        raise CallFailed("no m=audio in SDP")
+    return int(match.group(1))
+
+
+def session_id(sdp: str) -> str:
+    """The o= line's session id (the bridge uses the same one in its SIP offer)."""
+    match = re.search(r"^o=\S+ (\d+) ", sdp, re.MULTILINE)
+    return match.group(1) if match else ""
+
+
+@dataclass
+class Timings:
+    """trio.current_time() of each step of one call's set-up (None if not reached)."""
+
+    sent_call: float = 0.0
+    progress: float | None = None
+    dtls_done: float | None = None
+    answer: float | None = None
+
+
+@dataclass
+class BrowserCall:
+    """One call's browser-side state (filled as the set-up goes)."""
+
+    number: int
+    ssrc: int
+    ufrag: str = field(default_factory=lambda: os.urandom(4).hex())
+    pwd: str = field(default_factory=lambda: os.urandom(12).hex())
+    bridge_port: int = 0
+    bridge_ufrag: str = ""
+    bridge_pwd: str = ""
+    session_id: str = ""
+    dtls: DtlsEndpoint | None = None
+    profile: SrtpProfile | None = None
+    tx_key: bytes = b""  # master key || salt, browser -> bridge
+    rx_key: bytes = b""  # bridge -> browser
+    timings: Timings = field(default_factory=Timings)
+    connected: trio.Event = field(default_factory=trio.Event)
+    hangup: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)
+    end_code: int | None = None
+
+
+class BrowserSocket:
+    """The shared browser-side UDP socket: ICE checks, DTLS per call, consent, dispatch by port."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.port = int(sock.getsockname()[1])
+        self.calls: dict[int, BrowserCall] = {}
+        self._reader_scope: trio.CancelScope | None = None
+        self._resume = trio.Event()
+        self._resume.set()
+
+    @classmethod
+    async def open(cls) -> BrowserSocket:
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
+        return cls(sock)
+
+    def offer(self, call: BrowserCall) -> str:
+        return OFFER_TEMPLATE.format(
+            sid=int.from_bytes(os.urandom(7), "big"),
+            port=self.port,
+            ufrag=call.ufrag,
+            pwd=call.pwd,
+            fingerprint=CERT.fingerprint_sha256,
+            ssrc=call.ssrc,
+        ).replace("\n", "\r\n")
+
+    async def send_check(self, call: BrowserCall) -> None:
+        request = binding_request(
+            os.urandom(12),
+            username=f"{call.bridge_ufrag}:{call.ufrag}",
+            key=call.bridge_pwd.encode(),
+            priority=2122194687,
+            ice_controlling=int.from_bytes(os.urandom(8), "big"),
+            use_candidate=True,
+        )
+        await self.sock.sendto(request, ("127.0.0.1", call.bridge_port))
+
+    async def flush(self, call: BrowserCall) -> None:
+        if call.dtls is not None:
+            for datagram in call.dtls.outgoing():
+                await self.sock.sendto(datagram, ("127.0.0.1", call.bridge_port))
+
+    def pause(self) -> None:
+        """Stop reading (the blaster owns the socket's input now)."""
+        self._resume = trio.Event()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    async def run(self) -> None:
+        """Read and dispatch (paused by `pause`), plus consent checks and DTLS timers."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._consent)
+            nursery.start_soon(self._timers)
+            while True:
+                await self._resume.wait()
+                with trio.CancelScope() as self._reader_scope:
+                    await self._read()
+
+    async def _read(self) -> None:
+        while True:
+            data, src = await self.sock.recvfrom(2048)
+            call = self.calls.get(int(src[1]))
+            if call is None or not data:
+                continue
+            if 20 <= data[0] <= 63 and call.dtls is not None:
+                call.dtls.feed_untrusted(data, trio.current_time())
+                await self.flush(call)
+                self._check_connected(call)
+
+    def _check_connected(self, call: BrowserCall) -> None:
+        dtls = call.dtls
+        if dtls is None or call.connected.is_set():
+            return
+        if dtls.state is DtlsState.CONNECTED:
+            call.profile = dtls.srtp_profile
+            call.tx_key, call.rx_key = keys_from_dtls(call.profile, dtls.keying_material(), dtls.is_client)
+            call.timings.dtls_done = trio.current_time()
+            call.connected.set()
+        elif dtls.state is not DtlsState.HANDSHAKING:
+            call.connected.set()  # failed: the waiter checks `profile`
+
+    async def _timers(self) -> None:
+        while True:
+            await trio.sleep(0.25)
+            now = trio.current_time()
+            for call in list(self.calls.values()):
+                if call.dtls is not None and not call.connected.is_set():
+                    call.dtls.handle_timeout(now)
+                    await self.flush(call)
+
+    async def _consent(self) -> None:
+        while True:
+            calls = [c for c in self.calls.values() if c.connected.is_set()]
+            if not calls:
+                await trio.sleep(CONSENT_INTERVAL)
+                continue
+            gap = CONSENT_INTERVAL / len(calls)
+            for call in calls:
+                if call.bridge_port in self.calls:
+                    await self.send_check(call)
+                await trio.sleep(gap)
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the bridge's self-signed certificate
+    return context
+
+
+async def run_call(
+    bsock: BrowserSocket,
+    call: BrowserCall,
+    wss_url: str,
+    caller: str,
+    password: str,
+    callee: str,
+    *,
+    timeout: float = 30.0,
+    task_status: trio.TaskStatus[BrowserCall] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Place one call and hold it until `call.hangup` is set; `task_status.started(call)` once it
+    is answered and DTLS is connected. Raises CallFailed if the set-up fails."""
+    context = client_ssl_context()
+    started = False
+    try:
+        async with trio_websocket.open_websocket_url(
+            wss_url, context, extra_headers=[(b"Origin", b"https://127.0.0.1")]
+        ) as ws:
+            with trio.fail_after(timeout):
+                call.timings.sent_call = trio.current_time()
+                offer = bsock.offer(call)
+                await ws.send_message(
+                    json.dumps({"type": "call", "clr": caller, "pwd": password, "cld": callee, "sdp": offer})
+                )
+                answered = False
+                while not (answered and call.connected.is_set()):
+                    with trio.move_on_after(0.05 if answered else timeout):
+                        message = json.loads(await ws.get_message())
+                        kind = message.get("type")
+                        if kind == "progress" and call.dtls is None:
+                            call.timings.progress = trio.current_time()
+                            await _start_media(bsock, call, message["sdp"])
+                        elif kind == "answer":
+                            call.timings.answer = trio.current_time()
+                            answered = True
+                            if call.dtls is None:
+                                await _start_media(bsock, call, message["sdp"])
+                        elif kind in ("hangup", "error"):
+                            raise CallFailed(f"{kind} {message.get('code')} {message.get('reason')}")
+                if call.profile is None:
+                    raise CallFailed(f"DTLS failed: {call.dtls.failure_reason if call.dtls else '?'}")
+            task_status.started(call)
+            started = True
+            async with trio.open_nursery() as nursery:
+
+                async def drain() -> None:
+                    while True:
+                        message = json.loads(await ws.get_message())
+                        if message.get("type") == "hangup":
+                            call.end_code = int(message.get("code", 0))
+                            nursery.cancel_scope.cancel()
+
+                nursery.start_soon(drain)
+                await call.hangup.wait()
+                await ws.send_message(json.dumps({"type": "hangup"}))
+                with trio.move_on_after(5):
+                    while call.end_code is None:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    except trio_websocket.ConnectionClosed as exc:
+        if not started:
+            raise CallFailed(f"WebSocket closed: {exc}") from None
+    except trio.TooSlowError:
+        raise CallFailed("set-up timed out") from None
+    finally:
+        bsock.calls.pop(call.bridge_port, None)
+        call.ended.set()
+
+
+async def _start_media(bsock: BrowserSocket, call: BrowserCall, sdp: str) -> None:
+    call.bridge_port = _media_port(sdp)
+    call.bridge_ufrag = _attr(sdp, "ice-ufrag")
+    call.bridge_pwd = _attr(sdp, "ice-pwd")
+    call.session_id = session_id(sdp)
+    alg, _, value = _attr(sdp, "fingerprint").partition(" ")
+    setup = _attr(sdp, "setup")
+    role = DtlsRole.SERVER if setup == "active" else DtlsRole.CLIENT
+    call.dtls = DtlsEndpoint(role, CERT, (alg, value))
+    bsock.calls[call.bridge_port] = call
+    await bsock.send_check(call)
+    if role is DtlsRole.CLIENT:
+        await trio.sleep(0.01)  # let the check arrive first: the bridge drops DTLS from unchecked sources
+        call.dtls.start(trio.current_time())
+        await bsock.flush(call)

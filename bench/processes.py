@@ -1,0 +1,224 @@
+"""The relays under test as subprocesses: `mccp-bridge serve` and rtpengine, pinned and bounded.
+
+Both run on RELAY_CPU (the harness pins itself to HARNESS_CPU), at the same `nice`, loopback only,
+and are stopped (SIGTERM, then SIGKILL after a few seconds) when their context manager exits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from bridge.extensions import ExtensionTable, make_extension, save_extensions
+
+REPO = Path(__file__).resolve().parent.parent
+RELAY_CPU = 1
+HARNESS_CPU = 0
+BRIDGE_RTP_PORTS = (20000, 23999)
+RTPE_PORTS = (24000, 29999)
+CALLER, CALLER_PASSWORD = "100", "bench-caller-secret"
+PHONE, PHONE_PASSWORD = "200", "bench-phone-secret"
+
+
+def two_cpus() -> bool:
+    return len(os.sched_getaffinity(0)) >= 2 and (os.cpu_count() or 1) >= 2
+
+
+def pin_prefix(nice: int) -> list[str]:
+    prefix = ["taskset", "-c", str(RELAY_CPU)] if two_cpus() else []
+    if nice and os.geteuid() == 0:
+        prefix += ["nice", "-n", str(nice)]
+    return prefix
+
+
+def pin_harness(nice: int) -> None:
+    """Put the harness (and the blaster it starts) on HARNESS_CPU."""
+    if two_cpus():
+        os.sched_setaffinity(0, {HARNESS_CPU})
+    if nice and os.geteuid() == 0:
+        os.nice(nice)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def _stop(proc: trio.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(8):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _wait_tcp(port: int, proc: trio.Process, timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError(f"relay exited with {proc.returncode}")
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
+
+
+@dataclass
+class Bridge:
+    """A running `mccp-bridge serve`."""
+
+    proc: trio.Process
+    wss_port: int
+    sip_port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    @property
+    def wss_url(self) -> str:
+        return f"wss://127.0.0.1:{self.wss_port}/mccp"
+
+
+@asynccontextmanager
+async def run_bridge(*, scrypt_n: int, nice: int, log_level: str = "warning") -> AsyncIterator[Bridge]:
+    """Start the bridge with a caller and a phone extension; yield once it listens."""
+    data = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
+    try:
+        table = ExtensionTable(())
+        for number, password in ((CALLER, CALLER_PASSWORD), (PHONE, PHONE_PASSWORD)):
+            table = table.with_extension(make_extension(number, password, realm="mccp-bridge", n=scrypt_n))
+        save_extensions(data / "extensions.toml", table)
+        (data / "config.toml").write_text("")
+        wss_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+        low, high = BRIDGE_RTP_PORTS
+        cmd = [
+            *pin_prefix(nice),
+            str(Path(sys.executable).parent / "mccp-bridge"),
+            "serve",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1",
+            "--wss-port",
+            str(wss_port),
+            "--sip-port",
+            str(sip_port),
+            "--rtp-ports",
+            f"{low}-{high}",
+            "--log-level",
+            log_level,
+            "--media-timeout",
+            "300",
+            "--ring-timeout",
+            "30",
+        ]
+        log = data / "bridge.log"
+        with open(log, "wb") as out:
+            proc = await trio.lowlevel.open_process(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await _wait_tcp(wss_port, proc, 30)
+            yield Bridge(proc, wss_port, sip_port, log)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop(proc)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@dataclass
+class Rtpengine:
+    """A running rtpengine (userspace forwarding, one worker thread)."""
+
+    proc: trio.Process
+    ng_port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def guard_hits(self) -> int:
+        """How often its receive-queue guard fired so far (the stream is dead afterwards)."""
+        text = self.log.read_text(errors="replace")
+        return text.count("Too many packets in UDP receive queue") + text.count("discarding packet")
+
+
+def rtpengine_available() -> bool:
+    return shutil.which("rtpengine") is not None
+
+
+@asynccontextmanager
+async def run_rtpengine(*, nice: int) -> AsyncIterator[Rtpengine]:
+    """Start rtpengine like the perf recipe: --table=-1, --num-threads=1, loopback only."""
+    work = Path(tempfile.mkdtemp(prefix="bench-rtpe-"))
+    try:
+        ng_port = free_port(socket.SOCK_DGRAM)
+        low, high = RTPE_PORTS
+        cmd = [
+            *pin_prefix(nice),
+            "rtpengine",
+            "--foreground",
+            "--table=-1",
+            "--interface=127.0.0.1",
+            f"--listen-ng=127.0.0.1:{ng_port}",
+            f"--port-min={low}",
+            f"--port-max={high}",
+            "--log-stderr",
+            "--log-level=5",
+            "--num-threads=1",
+            "--delete-delay=0",
+            "--timeout=300",
+            f"--pidfile={work / 'rtpe.pid'}",
+        ]
+        log = work / "rtpengine.log"
+        with open(log, "wb") as out:
+            proc = await trio.lowlevel.open_process(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            from bench.ng import NgClient
+
+            ng = NgClient(ng_port)
+            try:
+                with trio.fail_after(10):
+                    while True:
+                        if proc.returncode is not None:
+                            raise RuntimeError(f"rtpengine exited: {log.read_text()[-2000:]}")
+                        try:
+                            with trio.fail_after(0.3):
+                                if (await ng.cmd({"command": "ping"}, timeout=0.3)).get("result") == "pong":
+                                    break
+                        except (trio.TooSlowError, OSError):
+                            await trio.sleep(0.1)
+            finally:
+                ng.close()
+            yield Rtpengine(proc, ng_port, log)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,360 @@
+"""Relay benchmark: N concurrent calls through the real bridge and through rtpengine, interleaved.
+
+    .venv/bin/python -m bench.relay [--calls 500] [--rates 25000] [--seconds 10] [--reps 3]
+                                    [--no-rtpengine] [--scrypt-n 1024] [--out bench/results/x.json]
+
+The bridge runs as a `mccp-bridge serve` subprocess on CPU 1; the harness (this Trio process and
+the C blaster it starts) on CPU 0; rtpengine (userspace, one worker thread) on CPU 1 too. Bridge
+calls are set up once through their real signalling (bench.calls) and carry every step; rtpengine
+gets fresh calls per step (its receive-queue guard kills a stream for good after an overload).
+Steps alternate bridge / rtpengine (the order flips every repetition), so their figures are ratios
+measured under the same background load.
+
+`--rates` are packets per second in EACH direction, spread over all calls (G.711 at 20 ms is 50 per
+call: `--calls 500 --rates 25000`). Each step reports, per direction: packets sent and received,
+loss, latency added (p50/p99/p99.9, loopback included) and RFC 3550 jitter; for the relay process:
+CPU seconds (all threads, /proc/PID/task/*/schedstat) and CPU microseconds per relayed packet; RSS
+growth per established call; and the CPU load of everything else on the relay's CPU ("foreign").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import trio
+from bench.blaster import Flow, blast, build
+from bench.browser_leg import BrowserSocket
+from bench.calls import CallSet, SetupRecord, bridge_calls, rtpengine_calls
+from bench.phone_leg import Phone
+from bench.processes import (
+    PHONE,
+    PHONE_PASSWORD,
+    RELAY_CPU,
+    pin_harness,
+    rss_kib,
+    rtpengine_available,
+    run_bridge,
+    run_rtpengine,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        rtpe = subprocess.run(["rtpengine", "--version"], capture_output=True, text=True, timeout=5)
+        rtpe_version = (rtpe.stdout or rtpe.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        rtpe_version = ""
+    return {
+        "host": socket.gethostname(),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "rtpengine": rtpe_version,
+    }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))], 3)
+
+
+def setup_summary(records: list[SetupRecord]) -> dict[str, Any]:
+    totals = [r.total_ms for r in records if r.ok and r.total_ms is not None]
+    return {
+        "calls": len(records),
+        "failed": sum(1 for r in records if not r.ok),
+        "errors": sorted({r.error for r in records if not r.ok})[:5],
+        "total_ms": {"p50": percentile(totals, 0.5), "p99": percentile(totals, 0.99)},
+    }
+
+
+def _drain(sock: trio.socket.SocketType) -> None:
+    """Throw away whatever waits in the socket (stragglers of the previous step)."""
+    with socket.socket(fileno=os.dup(sock.fileno())) as raw:
+        while True:
+            try:
+                raw.recv(2048, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+
+
+async def _step(
+    target: str,
+    flows: list[Flow],
+    bsock: BrowserSocket,
+    phone_rtp: trio.socket.SocketType,
+    *,
+    rate: float,
+    seconds: float,
+    pid: int,
+    index_base: int,
+) -> dict[str, Any]:
+    bsock.pause()
+    await trio.sleep(0.05)
+    _drain(bsock.sock)
+    _drain(phone_rtp)
+    try:
+        return await blast(
+            flows,
+            browser_fd=bsock.sock.fileno(),
+            phone_fd=phone_rtp.fileno(),
+            rate=rate,
+            seconds=seconds,
+            relay_pid=pid,
+            relay_cpu=RELAY_CPU,
+            index_base=index_base,
+        )
+    finally:
+        bsock.resume()
+
+
+def _summarise_step(target: str, rep: int, rate: float, result: dict[str, Any]) -> str:
+    d = result["directions"]
+    b2p, p2b = d["browser_to_phone"], d["phone_to_browser"]
+    return (
+        f"rep {rep} {target:9s} {result['flows']:4d} calls {rate:8.0f} pps/dir: "
+        f"loss {b2p['loss_pct']:.3f}%/{p2b['loss_pct']:.3f}%  "
+        f"lat p50 {b2p['latency_us']['p50']:.0f}/{p2b['latency_us']['p50']:.0f} us "
+        f"p99 {b2p['latency_us']['p99']:.0f}/{p2b['latency_us']['p99']:.0f} us  "
+        f"CPU {result['relay_cpu_pct']:.1f}% {result['relay_us_per_pkt']:.2f} us/pkt  "
+        f"foreign {result['foreign_pct']:.0f}%"
+    )
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    host = machine()
+    pin_harness(args.nice)
+    build()
+    use_rtpe = args.rtpengine and rtpengine_available()
+    record: dict[str, Any] = {
+        "kind": "relay",
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": host,
+        "config": {
+            "calls": args.calls,
+            "rates_per_direction": args.rates,
+            "seconds": args.seconds,
+            "reps": args.reps,
+            "scrypt_n": args.scrypt_n,
+            "nice": args.nice,
+            "rtpengine": use_rtpe,
+            "srtp_profile": "AEAD_AES_128_GCM",
+        },
+        "steps": [],
+    }
+    bsock = await BrowserSocket.open()
+    phone_rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await phone_rtp.bind(("127.0.0.1", 0))
+    phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
+    async with trio.open_nursery() as root:
+        root.start_soon(bsock.run)
+        async with run_bridge(scrypt_n=args.scrypt_n, nice=args.nice) as bridge:
+            await phone.register(("127.0.0.1", bridge.sip_port), PHONE_PASSWORD)
+            root.start_soon(phone.serve)
+            await trio.sleep(0.5)
+            rss_before = rss_kib(bridge.pid)
+            t0 = trio.current_time()
+            async with bridge_calls(
+                bridge.wss_url, bsock, phone, args.calls, concurrency=args.concurrency
+            ) as calls:
+                setup_s = trio.current_time() - t0
+                await trio.sleep(1.0)
+                rss_after = rss_kib(bridge.pid)
+                record["bridge"] = {
+                    "setup": setup_summary(calls.records),
+                    "setup_seconds": round(setup_s, 3),
+                    "rss_kib_before": rss_before,
+                    "rss_kib_after": rss_after,
+                    "rss_kib_per_call": round((rss_after - rss_before) / max(1, len(calls.flows)), 2),
+                    "invites": phone.invites,
+                }
+                print(
+                    f"bridge: {len(calls.flows)} calls up in {setup_s:.1f} s, {calls.failed} failed, "
+                    f"RSS {rss_before} -> {rss_after} KiB",
+                    flush=True,
+                )
+                if use_rtpe:
+                    async with run_rtpengine(nice=args.nice) as rtpe:
+                        await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, rtpe)
+                else:
+                    await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, None)
+            record["bridge"]["byes"] = phone.byes
+        root.cancel_scope.cancel()
+    bsock.sock.close()
+    phone_rtp.close()
+    phone.sock.close()
+    record["summary"] = summarise(record)
+    return record
+
+
+async def _steps(
+    args: argparse.Namespace,
+    record: dict[str, Any],
+    calls: CallSet,
+    bsock: BrowserSocket,
+    phone_rtp: trio.socket.SocketType,
+    bridge_pid: int,
+    rtpe: Any,
+) -> None:
+    index_base = 0
+    for rep in range(args.reps):
+        for rate in args.rates:
+            targets = ["bridge", "rtpengine"] if rtpe is not None else ["bridge"]
+            if rep % 2:
+                targets.reverse()
+            for target in targets:
+                if target == "bridge":
+                    result = await _step(
+                        target,
+                        calls.flows,
+                        bsock,
+                        phone_rtp,
+                        rate=rate,
+                        seconds=args.seconds,
+                        pid=bridge_pid,
+                        index_base=index_base,
+                    )
+                    index_base += math.ceil(rate * args.seconds / max(1, len(calls.flows))) + 16
+                    extra: dict[str, Any] = {}
+                else:
+                    rss0 = rss_kib(rtpe.pid)
+                    guard0 = rtpe.guard_hits()
+                    async with rtpengine_calls(
+                        rtpe.ng_port, bsock.port, int(phone_rtp.getsockname()[1]), args.calls
+                    ) as rcalls:
+                        rss1 = rss_kib(rtpe.pid)
+                        result = await _step(
+                            target,
+                            rcalls.flows,
+                            bsock,
+                            phone_rtp,
+                            rate=rate,
+                            seconds=args.seconds,
+                            pid=rtpe.pid,
+                            index_base=0,
+                        )
+                    extra = {
+                        "setup": setup_summary(rcalls.records),
+                        "rss_kib_per_call": round((rss1 - rss0) / max(1, len(rcalls.flows)), 2),
+                        "guard_hits": rtpe.guard_hits() - guard0,
+                    }
+                step = {"target": target, "rep": rep, "rate_per_direction": rate, **extra, "result": result}
+                record["steps"].append(step)
+                print(_summarise_step(target, rep, rate, result), flush=True)
+
+
+def summarise(record: dict[str, Any]) -> dict[str, Any]:
+    """Medians per (target, rate) and the bridge/rtpengine ratios of CPU per packet."""
+    out: dict[str, Any] = {}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for step in record["steps"]:
+        groups.setdefault((step["target"], step["rate_per_direction"]), []).append(step["result"])
+    for (target, rate), results in sorted(groups.items()):
+
+        def med(f: Any, results: list[dict[str, Any]] = results) -> float:
+            return round(statistics.median(f(r) for r in results), 3)
+
+        dirs = ("browser_to_phone", "phone_to_browser")
+        out.setdefault(str(rate), {})[target] = {
+            "runs": len(results),
+            "us_per_packet": med(lambda r: r["relay_us_per_pkt"]),
+            "cpu_pct": med(lambda r: r["relay_cpu_pct"]),
+            "loss_pct_max": round(max(r["directions"][d]["loss_pct"] for r in results for d in dirs), 4),
+            "received_pps": {d: med(lambda r, d=d: r["directions"][d]["received_pps"]) for d in dirs},
+            "latency_us_p50": {d: med(lambda r, d=d: r["directions"][d]["latency_us"]["p50"]) for d in dirs},
+            "latency_us_p99": {d: med(lambda r, d=d: r["directions"][d]["latency_us"]["p99"]) for d in dirs},
+            "latency_us_p999": {
+                d: med(lambda r, d=d: r["directions"][d]["latency_us"]["p999"]) for d in dirs
+            },
+            "jitter_us_mean": {d: med(lambda r, d=d: r["directions"][d]["jitter_us"]["mean"]) for d in dirs},
+            "foreign_pct": med(lambda r: r["foreign_pct"]),
+        }
+    for rate, targets in out.items():
+        if "bridge" in targets and "rtpengine" in targets:
+            ratios = []
+            b = [
+                s for s in record["steps"] if s["target"] == "bridge" and str(s["rate_per_direction"]) == rate
+            ]
+            r = [
+                s
+                for s in record["steps"]
+                if s["target"] == "rtpengine" and str(s["rate_per_direction"]) == rate
+            ]
+            for sb, sr in zip(b, r, strict=False):
+                if sr["result"]["relay_us_per_pkt"] > 0:
+                    ratios.append(sb["result"]["relay_us_per_pkt"] / sr["result"]["relay_us_per_pkt"])
+            if ratios:
+                targets["cpu_ratio_bridge_over_rtpengine"] = round(statistics.median(ratios), 3)
+                targets["cpu_ratios"] = [round(x, 3) for x in ratios]
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=500)
+    ap.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=None,
+        help="packets/s per direction, comma-separated (default: 50 per call)",
+    )
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=16, help="call set-ups in flight")
+    ap.add_argument(
+        "--scrypt-n",
+        type=int,
+        default=2**10,
+        help="scrypt cost of the caller's password (the bridge's default is 2**14)",
+    )
+    ap.add_argument("--nice", type=int, default=-20, help="nice of relays and harness (root only)")
+    ap.add_argument("--no-rtpengine", dest="rtpengine", action="store_false")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.rates is None:
+        args.rates = [50.0 * args.calls]
+    if not (1 <= args.calls <= 2000 and 0 < args.seconds <= 60 and 1 <= args.reps <= 10):
+        ap.error("bounds: 1 <= calls <= 2000, 0 < seconds <= 60, 1 <= reps <= 10")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    record = trio.run(run, args)
+    out = args.out or RESULTS / f"relay-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record["summary"], indent=1))
+    print(f"written {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
