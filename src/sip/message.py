@@ -17,9 +17,9 @@ Public API:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Self
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Self, TypeVar, cast
 
 from sip.errors import LocalProtocolError, SipParseError
 from sip.headers import (
@@ -80,6 +80,9 @@ REASON_PHRASES = {
 }
 
 
+_T = TypeVar("_T")
+
+
 def reason_phrase(status: int) -> str:
     """The usual reason phrase of `status` (or a generic one for its class)."""
     return REASON_PHRASES.get(status) or REASON_PHRASES.get(status - status % 100, "Unknown")
@@ -91,6 +94,16 @@ class _Accessors:
     __slots__ = ()
     headers: Headers
     body: bytes
+    _memo: dict[str, object]
+
+    def _cached(self, key: str, compute: Callable[[], _T]) -> _T:
+        """Parse a header value once per message (messages are immutable)."""
+        memo = self._memo
+        if key in memo:
+            return cast(_T, memo[key])
+        value = compute()
+        memo[key] = value
+        return value
 
     def _single(self, name: str) -> str:
         values = self.headers.get_all(name)
@@ -112,30 +125,30 @@ class _Accessors:
     @property
     def cseq(self) -> CSeq:
         """The CSeq (§20.16)."""
-        return parse_cseq(self._single("CSeq"))
+        return self._cached("cseq", lambda: parse_cseq(self._single("CSeq")))
 
     @property
     def from_(self) -> NameAddr:
         """The From address (§20.20)."""
-        return parse_name_addr(self._single("From"), "From")
+        return self._cached("from", lambda: parse_name_addr(self._single("From"), "From"))
 
     @property
     def to(self) -> NameAddr:
         """The To address (§20.39)."""
-        return parse_name_addr(self._single("To"), "To")
+        return self._cached("to", lambda: parse_name_addr(self._single("To"), "To"))
 
     @property
     def vias(self) -> list[Via]:
         """All Via values, top first (§20.42)."""
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        return list(self._cached("vias", lambda: tuple(parse_via(v) for v in self.headers.get_all("Via"))))
 
     @property
     def top_via(self) -> Via:
         """The top-most Via; SipParseError when there is none."""
-        value = self.headers.get("Via")
-        if value is None:
+        vias = self._cached("vias", lambda: tuple(parse_via(v) for v in self.headers.get_all("Via")))
+        if not vias:
             raise SipParseError("missing Via header")
-        return parse_via(value)
+        return vias[0]
 
     @property
     def contact_is_star(self) -> bool:
@@ -151,17 +164,19 @@ class _Accessors:
             if len(values) > 1:
                 raise SipParseError("Contact: * combined with other Contact values")
             return []
-        return [parse_name_addr(v, "Contact") for v in values]
+        return list(self._cached("contacts", lambda: tuple(parse_name_addr(v, "Contact") for v in values)))
 
     @property
     def record_route(self) -> list[NameAddr]:
         """Record-Route values in message order (§20.30)."""
-        return [parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route")]
+        values = self.headers.get_all("Record-Route")
+        return list(self._cached("rr", lambda: tuple(parse_name_addr(v, "Record-Route") for v in values)))
 
     @property
     def route(self) -> list[NameAddr]:
         """Route values in message order (§20.34)."""
-        return [parse_name_addr(v, "Route") for v in self.headers.get_all("Route")]
+        values = self.headers.get_all("Route")
+        return list(self._cached("route", lambda: tuple(parse_name_addr(v, "Route") for v in values)))
 
     @property
     def content_type(self) -> ContentType | None:
@@ -229,6 +244,7 @@ class Request(_Accessors):
     uri: Uri
     headers: Headers
     body: bytes = b""
+    _memo: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __bytes__(self) -> bytes:
         return _serialize(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
@@ -242,6 +258,7 @@ class Response(_Accessors):
     reason: str
     headers: Headers
     body: bytes = b""
+    _memo: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __bytes__(self) -> bytes:
         return _serialize(f"SIP/2.0 {self.status} {self.reason}", self.headers, self.body)
