@@ -210,13 +210,15 @@ async def exercise(page: BrowserPage, port: int, fake: FakeBridge, tmp_path: Pat
     assert_audio_offer(fake.calls["nobody"].sdp)
     shots.append(str(await page.snap("wrong-password")))
 
-    # 4. From file:// again: ringing -> early media (progress) -> talking with an updated answer.
+    # 4. From file:// again: ringing -> the bridge's early answer (progress) -> talking with an
+    # updated answer. `progress` alone is not early media (no audio arrives): the ringback goes on.
     await page.goto(f"{local.as_uri()}?{params}&cld=talk")
     await wait_state(page, "ringing")
     fake.go("early")
-    await wait_state(page, "early")
-    assert await page.evaluate("__mccp.ringback") is False  # early media replaces the local ringback
-    shots.append(str(await page.snap("early")))
+    await page.wait_for("__mccp.answerSdp !== null")
+    await trio.sleep(0.6)
+    assert await page.evaluate("[__mccp.state, __mccp.ringback]") == ["ringing", True]
+    shots.append(str(await page.snap("ringing-answered")))
     fake.go("talk")
     await wait_state(page, "talking")
     assert await page.evaluate("__mccp.errors") == []
