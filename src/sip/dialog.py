@@ -239,12 +239,18 @@ class Dialog:
         return request
 
     def ack(
-        self, response: Response, via: Via, body: bytes = b"", content_type: str | None = None
+        self,
+        response: Response,
+        via: Via,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
     ) -> Request:
         """The ACK for a 2xx to INVITE (§13.2.2.4): CSeq number of the INVITE, method ACK.
 
-        The ACK is remembered per CSeq number: a retransmitted 2xx gets the same ACK (same
-        branch), so `via` only matters the first time.
+        `headers` should carry the INVITE's Authorization/Proxy-Authorization, which §13.2.2.4
+        says the ACK repeats. The ACK is remembered per CSeq number: a retransmitted 2xx gets
+        the same ACK (same branch), so the arguments only matter the first time.
         """
         seq = response.cseq.seq
         cached = self._acks.get(seq)
@@ -260,6 +266,7 @@ class Dialog:
             to=self.remote,
             via=via,
             route=route,
+            headers=headers,
             body=body,
             content_type=content_type,
         )

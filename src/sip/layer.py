@@ -8,7 +8,7 @@ Public API — `TransactionLayer(config=TimerConfig(), trying=True)`:
 * `receive(message, source, now, reliable) -> actions` — a parsed message from the transport.
   Responses go to their client transaction (§17.1.3: top-Via branch + CSeq method) or come
   out as `StrayResponse` (e.g. a 2xx retransmitted after the transaction ended, for the dialog
-  to ACK again). Requests go to their server transaction (§17.2.3: branch + sent-by + method,
+  to ACK again); responses with several Vias are dropped (§8.1.3.3: we are a UA). Requests go to their server transaction (§17.2.3: branch + sent-by + method,
   ACK matching INVITE) as retransmissions, or create one and come out as `RequestReceived`
   (an INVITE also gets an automatic 100 Trying when `trying`). An ACK without a transaction
   comes out as `AckReceived(None, ack)`. A CANCEL's `RequestReceived.cancels` names the INVITE
@@ -140,6 +140,8 @@ class TransactionLayer:
             return []  # a hand-built message lacking Via/CSeq: nothing can route it
 
     def _receive_response(self, response: Response, source: Destination, now: float) -> list[LayerAction]:
+        if len(response.headers.get_all("Via")) != 1:
+            return []  # §8.1.3.3: a UA discards a response with more than one Via
         tx = self._clients.get(client_key(response))
         if tx is None:
             return [StrayResponse(response, source)]

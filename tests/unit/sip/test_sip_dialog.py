@@ -80,7 +80,9 @@ def test_uac_early_then_confirmed_with_route_set_and_ack() -> None:
     ok = wire(make_response(uas_inv, 200, to_tag="ua2", contact=BOB_CONTACT))
     d.receive_response(ok)
     assert state(d) is DialogState.CONFIRMED
-    ack = d.ack(ok, via("z9hG4bKack1"))
+    creds = 'Digest username="100", realm="r", nonce="n", uri="sip:101@127.0.0.1", response="0"'
+    ack = d.ack(ok, via("z9hG4bKack1"), headers=[("Proxy-Authorization", creds)])
+    assert ack.headers.get("Proxy-Authorization") == creds  # §13.2.2.4: the INVITE's credentials
     assert (ack.method, ack.cseq.seq, ack.cseq.method) == ("ACK", 7, "ACK")
     assert ack.uri == SipUri("192.0.2.4", "101", 5072)  # loose routing: R-URI = remote target
     assert [str(r.uri) for r in ack.route] == ["sip:p1.example.com;lr", "sip:p2.example.com;lr"]

@@ -374,6 +374,8 @@ def test_layer_cancel_matching_and_stray_responses() -> None:
     assert uas.receive(ack2, "a", 0.4, reliable=True) == [AckReceived(None, ack2)]
     ok = make_response(inv, 200, to_tag="t")
     assert TransactionLayer().receive(ok, "b", 0.0, reliable=False) == [StrayResponse(ok, "b")]
+    two_vias = Response(200, "OK", ok.headers.prepend("Via", "SIP/2.0/UDP proxy;branch=z9hG4bKp"))
+    assert TransactionLayer().receive(two_vias, "b", 0.0, reliable=False) == []  # §8.1.3.3
 
 
 def test_layer_misuse_and_rfc2543_keys() -> None:
