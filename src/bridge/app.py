@@ -38,7 +38,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,7 +58,7 @@ from bridge.certs import (
 from bridge.config import Config
 from bridge.extensions import ExtensionsError, ExtensionTable, load_extensions
 from mccp.messages import Call, Dtmf, Hangup, HangupRequest, Ping
-from mccp.server import MccpConnection, PageGone, serve_mccp
+from mccp.server import MccpConnection, PageGone, RouteHandler, serve_mccp
 from mccp.session import SessionState
 
 log = logging.getLogger("bridge.app")
@@ -212,6 +212,8 @@ class BridgeContext:
         self._no_connections = trio.Event()
         self._auth_limiter = trio.CapacityLimiter(AUTH_THREADS)
         self._call_handler: CallHandler = calls_unavailable
+        # Extra GET paths on the HTTPS port (e.g. /metrics), filled by the services before listening.
+        self.routes: dict[str, RouteHandler] = {}
 
     @property
     def active_calls(self) -> int:
@@ -408,7 +410,7 @@ class BridgeContext:
             async with services(self) as handler, trio.open_nursery() as nursery:
                 self._call_handler = handler
                 bound: list[tuple[str, int]] = await nursery.start(
-                    _serve_mccp_task, self.handle_connection, self.config, self.ssl_context, page
+                    _serve_mccp_task, self.handle_connection, self.config, self.ssl_context, page, self.routes
                 )
                 self.wss_addresses = [(host, port) for host, port, *_ in bound]
                 for host, port in self.wss_addresses:
@@ -424,6 +426,7 @@ async def _serve_mccp_task(
     config: Config,
     ssl_context: ssl.SSLContext,
     page: bytes,
+    routes: Mapping[str, RouteHandler],
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -433,6 +436,7 @@ async def _serve_mccp_task(
         port=config.wss_port,
         ssl_context=ssl_context,
         page=page,
+        routes=routes,
         task_status=task_status,
     )
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, assert_never
+from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 import trio
 from bridge.config import DtmfMode
@@ -71,13 +71,14 @@ class CallEnd:
 class _Call:
     """The state the call's tasks share; `finish` records the end and cancels the call."""
 
-    scope: trio.CancelScope
+    scope: trio.CancelScope  # the page and media tasks
     started_at: float
+    sip_scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # the SIP event loop
     end: CallEnd | None = None
     sip: OutgoingCall | None = None
     answered_at: float | None = None
     first_response_at: float | None = None
-    events: list[str] = field(default_factory=list)
+    page_gone: bool = False  # the page's socket is gone: nothing more can be sent to it
 
     @property
     def answered(self) -> bool:
@@ -87,19 +88,48 @@ class _Call:
         if self.end is None:
             self.end = CallEnd(code, reason, by)
         self.scope.cancel()
+        self.sip_scope.cancel()
+
+
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line of one call with its context: page address, caller -> callee, and the
+    SIP Call-ID once the INVITE is out; the same fields go to handlers as `record.call_ctx`."""
+
+    def __init__(self, logger: logging.Logger, ctx: dict[str, str | None]) -> None:
+        super().__init__(logger, ctx)
+        self.ctx = ctx  # mutable: the Call-ID is added once the INVITE is out
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        ctx = self.ctx
+        prefix = f"{ctx['remote']} {ctx['caller']}->{ctx['callee']}"
+        if ctx.get("call_id"):
+            prefix += f" {ctx['call_id']}"
+        extra = dict(kwargs.get("extra") or {})
+        extra["call_ctx"] = dict(ctx)
+        kwargs["extra"] = extra
+        return f"[{prefix}] {msg}", kwargs
+
+
+def call_logger(accepted: AuthenticatedCall) -> CallLog:
+    """The logger of one call (module logger `bridge.call`, context from the accepted call)."""
+    host, port = accepted.remote
+    remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return CallLog(
+        log, {"remote": remote, "caller": accepted.caller, "callee": accepted.callee, "call_id": None}
+    )
 
 
 async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: CallServices) -> CallEnd:
     """Run one call to its end (see the module docstring); returns how it ended."""
     request = accepted.call
-    clog = accepted.log
+    clog = call_logger(accepted)
     config = services.config
     started_at = trio.current_time()
     route = services.route(request.cld, caller=request.clr, password=request.pwd)
     if isinstance(route, NoRoute):
         end = CallEnd(route.code, route.reason, "bridge")
         await _tell_page(conn, end)
-        _log_end(clog, request, None, end, started_at, None, None)
+        _log_end(clog, services, request, None, end, started_at, None, None)
         return end
     state = _Call(trio.CancelScope(), started_at)
     media: MediaSession | None = None
@@ -110,17 +140,20 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             advertise_hosts=services.advertise_hosts,
             sip_host=services.sip_media_host,
             certificate=services.certificate,
+            handshake_timeout=services.handshake_timeout,
             media_timeout=config.media_timeout,
             logger=clog,
         ) as media:
             await conn.send(Trying())
             await conn.send(Progress(media.browser_answer))
-            with state.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_page_task, conn, state, services)
-                    nursery.start_soon(_media_task, media.run_ice_dtls, state)
-                    nursery.start_soon(_media_task, media.run_relay, state)
-                    nursery.start_soon(_sip_task, conn, state, services, route, request, media, clog)
+            async with trio.open_nursery() as call:
+                call.start_soon(_sip_task, conn, state, services, route, request, media, clog)
+                with state.scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_end_on_cancel, state)
+                        nursery.start_soon(_page_task, conn, state, services)
+                        nursery.start_soon(_media_task, media.run_ice_dtls, state)
+                        nursery.start_soon(_media_task, media.run_relay, state)
             if state.end is None:  # cancelled from outside: the bridge is stopping
                 state.end = CallEnd(503, "bridge is shutting down", "bridge")
     except PortsExhausted:
@@ -128,16 +161,17 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
     except (SdpParseError, NegotiationError) as exc:
         state.end = CallEnd(488, f"Not Acceptable Here: {exc}", "bridge")
     except PageGone as exc:  # the page left before the call was set up
-        state.end = CallEnd(487, f"page gone: {exc}", "page")
+        state.page_gone = True
+        state.end = state.end or CallEnd(487, f"page gone: {exc}", "page")
     except trio.Cancelled:
         if state.end is None:
             state.end = CallEnd(503, "bridge is shutting down", "bridge")
         raise
     finally:
         end = state.end or CallEnd(500, "Server Internal Error", "bridge")
-        if end.by != "page":
+        if not state.page_gone:  # MCCP: a hangup either way ends with one `hangup` to the page
             await _tell_page(conn, end)
-        _log_end(clog, request, state, end, started_at, media, state.sip)
+        _log_end(clog, services, request, state, end, started_at, media, state.sip)
     return end
 
 
@@ -146,6 +180,15 @@ async def _tell_page(conn: MccpConnection, end: CallEnd) -> None:
     with trio.move_on_after(GRACE, shield=True):
         with contextlib.suppress(PageGone):
             await conn.send(Hangup(end.code, end.reason))
+
+
+async def _end_on_cancel(state: _Call) -> None:
+    """Turn a cancellation from outside (the bridge stopping) into the call's end, so that the
+    shielded SIP task hangs up too."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        state.finish(503, "bridge is shutting down", "bridge")
 
 
 async def _page_task(conn: MccpConnection, state: _Call, services: CallServices) -> None:
@@ -167,6 +210,7 @@ async def _page_task(conn: MccpConnection, state: _Call, services: CallServices)
                 case _:
                     assert_never(message)
     except PageGone as exc:
+        state.page_gone = True
         code = 200 if state.answered else 487
         state.finish(code, f"page gone: {exc}", "page")
 
@@ -198,34 +242,45 @@ async def _sip_task(
     route: Route,
     request: Call,
     media: MediaSession,
-    clog: logging.LoggerAdapter[logging.Logger],
+    clog: CallLog,
 ) -> None:
-    """Place the SIP call and follow its events; leaving `ua.call` sends CANCEL or BYE."""
+    """Place the SIP call and follow its events until the call ends; then leaving `ua.call`
+    sends CANCEL (and takes the 487) or BYE.
+
+    The task is shielded from cancellation from outside: `ua.call` must be left normally, with
+    its own task still reading responses, or the 487 after a CANCEL would never be seen. The call's
+    end (`_Call.finish`, also reached when the bridge stops) cancels `sip_scope` instead, and the
+    UA bounds its hang-up (`SipUA.grace`), so the shield is bounded too.
+    """
     config = services.config
-    async with services.ua.call(
-        route.target,
-        caller=request.clr,
-        sdp=media.sip_offer.encode(),
-        credentials=route.credentials,
-        outbound_proxy=route.outbound_proxy,
-    ) as sip:
-        state.sip = sip
-        clog.info("SIP call %s to %s", sip.call_id, route.target)
-        with trio.move_on_after(config.ring_timeout) as ring:
-            async for event in sip.events:
-                if await _on_sip_event(event, conn, state, media, sip, clog):
-                    break
-        if ring.cancelled_caught:
-            state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
-            return
-        async for event in sip.events:
-            await _on_sip_event(event, conn, state, media, sip, clog)
+    with trio.CancelScope(shield=True):
+        async with services.ua.call(
+            route.target,
+            caller=request.clr,
+            sdp=media.sip_offer.encode(),
+            credentials=route.credentials,
+            outbound_proxy=route.outbound_proxy,
+        ) as sip:
+            state.sip = sip
+            clog.ctx["call_id"] = sip.call_id
+            clog.info("SIP call %s to %s", sip.call_id, route.target)
+            with state.sip_scope:
+                with trio.move_on_after(config.ring_timeout) as ring:
+                    async for event in sip.events:
+                        if await _on_sip_event(event, conn, state, media, sip, clog):
+                            break
+                if ring.cancelled_caught:
+                    state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
+                else:
+                    async for event in sip.events:
+                        await _on_sip_event(event, conn, state, media, sip, clog)
     if state.end is None:
         ended = sip.ended
         if ended is None:
             state.finish(500, "SIP call ended without a final state", "bridge")
         else:
             state.finish(ended.code, ended.reason, "sip")
+    state.scope.cancel()
 
 
 async def _on_sip_event(
@@ -234,7 +289,7 @@ async def _on_sip_event(
     state: _Call,
     media: MediaSession,
     sip: OutgoingCall,
-    clog: logging.LoggerAdapter[logging.Logger],
+    clog: CallLog,
 ) -> bool:
     """Act on one SIP call event; returns True once the call is answered."""
     now = trio.current_time()
@@ -278,12 +333,14 @@ async def _on_sip_event(
         state.finish(488, f"Not Acceptable Here: SIP side's SDP: {exc}", "sip")
         return False
     except PageGone as exc:
+        state.page_gone = True
         state.finish(200 if state.answered else 487, f"page gone: {exc}", "page")
         return False
 
 
 def _log_end(
-    clog: logging.LoggerAdapter[logging.Logger],
+    clog: CallLog,
+    services: CallServices,
     request: Call,
     state: _Call | None,
     end: CallEnd,
@@ -291,32 +348,39 @@ def _log_end(
     media: MediaSession | None,
     sip: OutgoingCall | None,
 ) -> None:
-    """The one structured record of a call, at its end."""
+    """The one structured record of a call, at its end (also fed to the metrics)."""
     now = trio.current_time()
     answered_at = state.answered_at if state is not None else None
+    setup = answered_at - started_at if answered_at is not None else None
     record: dict[str, object] = {
         "caller": request.clr,
         "callee": request.cld,
         "call_id": sip.call_id if sip is not None else None,
-        "setup_ms": round((answered_at - started_at) * 1000) if answered_at is not None else None,
+        "setup_ms": round(setup * 1000) if setup is not None else None,
         "duration_s": round(now - answered_at, 3) if answered_at is not None else 0.0,
         "code": end.code,
         "reason": end.reason,
         "ended_by": end.by,
     }
-    if media is not None:
-        stats = media.stats()
-        to_sip, to_browser = stats.to_sip, stats.to_browser
+    stats = media.stats() if media is not None else None
+    if stats is not None:
+        to_sip, to_browser, edge = stats.to_sip, stats.to_browser, stats.edge
         record.update(
             to_sip_packets=to_sip.packets,
             to_browser_packets=to_browser.packets,
-            to_sip_dropped=to_sip.dropped_total,
-            to_browser_dropped=to_browser.dropped_total,
-            srtp_auth_failures=to_sip.dropped.get(DropCause.SRTP_AUTH, 0),
+            # What the relay refused plus what the edge could not deliver, each way.
+            to_sip_dropped=to_sip.dropped_total + edge.not_validated + edge.before_keys + edge.on_hold,
+            to_browser_dropped=to_browser.dropped_total + edge.no_browser_address + edge.unknown_source,
+            ringing_dropped=edge.no_sip_address,
+            send_failed=edge.send_failed,
+            srtp_failures=to_sip.dropped.get(DropCause.SRTP_AUTH, 0)
+            + to_sip.dropped.get(DropCause.SRTP_REPLAY, 0),
             dtls=stats.dtls_state.value,
+            ice_checks=stats.ice.checks_ok,
         )
     text = " ".join(f"{key}={_fmt(value)}" for key, value in record.items())
     clog.info("call end: %s", text, extra={"call": record})
+    services.metrics.call_ended(by=end.by, code=end.code, setup_seconds=setup, media=stats)
 
 
 def _fmt(value: object) -> str:

@@ -6,7 +6,8 @@ WSS listener starts. In one nursery it starts:
 * the SIP transport (UDP+TCP on `listen:sip_port`) and the `SipUA` on it; without an upstream, the UA
   is also the embedded registrar (digest against the extensions' HA1, realm `config.realm`);
 * the echo extension (`config.echo_extension`, on its own loopback SIP port), when there is no upstream;
-* the media port allocator over `config.rtp_ports`, and the DTLS certificate (one per process).
+* the media port allocator over `config.rtp_ports`, and the DTLS certificate (one per process);
+* the process's Prometheus metrics (`bridge.metrics`), served at `/metrics` on the HTTPS port.
 
 It yields the call handler (`bridge.call.run_call` bound to these services); calls are routed by
 `bridge.routing`. Leaving it cancels the services.
@@ -25,12 +26,14 @@ import trio
 from bridge.call import run_call
 from bridge.config import Config
 from bridge.echo import EchoExtension, run_echo_extension
+from bridge.metrics import BridgeMetrics
 from bridge.routing import NoRoute, Route, route_call
 from rtp.dtls import DtlsCertificate
+from rtp.media import HANDSHAKE_TIMEOUT
 from rtp.ports import PortAllocator
 from sip.registrar import Registrar
 from sip.transport import SipTransport
-from sip.ua import SipUA
+from sip.ua import T1, SipUA
 
 if TYPE_CHECKING:
     from bridge.app import AuthenticatedCall, BridgeContext, CallHandler
@@ -83,6 +86,8 @@ class CallServices:
     echo: EchoExtension | None
     advertise_hosts: list[str]
     sip_media_host: str
+    metrics: BridgeMetrics
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
 
     @property
     def config(self) -> Config:
@@ -102,8 +107,17 @@ class CallServices:
 
 
 @asynccontextmanager
-async def bridge_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
-    """Start the SIP UA (+ registrar), the echo extension, ports and certificate; yield the handler."""
+async def bridge_services(
+    context: BridgeContext,
+    *,
+    sip_t1: float = T1,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+) -> AsyncIterator[CallHandler]:
+    """Start the SIP UA (+ registrar), the echo extension, ports and certificate; yield the handler.
+
+    `sip_t1` (RFC 3261 T1, Timer B = 64*T1) and `handshake_timeout` (ICE+DTLS) are the protocol
+    constants tests shorten with `functools.partial`; the config does not expose them.
+    """
     config = context.config
     advertise, sip_media_host = media_addresses(config)
     signalling_host = config.public_address or sip_media_host
@@ -132,6 +146,7 @@ async def bridge_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
             registrar=registrar,
             ha1_lookup=ha1 if registrar is not None else None,
             realm=config.realm,
+            t1=sip_t1,
         )
         await nursery.start(ua.run)
         log.info(
@@ -144,6 +159,8 @@ async def bridge_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
         echo: EchoExtension | None = None
         if config.upstream is None and config.echo_extension:
             echo = await nursery.start(run_echo_extension, config.echo_extension)
+        metrics = BridgeMetrics(active_calls=lambda: context.active_calls, stats=lambda: context.stats)
+        context.routes["/metrics"] = metrics.scrape
         low, high = config.rtp_ports
         media_bind = config.listen
         ports = PortAllocator(low, high, media_bind)
@@ -157,6 +174,8 @@ async def bridge_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
             echo=echo,
             advertise_hosts=advertise,
             sip_media_host=sip_media_host,
+            metrics=metrics,
+            handshake_timeout=handshake_timeout,
         )
 
         async def handler(conn: MccpConnection, call: AuthenticatedCall) -> None:

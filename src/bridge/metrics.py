@@ -1,0 +1,135 @@
+"""Prometheus metrics of one bridge process, served at `/metrics` on the HTTPS port.
+
+Every bridge (and every test's in-process bridge) has its own `CollectorRegistry`, never the
+global one, so that two bridges in one process do not collide. What is exported:
+
+==========================================  =========  ===========================================
+metric                                      type       labels / meaning
+==========================================  =========  ===========================================
+mccp_bridge_active_calls                    gauge      calls being handled now
+mccp_bridge_calls_ended_total               counter    `by` (page, sip, media, bridge), `code`
+mccp_bridge_call_setup_seconds              histogram  from the page's `call` to the SIP answer
+mccp_bridge_packets_relayed_total           counter    `direction` (to_sip, to_browser)
+mccp_bridge_packets_dropped_total           counter    `direction`, `cause` (relay and edge causes)
+mccp_bridge_srtp_failures_total             counter    SRTP/SRTCP packets that failed to decrypt
+mccp_bridge_auth_failures_total             counter    `reason` (credentials, locked_out, file_origin)
+mccp_bridge_connections_total               counter    WSS connections accepted
+==========================================  =========  ===========================================
+
+Media counters are added when a call ends (from its `MediaStats` snapshot), so they move once
+per call; the front door's counters (`BridgeStats`) and the active calls are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rtp.relay import DropCause
+
+if TYPE_CHECKING:
+    from bridge.app import BridgeStats
+    from rtp.media import MediaStats
+
+SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+# Edge drops (rtp.media.EdgeCounters field -> the direction they concern).
+_EDGE_DIRECTION = {
+    "not_validated": "to_sip",
+    "before_keys": "to_sip",
+    "on_hold": "to_sip",
+    "no_browser_address": "to_browser",
+    "unknown_source": "to_browser",
+    "no_sip_address": "to_sip",
+    "send_failed": "any",
+}
+
+
+class _FrontDoor(Collector):
+    """Reads the live values (active calls, the front door's counters) at scrape time."""
+
+    def __init__(self, active_calls: Callable[[], int], stats: Callable[[], BridgeStats]) -> None:
+        self._active_calls = active_calls
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mccp_bridge_active_calls", "Calls being handled now", self._active_calls())
+        stats = self._stats()
+        auth = CounterMetricFamily(
+            "mccp_bridge_auth_failures", "Calls refused at the front door", labels=["reason"]
+        )
+        auth.add_metric(["credentials"], stats.refused_credentials)
+        auth.add_metric(["locked_out"], stats.refused_locked_out)
+        auth.add_metric(["file_origin"], stats.refused_file_origin)
+        yield auth
+        yield CounterMetricFamily("mccp_bridge_connections", "WSS connections accepted", stats.connections)
+
+
+class BridgeMetrics:
+    """The process's metrics; `call_ended` feeds one finished call, `scrape` serves `/metrics`."""
+
+    def __init__(self, *, active_calls: Callable[[], int], stats: Callable[[], BridgeStats]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_FrontDoor(active_calls, stats))
+        self.calls_ended = Counter(
+            "mccp_bridge_calls_ended",
+            "Calls ended, by who ended them and the SIP-style code",
+            ["by", "code"],
+            registry=self.registry,
+        )
+        self.setup_seconds = Histogram(
+            "mccp_bridge_call_setup_seconds",
+            "Time from the page's call to the SIP answer",
+            buckets=SETUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.packets = Counter(
+            "mccp_bridge_packets_relayed", "RTP packets relayed", ["direction"], registry=self.registry
+        )
+        self.dropped = Counter(
+            "mccp_bridge_packets_dropped",
+            "Packets dropped, by direction and cause",
+            ["direction", "cause"],
+            registry=self.registry,
+        )
+        self.srtp_failures = Counter(
+            "mccp_bridge_srtp_failures", "SRTP/SRTCP packets that failed to decrypt", registry=self.registry
+        )
+
+    def call_ended(
+        self, *, by: str, code: int, setup_seconds: float | None, media: MediaStats | None
+    ) -> None:
+        """Count one finished call (its media counters are added here, once)."""
+        self.calls_ended.labels(by=by, code=str(code)).inc()
+        if setup_seconds is not None:
+            self.setup_seconds.observe(setup_seconds)
+        if media is None:
+            return
+        for direction, leg in (("to_sip", media.to_sip), ("to_browser", media.to_browser)):
+            if leg.packets:
+                self.packets.labels(direction=direction).inc(leg.packets)
+            for cause, n in leg.dropped.items():
+                if n:
+                    self.dropped.labels(direction=direction, cause=cause.value).inc(n)
+        for item in fields(media.edge):
+            if item.name in _EDGE_DIRECTION:
+                n = getattr(media.edge, item.name)
+                if n:
+                    self.dropped.labels(direction=_EDGE_DIRECTION[item.name], cause=item.name).inc(n)
+        failures = media.to_sip.dropped.get(DropCause.SRTP_AUTH, 0) + media.to_sip.dropped.get(
+            DropCause.SRTP_REPLAY, 0
+        )
+        if failures:
+            self.srtp_failures.inc(failures)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    async def scrape(self) -> tuple[int, str, bytes]:
+        """The `/metrics` route for `mccp.server.serve_mccp`: (status, content type, body)."""
+        return 200, CONTENT_TYPE_LATEST, self.exposition()

@@ -1,0 +1,161 @@
+"""The call-ending tests' harness: the whole bridge in-process, SIPp as the phone, leak checks.
+
+`call_bridge(tmp_path, ...)` runs `bridge.app.run_bridge` with the real services on 127.0.0.1
+(WSS and SIP on port 0, media ports MEDIA_LOW-MEDIA_HIGH), by default in upstream mode towards
+SIPp on 127.0.0.1:5090 so that every call reaches the scripted phone. `sipp(...)` starts one
+SIPp UAS scenario (tests/support/sip/ or this directory). `Leaks` snapshots what a call could
+leave behind (active calls, fds, Trio tasks, media ports) and asserts it all came back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.sip_peers import SIPP_PORT, SippUas
+from tests.support.synthetic_browser import SyntheticBrowser, open_synthetic_browser
+
+import trio
+from bridge.app import BridgeContext, Services, run_bridge
+from bridge.config import load_config
+from bridge.extensions import ExtensionTable, make_extension, save_extensions
+from bridge.services import bridge_services
+
+HERE = Path(__file__).resolve().parent
+MEDIA_LOW, MEDIA_HIGH = 32000, 32059
+PASSWORD = "calls-secret-100"
+EXTENSIONS = {"100": PASSWORD, "101": "calls-phone-101"}
+UPSTREAM = f"sip:127.0.0.1:{SIPP_PORT}"
+
+
+def open_fds() -> int:
+    """The process's open file descriptors."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def count_tasks() -> int:
+    """Every Trio task alive in this run."""
+    stack = [trio.lowlevel.current_root_task()]
+    n = 0
+    while stack:
+        task = stack.pop()
+        n += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return n
+
+
+def media_ports_free(low: int = MEDIA_LOW, high: int = MEDIA_HIGH) -> list[int]:
+    """The ports of the media range that cannot be bound again (should be none)."""
+    busy = []
+    for port in range(low, high + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+@dataclass
+class Leaks:
+    """What the bridge holds before a call; `check()` waits until it is back to that."""
+
+    bridge: BridgeContext
+    fds: int
+    tasks: int
+
+    @classmethod
+    def snapshot(cls, bridge: BridgeContext) -> Leaks:
+        return cls(bridge, open_fds(), count_tasks())
+
+    async def check(self, *, timeout: float = 5.0, extra_tasks: int = 0) -> None:
+        """Active calls 0, media ports bindable, fds and tasks back (`extra_tasks`: the test's own)."""
+        with trio.move_on_after(timeout):
+            while (
+                self.bridge.active_calls or open_fds() > self.fds or count_tasks() > self.tasks + extra_tasks
+            ):
+                await trio.sleep(0.02)
+        assert self.bridge.active_calls == 0
+        assert media_ports_free() == []
+        assert open_fds() <= self.fds, (
+            f"fds {self.fds} -> {open_fds()}: {sorted(os.listdir('/proc/self/fd'))}"
+        )
+        assert count_tasks() <= self.tasks + extra_tasks, f"tasks {self.tasks} -> {count_tasks()}"
+
+
+@asynccontextmanager
+async def call_bridge(
+    tmp_path: Path,
+    *,
+    extensions: Mapping[str, str] = EXTENSIONS,
+    services: Services = bridge_services,
+    **settings: str,
+) -> AsyncIterator[BridgeContext]:
+    """The whole bridge on 127.0.0.1 until the block ends (then a graceful stop)."""
+    data = tmp_path / "bridge-data"
+    data.mkdir(exist_ok=True)
+    flags = {
+        "data_dir": str(data),
+        "listen": "127.0.0.1",
+        "wss_port": "0",
+        "sip_port": "0",
+        "rtp_ports": f"{MEDIA_LOW}-{MEDIA_HIGH}",
+        "upstream": UPSTREAM,
+        "shutdown_grace": "3",
+        **settings,
+    }
+    if not flags["upstream"]:
+        del flags["upstream"]
+    config = load_config(flags=flags, env={}, home=tmp_path)
+    table = ExtensionTable(())
+    for number, password in extensions.items():
+        table = table.with_extension(make_extension(number, password, realm=config.realm, n=2**10))
+    save_extensions(config.extensions_file, table)
+    async with trio.open_nursery() as nursery:
+        context: BridgeContext = await nursery.start(
+            lambda task_status: run_bridge(
+                config, services=services, handle_signals=False, task_status=task_status
+            )
+        )
+        try:
+            yield context
+        finally:
+            context.stop()
+
+
+@asynccontextmanager
+async def page(bridge: BridgeContext, **options: object) -> AsyncIterator[SyntheticBrowser]:
+    """A synthetic browser pointed at the bridge's WSS port."""
+    async with open_synthetic_browser(bridge.wss_addresses[0], **options) as browser:
+        yield browser
+
+
+@asynccontextmanager
+async def sipp(
+    tmp_path: Path, scenario: str, *, delay_ms: int | None = None, **keys: str
+) -> AsyncIterator[SippUas]:
+    """One SIPp UAS call; a scenario of this directory is found before tests/support/sip's, and
+    its `{{key}}` placeholders are filled from `keys` (SIPp checks status codes at load time)."""
+    workdir = tmp_path / f"sipp-{scenario}"
+    uas = SippUas(scenario, workdir, delay_ms=delay_ms, timeout_s=20)
+    if (HERE / f"{scenario}.xml").exists():
+        text = (HERE / f"{scenario}.xml").read_text()
+        for key, value in keys.items():
+            text = text.replace("{{" + key + "}}", value)
+        (workdir / f"{scenario}.xml").write_text(text)
+        uas.argv[uas.argv.index("-sf") + 1] = str(workdir / f"{scenario}.xml")
+    await trio.to_thread.run_sync(uas.start)
+    try:
+        yield uas
+    finally:
+        await trio.to_thread.run_sync(uas.stop)
+
+
+async def sipp_exit(uas: SippUas, timeout: float = 10.0) -> int:
+    """SIPp's exit status once its one call is over (0 = the scenario passed)."""
+    return await trio.to_thread.run_sync(uas.wait, timeout)
