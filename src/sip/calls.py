@@ -286,6 +286,7 @@ class OutgoingCall(_Call):
         elif self.state is CallState.CONFIRMED:
             self.state = CallState.TERMINATING
             self._end(200, "Hangup", "local")
+            await self._refuse_pending_reoffer()
             await self._bye()
 
     async def send_info(self, body: bytes, content_type: str) -> int:
@@ -323,6 +324,12 @@ class OutgoingCall(_Call):
             self._emit(self.ended)
             self._send_events.close()
         self._done.set()
+
+    async def _refuse_pending_reoffer(self) -> None:
+        """A re-INVITE nobody answered before the call ended still gets a final response."""
+        if self._reinvite is not None:
+            request, self._reinvite = self._reinvite, None
+            await self.answer_in_dialog(request, 487)
 
     async def _bye(self) -> None:
         try:
@@ -455,6 +462,7 @@ class OutgoingCall(_Call):
             return
         match request.method:
             case "BYE":
+                await self._refuse_pending_reoffer()
                 await self.answer_in_dialog(request, 200)
                 if self.state is not CallState.TERMINATED:
                     self._end(200, "Remote hangup", "remote")

@@ -443,8 +443,8 @@ class SipUA:
                 await self.respond(request, 405, headers=[("Allow", ALLOW)])
 
     async def _on_invite(self, request: Request, source: Address) -> None:
-        if self.on_invite is None or self._nursery is None:
-            await self.respond(request, 403)  # not an open relay
+        if self.on_invite is None or self._nursery is None or request.call_id in self._dialogs:
+            await self.respond(request, 403)  # not an open relay (nor a second INVITE on a Call-ID)
             return
         call = IncomingCall(self, request, source)
         self._dialogs[call.call_id] = call

@@ -402,3 +402,36 @@ async def test_upstream_mode_routes_to_proxy_and_warns_once_when_never_challenge
                 assert [e async for e in call.events] == [Ended(486, "Busy Here", "remote")]
     warnings = [r for r in caplog.records if "without any digest challenge" in r.getMessage()]
     assert len(warnings) == 1
+
+
+async def test_unanswered_reoffer_gets_487_when_the_far_end_hangs_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with setup() as (ua, peer), ua.call(target(peer), caller="100", sdp=SDP) as call:
+        invite = await peer.recv_request("INVITE")
+        ok = await peer.reply(invite, 200, body=SDP, content_type="application/sdp")
+        await peer.recv_request("ACK")
+        await events_until(call, Answered)
+        contact = re.search(r"<([^>]+)>", invite.headers.get("Contact") or "")
+        assert contact is not None
+        common = (
+            f"From: {ok.headers.get('To')}\r\nTo: {ok.headers.get('From')}\r\nCall-ID: {invite.call_id}\r\n"
+            f"Max-Forwards: 70\r\nContact: <sip:peer@127.0.0.1:{peer.port}>\r\n"
+        )
+        via = f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bK"
+        await peer.send(
+            f"INVITE {contact[1]} SIP/2.0\r\n{via}ri\r\n{common}CSeq: 5 INVITE\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n".encode()
+            + SDP
+        )
+        assert await call.events.receive() == ReOffer(SDP)
+        bye = f"BYE {contact[1]} SIP/2.0\r\n{via}bi\r\n{common}CSeq: 6 BYE\r\nContent-Length: 0\r\n\r\n"
+        await peer.send(bye.encode())
+        statuses = {}
+        while len(statuses) < 2:
+            msg, _ = await peer.recv()
+            assert isinstance(msg, Response)
+            statuses[msg.cseq.method] = msg.status if msg.status >= 200 else statuses.get(msg.cseq.method)
+            statuses = {k: v for k, v in statuses.items() if v is not None}
+        assert statuses == {"INVITE": 487, "BYE": 200}
+        assert [e async for e in call.events] == [Ended(200, "Remote hangup", "remote")]
