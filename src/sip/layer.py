@@ -8,11 +8,12 @@ Public API — `TransactionLayer(config=TimerConfig(), trying=True)`:
 * `receive(message, source, now, reliable) -> actions` — a parsed message from the transport.
   Responses go to their client transaction (§17.1.3: top-Via branch + CSeq method) or come
   out as `StrayResponse` (e.g. a 2xx retransmitted after the transaction ended, for the dialog
-  to ACK again); responses with several Vias are dropped (§8.1.3.3: we are a UA). Requests go to their server transaction (§17.2.3: branch + sent-by + method,
-  ACK matching INVITE) as retransmissions, or create one and come out as `RequestReceived`
-  (an INVITE also gets an automatic 100 Trying when `trying`). An ACK without a transaction
-  comes out as `AckReceived(None, ack)`. A CANCEL's `RequestReceived.cancels` names the INVITE
-  server transaction it targets (§9.2), or is None (the TU answers 481).
+  to ACK again); responses with several Vias are dropped (§8.1.3.3: we are a UA). Requests
+  go to their server transaction (§17.2.3: branch + sent-by + method, ACK matching INVITE)
+  as retransmissions, or create one and come out as `RequestReceived` (an INVITE also gets
+  an automatic 100 Trying when `trying`). An ACK without a transaction comes out as
+  `AckReceived(None, ack)`. A CANCEL's `RequestReceived.cancels` names the INVITE server
+  transaction it targets (§9.2), or is None (the TU answers 481).
 * `respond(key, response, now) -> actions` — a response from the TU on a server transaction.
 * `next_deadline()`, `handle_timeout(now)`, `transport_error(key, now)`.
 * `get(key)` and `__len__` for inspection.
