@@ -10,8 +10,10 @@ Theory of operation (RFC 3261 §12-§15):
 * `hangup()` sends CANCEL while the INVITE is pending (after a provisional response, §9.1) and
   waits for the 487, or BYE once confirmed. A 2xx racing a CANCEL is ACKed and then BYEd (§15).
 * Requests from the far end inside the dialog (BYE, INFO, re-INVITE) arrive through the UA's
-  dispatcher by Call-ID: BYE -> 200 + Ended(by="remote"), INFO -> 200 + InfoReceived,
-  re-INVITE -> ReOffer, answered by `accept_reoffer()` (491 while one is pending, §14.2).
+  dispatcher by Call-ID and our tag: BYE -> 200 + Ended(by="remote"), INFO -> 200 +
+  InfoReceived, re-INVITE -> ReOffer, answered by `accept_reoffer()` (§14.2: 491 while ours is
+  pending, 500 + Retry-After while theirs is unanswered; one still unanswered when the call ends
+  gets 487). An offer-less re-INVITE (session refresh) is answered with our current SDP.
 * The dialog state (route set, remote target, CSeq order, glare, the cached ACK for a 2xx) is
   the core's `sip.dialog.Dialog`; this module only decides and sends.
 * `IncomingCall` is what a UAS hook (the echo extension) gets: `answer(sdp)`, `reject(code)`,
