@@ -95,6 +95,7 @@ def _parse_head(head: bytes, limits: Limits) -> _Head:
     if len(result.start) > limits.max_line_length:
         raise SipParseError(f"start line longer than {limits.max_line_length} bytes", 513)
     pairs = result.pairs
+    folds: dict[int, list[str]] = {}
     for raw in lines[1:]:
         line = raw.removesuffix("\r")
         if len(line) > limits.max_line_length:
@@ -105,9 +106,10 @@ def _parse_head(head: bytes, limits: Limits) -> _Head:
             # §7.3.1: a line starting with whitespace continues the previous header field.
             if not pairs:
                 raise SipParseError("continuation line before the first header")
-            name, value = pairs[-1]
             more = line.strip(" \t")
-            pairs[-1] = (name, f"{value} {more}" if value else more)
+            if more:
+                # Collected and joined once below: concatenating here would be quadratic.
+                folds.setdefault(len(pairs) - 1, []).append(more)
             continue
         colon = line.find(":")
         if colon < 0:
@@ -118,6 +120,9 @@ def _parse_head(head: bytes, limits: Limits) -> _Head:
         if len(pairs) >= limits.max_headers:
             raise SipParseError(f"more than {limits.max_headers} header fields", 513)
         pairs.append((canonical_name(name), line[colon + 1 :].strip(" \t")))
+    for index, parts in folds.items():
+        name, value = pairs[index]
+        pairs[index] = (name, " ".join([value, *parts]) if value else " ".join(parts))
     return result
 
 

@@ -131,7 +131,12 @@ ADVERSARIAL: dict[str, Callable[[int], bytes]] = {
     "commas": lambda n: F1.replace(b"Contact: <", b"Contact: " + b"<sip:a@b>," * (n // 10) + b"<"),
     "semicolons": lambda n: F1.replace(b"branch=", b";" * n + b"branch="),
     "spaces": lambda n: F1.replace(b"Via: SIP/2.0/UDP", b"Via: SIP/2.0/UDP" + b" " * n + b"!"),
-    "folding": lambda n: F1.replace(b"Max-Forwards: 70", b"Max-Forwards: 70" + b"\r\n " * (n // 3)),
+    "folding": lambda n: F1.replace(
+        b"Max-Forwards: 70", b"Max-Forwards: 70\r\nSubject: s" + b"\r\n 1" * (n // 4)
+    ),
+    "empty-folds": lambda n: F1.replace(
+        b"Call-ID: a84b4c76e66710", b"Call-ID: a84b4c76e66710" + b"\r\n " * (n // 3)
+    ),
     "no-end": lambda n: b"INVITE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * (n // 6),
     "lf-pairs": lambda n: b"\r\n" * (n // 2) + F9,
 }
