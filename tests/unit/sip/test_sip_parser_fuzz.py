@@ -1,8 +1,8 @@
 """Property tests: only SipParseError escapes the parsers, round trips hold, and time stays linear.
 
 Hypothesis settings: 300 examples per property (derandomized, no deadline: the machine is shared);
-the linear-time checks compare the parse time of adversarial inputs of 16 KiB and 64 KiB and
-allow a factor of 4 * 3 (linear would be 4, quadratic 16).
+the linear-time checks compare the CPU time of parsing adversarial inputs of 16 KB and 128 KB and
+allow a factor of 24 (linear would be 8, quadratic 64).
 """
 
 from __future__ import annotations
@@ -111,10 +111,10 @@ def test_stream_parser_never_raises_and_is_split_invariant(data: bytes, cuts: li
 def _timed(func: Callable[[bytes], object], data: bytes) -> float:
     best = float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: the machine is shared
         with contextlib.suppress(SipParseError):
             func(data)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -151,17 +151,17 @@ def test_parse_time_grows_linearly(kind: str) -> None:
     def parse(data: bytes) -> None:
         parse_datagram_untrusted(data, limits)
 
-    small, large = make(16_000), make(64_000)
-    t_small = max(_timed(parse, small), 2e-4)
+    small, large = make(16_000), make(128_000)  # 8x the input: linear ~8x, quadratic ~64x
+    t_small = max(_timed(parse, small), 1e-3)
     t_large = _timed(parse, large)
-    assert t_large < 12 * t_small + 0.02, (kind, t_small, t_large)
+    assert t_large < 24 * t_small + 0.005, (kind, t_small, t_large)
     assert _timed(parse_datagram_untrusted, make(64_000)) < 0.5  # default limits: quick either way
 
 
 @pytest.mark.timeout(60)
 def test_stream_bytewise_feeding_is_linear() -> None:
     small = b"INVITE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 1000
-    large = b"INVITE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 4000
+    large = b"INVITE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 8000
     t_small = max(_timed(_stream_bytewise, small), 1e-3)
     t_large = _timed(_stream_bytewise, large)
-    assert t_large < 12 * t_small + 0.05, (t_small, t_large)
+    assert t_large < 24 * t_small + 0.01, (t_small, t_large)
