@@ -6,10 +6,11 @@ Public API:
   frozen dataclasses. `bytes(msg)` serializes with CRLF line ends and always writes a correct
   `Content-Length` (the stored one, if any, is replaced by `len(body)`); a CR or LF inside a
   built value raises `LocalProtocolError` instead of injecting header fields.
-* Typed accessors on both (parsed on access; `sip.parser` validates them when a message arrives,
-  so on a received message they do not raise): `call_id`, `cseq`, `from_`, `to`, `vias`,
-  `top_via`, `contacts`, `contact_is_star`, `record_route`, `route`, `content_type`,
-  `max_forwards`, `expires`, `content_length`. Missing or malformed values raise `SipParseError`.
+* Typed accessors on both (parsed on first access and memoized; `sip.parser` validates them
+  when a message arrives, so on a received message they do not raise): `call_id`, `cseq`,
+  `from_`, `to`, `vias`, `top_via`, `contacts`, `contact_is_star`, `record_route`, `route`,
+  `content_type`, `max_forwards`, `expires`, `content_length`. Missing or malformed values
+  raise `SipParseError`. `msg.with_top_via(via)` replaces the top Via (received/rport).
 * `make_request(...)`, `make_response(request, status, ...)` build well-formed messages;
   `error_response(err)` builds a stateless error answer from a `SipParseError.head`.
 * `REASON_PHRASES`, `reason_phrase(status)`.
