@@ -14,10 +14,13 @@ mccp_bridge_packets_dropped_total           counter    `direction`, `cause` (rel
 mccp_bridge_srtp_failures_total             counter    SRTP/SRTCP packets that failed to decrypt
 mccp_bridge_auth_failures_total             counter    `reason` (credentials, locked_out, file_origin)
 mccp_bridge_connections_total               counter    WSS connections accepted
+mccp_bridge_sip_messages_total              counter    `direction` (sent, received) by the SIP transport
+mccp_bridge_sip_dropped_total               counter    `cause` (bad_datagram, bad_stream_message, send_error)
 ==========================================  =========  ===========================================
 
 Media counters are added when a call ends (from its `MediaStats` snapshot), so they move once
-per call; the front door's counters (`BridgeStats`) and the active calls are read at scrape time.
+per call; the front door's counters (`BridgeStats`), the SIP transport's and the active calls are
+read at scrape time.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rtp.relay import DropCause
 if TYPE_CHECKING:
     from bridge.app import BridgeStats
     from rtp.media import MediaStats
+    from sip.transport import TransportStats
 
 SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 # Edge drops (rtp.media.EdgeCounters field -> the direction they concern).
@@ -52,9 +56,15 @@ _EDGE_DIRECTION = {
 class _FrontDoor(Collector):
     """Reads the live values (active calls, the front door's counters) at scrape time."""
 
-    def __init__(self, active_calls: Callable[[], int], stats: Callable[[], BridgeStats]) -> None:
+    def __init__(
+        self,
+        active_calls: Callable[[], int],
+        stats: Callable[[], BridgeStats],
+        sip_stats: Callable[[], TransportStats] | None,
+    ) -> None:
         self._active_calls = active_calls
         self._stats = stats
+        self._sip_stats = sip_stats
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("mccp_bridge_active_calls", "Calls being handled now", self._active_calls())
@@ -67,14 +77,35 @@ class _FrontDoor(Collector):
         auth.add_metric(["file_origin"], stats.refused_file_origin)
         yield auth
         yield CounterMetricFamily("mccp_bridge_connections", "WSS connections accepted", stats.connections)
+        if self._sip_stats is not None:
+            sip = self._sip_stats()
+            messages = CounterMetricFamily(
+                "mccp_bridge_sip_messages", "SIP messages through the transport", labels=["direction"]
+            )
+            messages.add_metric(["sent"], sip.sent)
+            messages.add_metric(["received"], sip.received)
+            yield messages
+            bad = CounterMetricFamily(
+                "mccp_bridge_sip_dropped", "SIP input dropped (unparsable) or sends failed", labels=["cause"]
+            )
+            bad.add_metric(["bad_datagram"], sip.bad_datagrams)
+            bad.add_metric(["bad_stream_message"], sip.bad_stream_messages)
+            bad.add_metric(["send_error"], sip.send_errors)
+            yield bad
 
 
 class BridgeMetrics:
     """The process's metrics; `call_ended` feeds one finished call, `scrape` serves `/metrics`."""
 
-    def __init__(self, *, active_calls: Callable[[], int], stats: Callable[[], BridgeStats]) -> None:
+    def __init__(
+        self,
+        *,
+        active_calls: Callable[[], int],
+        stats: Callable[[], BridgeStats],
+        sip_stats: Callable[[], TransportStats] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_FrontDoor(active_calls, stats))
+        self.registry.register(_FrontDoor(active_calls, stats, sip_stats))
         self.calls_ended = Counter(
             "mccp_bridge_calls_ended",
             "Calls ended, by who ended them and the SIP-style code",

@@ -159,7 +159,11 @@ async def bridge_services(
         echo: EchoExtension | None = None
         if config.upstream is None and config.echo_extension:
             echo = await nursery.start(run_echo_extension, config.echo_extension)
-        metrics = BridgeMetrics(active_calls=lambda: context.active_calls, stats=lambda: context.stats)
+        metrics = BridgeMetrics(
+            active_calls=lambda: context.active_calls,
+            stats=lambda: context.stats,
+            sip_stats=lambda: transport.stats,
+        )
         context.routes["/metrics"] = metrics.scrape
         low, high = config.rtp_ports
         media_bind = config.listen

@@ -9,13 +9,18 @@ leave behind (active calls, fds, Trio tasks, media ports) and asserts it all cam
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
 import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support.sip_peers import SIPP_PORT, SippUas
 from tests.support.synthetic_browser import SyntheticBrowser, open_synthetic_browser
 
@@ -159,3 +164,84 @@ async def sipp(
 async def sipp_exit(uas: SippUas, timeout: float = 10.0) -> int:
     """SIPp's exit status once its one call is over (0 = the scenario passed)."""
     return await trio.to_thread.run_sync(uas.wait, timeout)
+
+
+async def scrape_metrics(bridge: BridgeContext) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics over HTTPS; samples by (name, labels)."""
+    host, port = bridge.wss_addresses[0]
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=context, https_compatible=True)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"text/plain" in head, head
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(
+    samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """One sample's value (0 when absent)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def register_from(
+    bind_port: int, registrar: tuple[str, int], ext: str, password: str, contact: str, timeout: float = 3.0
+) -> int:
+    """A blocking third-party REGISTER (MD5 digest, qop=auth) sent FROM 127.0.0.1:`bind_port`.
+
+    The embedded registrar routes calls to the address a REGISTER came from (phones behind NAT),
+    so a SIPp UAS gets its calls only if its binding was registered from its own port: this is
+    sent before SIPp binds that port. Stdlib only, independent of our SIP code.
+    """
+    host, port = registrar
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", bind_port))
+        s.settimeout(timeout)
+        call_id, tag, auth = secrets.token_hex(8), secrets.token_hex(4), ""
+        code = 0
+        for cseq in (1, 2):
+            request = (
+                f"REGISTER sip:{host} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{bind_port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{ext}@{host}>;tag={tag}\r\nTo: <sip:{ext}@{host}>\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\nExpires: 600\r\n"
+                f"{auth}Content-Length: 0\r\n\r\n"
+            )
+            s.sendto(request.encode(), (host, port))
+            while True:
+                reply = s.recv(65535).decode(errors="replace")
+                code = int(reply.split(" ", 2)[1])
+                if code >= 200:
+                    break
+            found = re.search(r"^WWW-Authenticate:\s*Digest (.*)$", reply, re.M | re.I)
+            if code != 401 or auth or found is None:
+                return code
+            params = {
+                k.lower(): v1 or v2 for k, v1, v2 in re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]+))', found[1])
+            }
+            uri = f"sip:{host}"
+
+            def md5(text: str) -> str:
+                return hashlib.md5(text.encode()).hexdigest()
+
+            cnonce = secrets.token_hex(4)
+            ha1, ha2 = md5(f"{ext}:{params['realm']}:{password}"), md5(f"REGISTER:{uri}")
+            response = md5(f"{ha1}:{params['nonce']}:00000001:{cnonce}:auth:{ha2}")
+            auth = (
+                f'Authorization: Digest username="{ext}", realm="{params["realm"]}", '
+                f'nonce="{params["nonce"]}", uri="{uri}", response="{response}", algorithm=MD5, '
+                f'cnonce="{cnonce}", qop=auth, nc=00000001\r\n'
+            )
+        return code
