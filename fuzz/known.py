@@ -19,12 +19,6 @@ hits: Counter[str] = Counter()
 
 # name -> (exception type, function name that must be on the traceback, description)
 KNOWN: dict[str, tuple[type[BaseException], str, str]] = {
-    "dtls-verify-to-cryptography": (
-        ValueError,
-        "to_cryptography",
-        "rtp.dtls.DtlsEndpoint verify callback: cert.to_cryptography() raises ValueError on a peer "
-        "certificate OpenSSL parsed (bad UTCTime); it escapes feed_untrusted",
-    ),
     "sip-bare-cr-in-start-line": (
         SipLocalProtocolError,
         "_serialize",

@@ -248,8 +248,11 @@ class DtlsEndpoint:
             # comparing its digest with the signalled fingerprint, nothing else.
             if depth != 0:
                 return True
-            digest = cert.to_cryptography().fingerprint(_HASHES[alg]())
-            self._fingerprint_ok = format_fingerprint(digest) == expected
+            # The fingerprint is a hash of the DER bytes (RFC 8122 section 5): hash them as they
+            # came, without parsing the certificate further (a peer's odd dates must not raise).
+            hasher = hashes.Hash(_HASHES[alg]())
+            hasher.update(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+            self._fingerprint_ok = format_fingerprint(hasher.finalize()) == expected
             return self._fingerprint_ok
 
         # RFC 5763 section 5: both ends MUST present a certificate (the server requests one).
