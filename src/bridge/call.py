@@ -10,8 +10,11 @@ Theory of operation
         nursery:
             page_task       page messages: hangup, dtmf (SIP INFO in dtmf_mode "info"), socket gone
             ice_dtls_task   media.run_ice_dtls(): STUN, DTLS, SRTP -> RTP; MediaEnded ends the call
+                            (handshake timeout, DTLS failure, consent lost, no browser media)
             relay_task      media.run_relay(): RTP -> SRTP, RTCP both ways
+            silence_task    no RTP from the SIP side for media_timeout once answered (not on hold)
             sip_task        ua.call(): INVITE ... 180/183/200 ... re-INVITE, INFO, BYE; ring timeout
+                            (shielded from outside cancellation, ended by the call's end instead)
     page <- hangup(code, reason)                # shielded, bounded
 
 The task that sees the end calls `_Call.finish(code, reason, by)`: the first reason wins and the
@@ -154,6 +157,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
                         nursery.start_soon(_page_task, conn, state, services)
                         nursery.start_soon(_media_task, media.run_ice_dtls, state)
                         nursery.start_soon(_media_task, media.run_relay, state)
+                        nursery.start_soon(_sip_silence_task, state, media, config.media_timeout)
             if state.end is None:  # cancelled from outside: the bridge is stopping
                 state.end = CallEnd(503, "bridge is shutting down", "bridge")
     except PortsExhausted:
@@ -233,6 +237,28 @@ async def _media_task(run: Callable[[], Awaitable[None]], state: _Call) -> None:
         await run()
     except MediaEnded as exc:
         state.finish(exc.code, exc.reason, "media")
+
+
+async def _sip_silence_task(state: _Call, media: MediaSession, limit: float) -> None:
+    """End an answered call when the SIP side sends no RTP for `limit` seconds (rtp.media
+    watches the browser side). Silence is expected, and not counted, while the SIP side's SDP says
+    it does not send (recvonly or inactive, RFC 3264 section 8.4)."""
+    period = min(1.0, limit / 4)
+    armed_at: float | None = None
+    while True:
+        await trio.sleep(period)
+        now = trio.current_time()
+        negotiation = media.negotiation
+        sip = negotiation.sip if negotiation is not None else None
+        if state.answered_at is None or sip is None or not sip.direction.sends:
+            armed_at = None
+            continue
+        if armed_at is None:
+            armed_at = now
+        last = media.relay.to_browser.last_packet_time
+        if now - max(armed_at, last if last is not None else armed_at) >= limit:
+            state.finish(408, f"no media from the SIP side for {limit:g} s", "media")
+            return
 
 
 async def _sip_task(

@@ -158,3 +158,24 @@ async def test_no_media_from_either_side(tmp_path: Path) -> None:
             assert await sipp_exit(uas) == 0, uas.errors()
             assert "BYE sip:" in uas.messages()
             await leaks.check()
+
+
+async def test_no_media_from_the_sip_side(tmp_path: Path) -> None:
+    """The page sends, the phone answers but never sends RTP: media_timeout (1 s) ends it, BYE."""
+    with trio.fail_after(20):
+        async with (
+            call_bridge(tmp_path, media_timeout="1") as bridge,
+            sipp(tmp_path, "uas_no_rtp") as uas,
+        ):
+            leaks = Leaks.snapshot(bridge)
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.wait_for("answer")
+                hangup = await p.wait_hangup(timeout=5)
+                assert (hangup.code, hangup.reason) == (408, "no media from the SIP side for 1 s")
+                assert 0.9 < p.times["hangup"] - p.times["answer"] < 3
+                assert p.sent_packets > 25  # the page did send all along
+                assert p.received.packets == 0
+            assert await sipp_exit(uas) == 0, uas.errors()
+            assert "BYE sip:" in uas.messages()
+            await leaks.check()
