@@ -1,0 +1,178 @@
+"""SIP scanners at the bridge's SIP port (UDP+TCP), against the whole bridge, in-process.
+
+A scanner (friendly-scanner/sipvicious style) sends OPTIONS, REGISTER and INVITE for numbers it
+guesses, from an address that has no account. The bridge must answer them (challenge or refuse),
+never let a REGISTER in without digest credentials, never forward an INVITE anywhere (it is not a
+proxy: a "victim" socket named in the Request-URI and Route hears nothing), stay up, and keep
+serving a real call. Run inside scripts/netns_run.sh (the CI does).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tests.hostile.hostile_support import SIP_PORT, Gauges, honest_call, hostile_bridge
+
+import trio
+from sip.auth import DigestClient, challenges
+from sip.message import Response
+from sip.parser import parse_datagram_untrusted
+
+pytestmark = [pytest.mark.timeout(60)]
+
+SCANNER = "127.0.0.20"
+VICTIM = ("127.0.0.21", 5099)
+
+
+def request(
+    method: str,
+    user: str,
+    n: int,
+    *,
+    via_port: int,
+    transport: str = "UDP",
+    extra: list[tuple[str, str]] | None = None,
+) -> bytes:
+    """A scanner's request: From/To the guessed number, Request-URI and Route towards the victim."""
+    target = f"sip:{user}@{VICTIM[0]}:{VICTIM[1]}" if method == "INVITE" else f"sip:{user}@127.0.0.1"
+    uri = f"sip:127.0.0.1:{SIP_PORT}" if method == "REGISTER" else target
+    body = b""
+    if method == "INVITE":
+        body = (
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.20\r\ns=-\r\nc=IN IP4 127.0.0.20\r\nt=0 0\r\n"
+            b"m=audio 40000 RTP/AVP 0\r\n"
+        )
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: SIP/2.0/{transport} {SCANNER}:{via_port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+        "Max-Forwards: 70",
+        f'From: "{user}" <sip:{user}@127.0.0.1>;tag={secrets.token_hex(4)}',
+        f"To: <sip:{user}@127.0.0.1>",
+        f"Call-ID: scan-{n}-{user}" if extra else f"Call-ID: scan-{n}-{secrets.token_hex(4)}",
+        f"CSeq: {n + 1} {method}",
+        f"Contact: <sip:{user}@{SCANNER}:{via_port}>",
+        f"Route: <sip:{VICTIM[0]}:{VICTIM[1]};lr>",
+        "User-Agent: friendly-scanner",
+        "Accept: application/sdp",
+        *(f"{name}: {value}" for name, value in extra or []),
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines += [f"Content-Length: {len(body)}", "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+def parse_response(data: bytes) -> Response:
+    """A response from the bridge, parsed."""
+    msg = parse_datagram_untrusted(data)
+    assert isinstance(msg, Response), msg
+    return msg
+
+
+def status_of(data: bytes) -> tuple[int, str]:
+    """(status, CSeq method) of a response."""
+    first, _, rest = data.partition(b"\r\n")
+    assert first.startswith(b"SIP/2.0 "), first
+    method = next(
+        line.split()[-1].decode() for line in rest.split(b"\r\n") if line.lower().startswith(b"cseq:")
+    )
+    return int(first.split()[1]), method
+
+
+async def test_udp_scanner_flood_is_challenged_or_refused_never_proxied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_method = 150
+    with trio.fail_after(40):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            scanner = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            victim = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            with scanner, victim:
+                await scanner.bind((SCANNER, 0))
+                await victim.bind(VICTIM)
+                port = scanner.getsockname()[1]
+                replies: Counter[tuple[int, str]] = Counter()
+                heard_by_victim: list[bytes] = []
+
+                async def receive(sock: trio.socket.SocketType, into: object) -> None:
+                    while True:
+                        data, _ = await sock.recvfrom(65536)
+                        if isinstance(into, Counter):
+                            into[status_of(data)] += 1
+                        else:
+                            assert isinstance(into, list)
+                            into.append(data)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive, scanner, replies)
+                    nursery.start_soon(receive, victim, heard_by_victim)
+                    start = trio.current_time()
+                    for n in range(per_method):
+                        for method in ("OPTIONS", "REGISTER", "INVITE"):
+                            user = str(1000 + n) if n % 5 else "600"  # 600 is the echo extension
+                            await scanner.sendto(request(method, user, n, via_port=port), bridge.sip)
+                        if n % 10 == 9:
+                            await trio.sleep(0.01)
+                    sent_in = trio.current_time() - start
+                    await trio.sleep(1.5)  # responses, and anything the bridge might forward
+                    await honest_call(bridge)
+                    nursery.cancel_scope.cancel()
+            finals = Counter({k: v for k, v in replies.items() if k[0] >= 200})
+            print(f"scanner: {3 * per_method} requests in {sent_in:.2f} s; replies {dict(replies)}")
+            gauges.report("SIP scanner flood")
+            assert not heard_by_victim, heard_by_victim[:1]
+            by_method = Counter()
+            for (status, method), count in finals.items():
+                by_method[method] += count
+                # Nothing from an unknown source is accepted: no 2xx for REGISTER or INVITE.
+                if method in ("REGISTER", "INVITE"):
+                    assert status >= 400, (status, method)
+            assert by_method["REGISTER"] == per_method, finals
+            # The final answers to INVITE are retransmitted (Timer G) since the scanner never ACKs.
+            assert by_method["INVITE"] >= per_method, finals
+            assert all(s == 403 for s, m in finals if m == "INVITE"), finals
+            assert all(s in (401, 403, 404) for s, m in finals if m == "REGISTER"), finals
+            await gauges.assert_back()
+
+
+async def test_registrar_refuses_wrong_digests_and_survives_a_guessing_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guesses = 60
+    with trio.fail_after(40):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            with sock:
+                await sock.bind((SCANNER, 0))
+                port = sock.getsockname()[1]
+
+                async def ask(data: bytes) -> bytes:
+                    await sock.sendto(data, bridge.sip)
+                    with trio.fail_after(3):
+                        answer, _ = await sock.recvfrom(65536)
+                    return answer
+
+                challenge_response = await ask(request("REGISTER", "100", 0, via_port=port))
+                assert status_of(challenge_response) == (401, "REGISTER")
+                challenge = challenges(parse_response(challenge_response))[0]
+                start = trio.current_time()
+                codes: Counter[int] = Counter()
+                for i in range(guesses):
+                    client = DigestClient("100", f"guess-{i}")
+                    creds = client.authorize(challenge, "REGISTER", f"sip:127.0.0.1:{SIP_PORT}", f"c{i}")
+                    data = request(
+                        "REGISTER", "100", i + 1, via_port=port, extra=[("Authorization", str(creds))]
+                    )
+                    codes[status_of(await ask(data))[0]] += 1
+                elapsed = trio.current_time() - start
+            rate = guesses / elapsed
+            print(f"registrar: {guesses} wrong digests in {elapsed:.2f} s ({rate:.0f}/s): {dict(codes)}")
+            gauges.report("registrar guessing")
+            assert codes == Counter({403: guesses})
+            await honest_call(bridge)
+            await gauges.assert_back()
