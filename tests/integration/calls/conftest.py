@@ -142,12 +142,13 @@ async def page(bridge: BridgeContext, **options: object) -> AsyncIterator[Synthe
 
 @asynccontextmanager
 async def sipp(
-    tmp_path: Path, scenario: str, *, delay_ms: int | None = None, **keys: str
+    tmp_path: Path, scenario: str, *, delay_ms: int | None = None, calls: int = 1, **keys: str
 ) -> AsyncIterator[SippUas]:
     """One SIPp UAS call; a scenario of this directory is found before tests/support/sip's, and
     its `{{key}}` placeholders are filled from `keys` (SIPp checks status codes at load time)."""
     workdir = tmp_path / f"sipp-{scenario}"
     uas = SippUas(scenario, workdir, delay_ms=delay_ms, timeout_s=20)
+    uas.argv[uas.argv.index("-m") + 1] = str(calls)  # SIPp exits 0 once all `calls` passed
     if (HERE / f"{scenario}.xml").exists():
         text = (HERE / f"{scenario}.xml").read_text()
         for key, value in keys.items():

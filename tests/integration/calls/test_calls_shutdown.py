@@ -29,23 +29,29 @@ pytestmark = [pytest.mark.peers, pytest.mark.timeout(60)]
 
 @pytest.mark.parametrize("answered", [False, True], ids=["ringing", "answered"])
 async def test_bridge_stop_ends_calls(tmp_path: Path, answered: bool) -> None:
+    """Two calls up (ringing, or answered with media): both get CANCEL/BYE and hangup 503."""
     scenario = "uas_echo" if answered else "uas_ring_cancel"
     with trio.fail_after(20):
-        async with sipp(tmp_path, scenario) as uas:
-            async with call_bridge(tmp_path) as bridge, page(bridge) as p:
-                await p.call("100", PASSWORD, "102")
-                await p.wait_for("answer" if answered else "ringing")
-                await p.wait_media(to_receive=5 if answered else 0)
+        async with sipp(tmp_path, scenario, calls=2) as uas:
+            async with call_bridge(tmp_path) as bridge, page(bridge) as p1, page(bridge) as p2:
+                for p in (p1, p2):
+                    await p.call("100", PASSWORD, "102")
+                    await p.wait_for("answer" if answered else "ringing")
+                for p in (p1, p2):
+                    await p.wait_media(to_receive=5 if answered else 0)
+                assert bridge.active_calls == 2
                 bridge.stop()
                 stopped = trio.current_time()
-                hangup = await p.wait_hangup()
-                assert (hangup.code, hangup.reason) == (503, "bridge is shutting down")
-                await p.wait_until(p.ws_closed.is_set)
+                for p in (p1, p2):
+                    hangup = await p.wait_hangup()
+                    assert (hangup.code, hangup.reason) == (503, "bridge is shutting down")
+                    await p.wait_until(p.ws_closed.is_set)
             # leaving call_bridge waited for run_bridge to return
             assert trio.current_time() - stopped < 3
             assert bridge.active_calls == 0
             assert await sipp_exit(uas) == 0, uas.errors()
-            assert ("BYE sip:" if answered else "CANCEL sip:") in uas.messages()
+            trace = uas.messages()
+            assert trace.count("BYE sip:" if answered else "CANCEL sip:") == 2
 
 
 async def test_sigterm_on_serve_with_a_call_up(tmp_path: Path) -> None:
