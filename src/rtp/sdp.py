@@ -310,7 +310,8 @@ class Media(_AttributeHolder):
     def serialize_lines(self) -> list[str]:
         """The lines of this media description, without line ends."""
         port = str(self.port) if self.port_count is None else f"{self.port}/{self.port_count}"
-        lines = [f"m={self.kind} {port} {self.proto} {' '.join(self.formats)}".rstrip()]
+        # rstrip(" ") only: str.rstrip() would also eat the \x1c-\x1f the parser let into `proto`.
+        lines = [f"m={self.kind} {port} {self.proto} {' '.join(self.formats)}".rstrip(" ")]
         if self.title is not None:
             lines.append(f"i={self.title}")
         if self.connection is not None:
