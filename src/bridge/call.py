@@ -175,6 +175,11 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
         end = state.end or CallEnd(500, "Server Internal Error", "bridge")
         if not state.page_gone:  # MCCP: a hangup either way ends with one `hangup` to the page
             await _tell_page(conn, end)
+        if route.credentials is not None and end.by == "sip" and end.code in (401, 403, 407):
+            # Upstream mode: the upstream's digest challenge refused the caller's password; it
+            # counts towards the caller's throttle and lock-out like a local failure.
+            services.context.upstream_rejected(accepted)
+            services.metrics.upstream_rejected()
         _log_end(clog, services, request, state, end, started_at, media, state.sip)
     return end
 

@@ -3,20 +3,20 @@
 Every bridge (and every test's in-process bridge) has its own `CollectorRegistry`, never the
 global one, so that two bridges in one process do not collide. What is exported:
 
-==========================================  =========  ===========================================
-metric                                      type       labels / meaning
-==========================================  =========  ===========================================
-mccp_bridge_active_calls                    gauge      calls being handled now
-mccp_bridge_calls_ended_total               counter    `by` (page, sip, media, bridge), `code`
-mccp_bridge_call_setup_seconds              histogram  from the page's `call` to the SIP answer
-mccp_bridge_packets_relayed_total           counter    `direction` (to_sip, to_browser)
-mccp_bridge_packets_dropped_total           counter    `direction`, `cause` (relay and edge causes)
-mccp_bridge_srtp_failures_total             counter    SRTP/SRTCP packets that failed to decrypt
-mccp_bridge_auth_failures_total             counter    `reason` (credentials, locked_out, file_origin)
-mccp_bridge_connections_total               counter    WSS connections accepted
-mccp_bridge_sip_messages_total              counter    `direction` (sent, received) by the SIP transport
-mccp_bridge_sip_dropped_total               counter    `cause` (bad_datagram, bad_stream_message, send_error)
-==========================================  =========  ===========================================
+=================================  =========  ====================================================
+metric                             type       labels / meaning
+=================================  =========  ====================================================
+mccp_bridge_active_calls           gauge      calls being handled now
+mccp_bridge_calls_ended_total      counter    `by` (page, sip, media, bridge), `code`
+mccp_bridge_call_setup_seconds     histogram  from the page's `call` to the SIP answer
+mccp_bridge_packets_relayed_total  counter    `direction` (to_sip, to_browser)
+mccp_bridge_packets_dropped_total  counter    `direction`, `cause` (relay and edge causes)
+mccp_bridge_srtp_failures_total    counter    SRTP/SRTCP packets that failed to decrypt
+mccp_bridge_auth_failures_total    counter    `reason`: credentials, locked_out, file_origin, upstream
+mccp_bridge_connections_total      counter    WSS connections accepted
+mccp_bridge_sip_messages_total     counter    `direction` (sent, received) by the SIP transport
+mccp_bridge_sip_dropped_total      counter    `cause`: bad_datagram, bad_stream_message, send_error
+=================================  =========  ====================================================
 
 Media counters are added when a call ends (from its `MediaStats` snapshot), so they move once
 per call; the front door's counters (`BridgeStats`), the SIP transport's and the active calls are
@@ -65,6 +65,7 @@ class _FrontDoor(Collector):
         self._active_calls = active_calls
         self._stats = stats
         self._sip_stats = sip_stats
+        self.upstream_rejected = 0  # callers whose credentials the upstream refused
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("mccp_bridge_active_calls", "Calls being handled now", self._active_calls())
@@ -75,6 +76,7 @@ class _FrontDoor(Collector):
         auth.add_metric(["credentials"], stats.refused_credentials)
         auth.add_metric(["locked_out"], stats.refused_locked_out)
         auth.add_metric(["file_origin"], stats.refused_file_origin)
+        auth.add_metric(["upstream"], self.upstream_rejected)
         yield auth
         yield CounterMetricFamily("mccp_bridge_connections", "WSS connections accepted", stats.connections)
         if self._sip_stats is not None:
@@ -105,7 +107,8 @@ class BridgeMetrics:
         sip_stats: Callable[[], TransportStats] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_FrontDoor(active_calls, stats, sip_stats))
+        self._front = _FrontDoor(active_calls, stats, sip_stats)
+        self.registry.register(self._front)
         self.calls_ended = Counter(
             "mccp_bridge_calls_ended",
             "Calls ended, by who ended them and the SIP-style code",
@@ -156,6 +159,10 @@ class BridgeMetrics:
         )
         if failures:
             self.srtp_failures.inc(failures)
+
+    def upstream_rejected(self) -> None:
+        """Count a caller whose credentials the upstream refused (its digest challenge again)."""
+        self._front.upstream_rejected += 1
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
