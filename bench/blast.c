@@ -190,7 +190,10 @@ static long long proc_ticks(int pid) {
     return (long long)(ut + st);
 }
 
-/* on-CPU ns summed over all threads (schedstat field 1) */
+/* on-CPU ns summed over all threads (schedstat field 1); field 2 (runnable, waiting for a CPU)
+   summed into runq_wait_ns */
+static long long runq_wait_ns = 0;
+
 static long long proc_sched_ns(int pid) {
     char path[320], buf[256];
     snprintf(path, sizeof path, "/proc/%d/task", pid);
@@ -203,12 +206,18 @@ static long long proc_sched_ns(int pid) {
         snprintf(path, sizeof path, "/proc/%d/task/%s/schedstat", pid, e->d_name);
         FILE *f = fopen(path, "r");
         if (!f) continue;
-        if (fgets(buf, sizeof buf, f)) total += atoll(buf);
+        if (fgets(buf, sizeof buf, f)) {
+            long long on = 0, wait = 0;
+            if (sscanf(buf, "%lld %lld", &on, &wait) == 2) runq_wait_ns += wait;
+            total += on;
+        }
         fclose(f);
     }
     closedir(d);
     return total;
 }
+
+static long long cpu_softirq_ticks = 0;
 
 static long long cpu_busy_ticks(int cpu) {
     FILE *f = fopen("/proc/stat", "r");
@@ -221,7 +230,10 @@ static long long cpu_busy_ticks(int cpu) {
             unsigned long long u, n, s, idle, io, irq, sirq, steal;
             if (sscanf(line + strlen(name), "%llu %llu %llu %llu %llu %llu %llu %llu", &u, &n, &s, &idle, &io, &irq,
                        &sirq, &steal) == 8)
+            {
                 res = (long long)(u + n + s + irq + sirq + steal);
+                cpu_softirq_ticks = (long long)(irq + sirq);
+            }
             break;
         }
     }
@@ -358,7 +370,8 @@ int main(int argc, char **argv) {
 
     long long sent = 0, sent_b = 0, sent_p = 0, sendfail = 0;
     long long tk0 = relay_pid ? proc_ticks(relay_pid) : 0, ns0 = relay_pid ? proc_sched_ns(relay_pid) : 0;
-    long long cb0 = cpu_busy_ticks(relay_cpu);
+    long long rq0 = runq_wait_ns;
+    long long cb0 = cpu_busy_ticks(relay_cpu), sirq0 = cpu_softirq_ticks;
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     int64_t t0 = now_ns(), tlast_send = t0;
@@ -496,8 +509,10 @@ int main(int argc, char **argv) {
     }
     int64_t t1 = now_ns();
     getrusage(RUSAGE_SELF, &ru1);
+    runq_wait_ns = 0;
     long long tk1 = relay_pid ? proc_ticks(relay_pid) : 0, ns1 = relay_pid ? proc_sched_ns(relay_pid) : 0;
-    long long cb1 = cpu_busy_ticks(relay_cpu);
+    long long rq1 = runq_wait_ns;
+    long long cb1 = cpu_busy_ticks(relay_cpu), sirq1 = cpu_softirq_ticks;
     double wall = (t1 - t0) * 1e-9, send_span = (tlast_send - t0) * 1e-9;
     double own_cpu = (ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + (ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
                      1e-6 * ((ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) + (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec));
@@ -506,10 +521,13 @@ int main(int argc, char **argv) {
     long long delivered = dirs[0].recvd + dirs[1].recvd;
     printf("{\"flows\": %d, \"rate_per_direction\": %.0f, \"duration\": %.3f, \"wall\": %.3f, \"sendfail\": %lld, "
            "\"relay_cpu_s\": %.4f, \"relay_cpu_ticks_s\": %.3f, \"relay_cpu_pct\": %.1f, \"relay_us_per_pkt\": %.3f, "
-           "\"harness_cpu_pct\": %.1f, \"foreign_pct\": %.1f, \"directions\": {",
+           "\"relay_us_per_pkt_ticks\": %.3f, "
+           "\"harness_cpu_pct\": %.1f, \"foreign_pct\": %.1f, \"relay_cpu_irq_pct\": %.1f, \"relay_runqueue_wait_pct\": %.1f, \"directions\": {",
            nflows, rate, dur, wall, sendfail, relay_cpu_s, relay_ticks_s, relay_pid ? 100.0 * relay_cpu_s / wall : 0,
-           delivered ? relay_cpu_s * 1e6 / delivered : 0, 100.0 * own_cpu / wall,
-           100.0 * ((cb1 - cb0) / (double)sysconf(_SC_CLK_TCK) - relay_cpu_s) / wall);
+           delivered ? relay_cpu_s * 1e6 / delivered : 0, delivered ? relay_ticks_s * 1e6 / delivered : 0,
+           100.0 * own_cpu / wall,
+           100.0 * ((cb1 - cb0) / (double)sysconf(_SC_CLK_TCK) - relay_cpu_s) / wall,
+           100.0 * (sirq1 - sirq0) / (double)sysconf(_SC_CLK_TCK) / wall, 100.0 * (rq1 - rq0) * 1e-9 / wall);
     const char *names[2] = {"browser_to_phone", "phone_to_browser"};
     long long sents[2] = {dir_b2p ? sent_b : 0, dir_p2b ? sent_p : 0};
     for (int d = 0; d < 2; d++) {

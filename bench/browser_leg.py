@@ -23,6 +23,7 @@ from rtp.srtp import SrtpProfile, keys_from_dtls
 from rtp.stun import binding_request
 
 CONSENT_INTERVAL = 5.0
+MAX_PER_ADDRESS = 12  # mccp.server Limits.max_connections_per_address is 16
 CERT = DtlsCertificate.generate("bench-browser")
 OFFER_TEMPLATE = """v=0
 o=- {sid} 2 IN IP4 127.0.0.1
@@ -116,7 +117,8 @@ class BrowserCall:
     connected: trio.Event = field(default_factory=trio.Event)
     hangup: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
-    end_code: int | None = None
+    end_code: int | None = None  # the bridge's hangup code; negative: WebSocket close code
+    dropped: bool = False  # the bridge ended the call before the harness hung up
 
 
 class BrowserSocket:
@@ -234,10 +236,17 @@ def client_ssl_context() -> ssl.SSLContext:
     return context
 
 
+def local_host(number: int) -> str:
+    """The loopback source address of call `number`'s WebSocket (the bridge admits
+    `MAX_PER_ADDRESS` connections per source address; a NAT or a load generator needs several)."""
+    k = number // MAX_PER_ADDRESS
+    return f"127.0.{1 + k // 250}.{1 + k % 250}"
+
+
 async def run_call(
     bsock: BrowserSocket,
     call: BrowserCall,
-    wss_url: str,
+    wss_port: int,
     caller: str,
     password: str,
     callee: str,
@@ -247,61 +256,100 @@ async def run_call(
 ) -> None:
     """Place one call and hold it until `call.hangup` is set; `task_status.started(call)` once it
     is answered and DTLS is connected. Raises CallFailed if the set-up fails."""
-    context = client_ssl_context()
     started = False
     try:
-        async with trio_websocket.open_websocket_url(
-            wss_url, context, extra_headers=[(b"Origin", b"https://127.0.0.1")]
-        ) as ws:
+        async with trio.open_nursery() as ws_nursery:
             with trio.fail_after(timeout):
                 call.timings.sent_call = trio.current_time()
-                offer = bsock.offer(call)
-                await ws.send_message(
-                    json.dumps({"type": "call", "clr": caller, "pwd": password, "cld": callee, "sdp": offer})
+                tcp = await trio.open_tcp_stream("127.0.0.1", wss_port, local_address=local_host(call.number))
+                tls = trio.SSLStream(
+                    tcp, client_ssl_context(), server_hostname="127.0.0.1", https_compatible=True
                 )
-                answered = False
-                while not (answered and call.connected.is_set()):
-                    with trio.move_on_after(0.05 if answered else timeout):
-                        message = json.loads(await ws.get_message())
-                        kind = message.get("type")
-                        if kind == "progress" and call.dtls is None:
-                            call.timings.progress = trio.current_time()
-                            await _start_media(bsock, call, message["sdp"])
-                        elif kind == "answer":
-                            call.timings.answer = trio.current_time()
-                            answered = True
-                            if call.dtls is None:
-                                await _start_media(bsock, call, message["sdp"])
-                        elif kind in ("hangup", "error"):
-                            raise CallFailed(f"{kind} {message.get('code')} {message.get('reason')}")
-                if call.profile is None:
-                    raise CallFailed(f"DTLS failed: {call.dtls.failure_reason if call.dtls else '?'}")
-            task_status.started(call)
-            started = True
-            async with trio.open_nursery() as nursery:
-
-                async def drain() -> None:
-                    while True:
-                        message = json.loads(await ws.get_message())
-                        if message.get("type") == "hangup":
-                            call.end_code = int(message.get("code", 0))
-                            nursery.cancel_scope.cancel()
-
-                nursery.start_soon(drain)
-                await call.hangup.wait()
-                await ws.send_message(json.dumps({"type": "hangup"}))
-                with trio.move_on_after(5):
-                    while call.end_code is None:
-                        await trio.sleep(0.01)
-                nursery.cancel_scope.cancel()
-    except trio_websocket.ConnectionClosed as exc:
+                ws = await trio_websocket.wrap_client_stream(
+                    ws_nursery, tls, "127.0.0.1", "/mccp", extra_headers=[(b"Origin", b"https://127.0.0.1")]
+                )
+            try:
+                with trio.fail_after(timeout):
+                    await _set_up(bsock, call, ws, caller, password, callee, timeout)
+                task_status.started(call)
+                started = True
+                await _hold(call, ws)
+            finally:
+                with trio.move_on_after(2, shield=True):
+                    await ws.aclose()
+    except (
+        trio_websocket.ConnectionClosed,
+        trio_websocket.HandshakeError,
+        OSError,
+        trio.BrokenResourceError,
+    ) as exc:
         if not started:
-            raise CallFailed(f"WebSocket closed: {exc}") from None
+            raise CallFailed(f"WebSocket: {type(exc).__name__} {exc}") from None
     except trio.TooSlowError:
         raise CallFailed("set-up timed out") from None
     finally:
         bsock.calls.pop(call.bridge_port, None)
         call.ended.set()
+
+
+async def _set_up(
+    bsock: BrowserSocket,
+    call: BrowserCall,
+    ws: trio_websocket.WebSocketConnection,
+    caller: str,
+    password: str,
+    callee: str,
+    timeout: float,
+) -> None:
+    offer = bsock.offer(call)
+    await ws.send_message(
+        json.dumps({"type": "call", "clr": caller, "pwd": password, "cld": callee, "sdp": offer})
+    )
+    answered = False
+    while not (answered and call.connected.is_set()):
+        with trio.move_on_after(0.05 if answered else timeout):
+            message = json.loads(await ws.get_message())
+            kind = message.get("type")
+            if kind == "progress" and call.dtls is None:
+                call.timings.progress = trio.current_time()
+                await _start_media(bsock, call, message["sdp"])
+            elif kind == "answer":
+                call.timings.answer = trio.current_time()
+                answered = True
+                if call.dtls is None:
+                    await _start_media(bsock, call, message["sdp"])
+            elif kind in ("hangup", "error"):
+                raise CallFailed(f"{kind} {message.get('code')} {message.get('reason')}")
+    if call.profile is None:
+        raise CallFailed(f"DTLS failed: {call.dtls.failure_reason if call.dtls else '?'}")
+
+
+async def _hold(call: BrowserCall, ws: trio_websocket.WebSocketConnection) -> None:
+    """Hold the call until `call.hangup`; a call the bridge ends meanwhile is recorded, not raised."""
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:
+            try:
+                while True:
+                    message = json.loads(await ws.get_message())
+                    if message.get("type") == "hangup":
+                        call.end_code = int(message.get("code", 0))
+                        break
+            except trio_websocket.ConnectionClosed as exc:
+                call.end_code = call.end_code or -(exc.reason.code or 1)
+            call.dropped = not call.hangup.is_set()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(drain)
+        await call.hangup.wait()
+        try:
+            await ws.send_message(json.dumps({"type": "hangup"}))
+        except trio_websocket.ConnectionClosed:
+            nursery.cancel_scope.cancel()
+        with trio.move_on_after(5):
+            while call.end_code is None:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
 
 
 async def _start_media(bsock: BrowserSocket, call: BrowserCall, sdp: str) -> None:

@@ -58,7 +58,7 @@ def _ms(t: float | None, t0: float) -> float | None:
 
 @asynccontextmanager
 async def bridge_calls(
-    wss_url: str, bsock: BrowserSocket, phone: Phone, n: int, *, concurrency: int = 16
+    wss_port: int, bsock: BrowserSocket, phone: Phone, n: int, *, concurrency: int = 16
 ) -> AsyncIterator[CallSet]:
     """Set up `n` calls through the bridge (at most `concurrency` at a time); hang up on exit."""
     result = CallSet()
@@ -69,7 +69,7 @@ async def bridge_calls(
             call = BrowserCall(i, ssrc=int.from_bytes(os.urandom(4), "big"))
             async with limiter:
                 try:
-                    await nursery.start(run_call, bsock, call, wss_url, CALLER, CALLER_PASSWORD, PHONE)
+                    await nursery.start(run_call, bsock, call, wss_port, CALLER, CALLER_PASSWORD, PHONE)
                     leg = await phone.wait_leg(call.session_id, timeout=5)
                 except (CallFailed, trio.TooSlowError) as exc:
                     result.records.append(SetupRecord(False, str(exc) or type(exc).__name__))

@@ -25,9 +25,11 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from bench.processes import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
 
 
 def machine() -> dict[str, Any]:
@@ -144,7 +147,8 @@ def _summarise_step(target: str, rep: int, rate: float, result: dict[str, Any]) 
         f"lat p50 {b2p['latency_us']['p50']:.0f}/{p2b['latency_us']['p50']:.0f} us "
         f"p99 {b2p['latency_us']['p99']:.0f}/{p2b['latency_us']['p99']:.0f} us  "
         f"CPU {result['relay_cpu_pct']:.1f}% {result['relay_us_per_pkt']:.2f} us/pkt  "
-        f"foreign {result['foreign_pct']:.0f}%"
+        f"foreign {result['foreign_pct']:.0f}% (irq {result['relay_cpu_irq_pct']:.0f}%) "
+        f"relay waited for CPU {result['relay_runqueue_wait_pct']:.0f}%"
     )
 
 
@@ -175,17 +179,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
     async with trio.open_nursery() as root:
         root.start_soon(bsock.run)
-        async with run_bridge(scrypt_n=args.scrypt_n, nice=args.nice) as bridge:
+        async with run_bridge(scrypt_n=args.scrypt_n, nice=args.nice, gc_mode=args.gc_mode) as bridge:
             await phone.register(("127.0.0.1", bridge.sip_port), PHONE_PASSWORD)
             root.start_soon(phone.serve)
             await trio.sleep(0.5)
             rss_before = rss_kib(bridge.pid)
             t0 = trio.current_time()
             async with bridge_calls(
-                bridge.wss_url, bsock, phone, args.calls, concurrency=args.concurrency
+                bridge.wss_port, bsock, phone, args.calls, concurrency=args.concurrency
             ) as calls:
                 setup_s = trio.current_time() - t0
-                await trio.sleep(1.0)
+                # Let the set-up storm settle, and Trio's idle worker threads (scrypt ran in them)
+                # exit (10 s): a thread that exits during a step takes its CPU time out of the
+                # schedstat sum the blaster reads.
+                await trio.sleep(args.settle)
                 rss_after = rss_kib(bridge.pid)
                 record["bridge"] = {
                     "setup": setup_summary(calls.records),
@@ -206,6 +213,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, None)
             record["bridge"]["byes"] = phone.byes
+            gc_log = bridge.gc_log
+        if gc_log is not None and gc_log.exists():
+            record["bridge"]["gc"] = json.loads(gc_log.read_text())
+            gc_log.unlink()
+            print(f"bridge GC: {record['bridge']['gc']}", flush=True)
         root.cancel_scope.cancel()
     bsock.sock.close()
     phone_rtp.close()
@@ -231,6 +243,9 @@ async def _steps(
                 targets.reverse()
             for target in targets:
                 if target == "bridge":
+                    profiler = None
+                    if args.profile and not record.get("profile"):
+                        profiler = await start_profile(bridge_pid, args.seconds)
                     result = await _step(
                         target,
                         calls.flows,
@@ -242,7 +257,9 @@ async def _steps(
                         index_base=index_base,
                     )
                     index_base += math.ceil(rate * args.seconds / max(1, len(calls.flows))) + 16
-                    extra: dict[str, Any] = {}
+                    extra: dict[str, Any] = {"calls_dropped": sum(1 for c in calls.calls if c.dropped)}
+                    if profiler is not None:
+                        record["profile"] = await finish_profile(profiler, rate)
                 else:
                     rss0 = rss_kib(rtpe.pid)
                     guard0 = rtpe.guard_hits()
@@ -316,6 +333,71 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def start_profile(pid: int, seconds: float) -> tuple[trio.Process, Path]:
+    """py-spy (sampling, non-blocking) on the bridge for one step; collapsed stacks to a file."""
+    out = Path(f"/tmp/bench-pyspy-{pid}.txt")
+    cmd = [
+        "py-spy",
+        "record",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "-r",
+        "250",
+        "-d",
+        str(int(seconds)),
+        "-p",
+        str(pid),
+        "-o",
+        str(out),
+    ]
+    exe = Path(sys.executable).parent / "py-spy"
+    if exe.exists():
+        cmd[0] = str(exe)
+    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await trio.sleep(0.5)
+    return proc, out
+
+
+async def finish_profile(profiler: tuple[trio.Process, Path], rate: float) -> dict[str, Any]:
+    """Top functions by own samples and by inclusive samples (from the collapsed stacks)."""
+    proc, path = profiler
+    with trio.move_on_after(30):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {"error": "no py-spy output"}
+    finally:
+        path.unlink(missing_ok=True)
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.strip() for f in stack.split(";") if f.strip()]
+        frames = [FRAME.sub(r"\1 (\2)", f) for f in frames]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+
+    def top(table: dict[str, int]) -> list[tuple[str, float]]:
+        return [
+            (k, round(100 * v / max(1, total), 1))
+            for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:25]
+        ]
+
+    return {"rate_per_direction": rate, "samples": total, "own_pct": top(own), "inclusive_pct": top(incl)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=500)
@@ -328,6 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16, help="call set-ups in flight")
+    ap.add_argument("--settle", type=float, default=12.0, help="seconds between set-up and load")
     ap.add_argument(
         "--scrypt-n",
         type=int,
@@ -336,6 +419,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--nice", type=int, default=-20, help="nice of relays and harness (root only)")
     ap.add_argument("--no-rtpengine", dest="rtpengine", action="store_false")
+    ap.add_argument("--profile", action="store_true", help="py-spy the bridge during its first step")
+    ap.add_argument(
+        "--gc-mode",
+        choices=["probe", "freeze", "off"],
+        default=None,
+        help="run the bridge under bench.gcprobe (an experiment, not the product)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.rates is None:

@@ -61,6 +61,8 @@ def test_relay_harness_smoke(tmp_path: Path) -> None:
         "1",
         "--nice",
         "0",
+        "--settle",
+        "1",
         "--out",
         str(out),
     ]
