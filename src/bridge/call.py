@@ -147,6 +147,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             media_timeout=config.media_timeout,
             logger=clog,
         ) as media:
+            services.metrics.media_opened(id(media), media.stats)
             await conn.send(Trying())
             await conn.send(Progress(media.browser_answer))
             async with trio.open_nursery() as call:
@@ -411,7 +412,13 @@ def _log_end(
         )
     text = " ".join(f"{key}={_fmt(value)}" for key, value in record.items())
     clog.info("call end: %s", text, extra={"call": record})
-    services.metrics.call_ended(by=end.by, code=end.code, setup_seconds=setup, media=stats)
+    services.metrics.call_ended(
+        by=end.by,
+        code=end.code,
+        setup_seconds=setup,
+        media=stats,
+        key=id(media) if media is not None else None,
+    )
 
 
 def _fmt(value: object) -> str:

@@ -18,19 +18,22 @@ mccp_bridge_sip_messages_total     counter    `direction` (sent, received) by th
 mccp_bridge_sip_dropped_total      counter    `cause`: bad_datagram, bad_stream_message, send_error
 =================================  =========  ====================================================
 
-Media counters are added when a call ends (from its `MediaStats` snapshot), so they move once
-per call; the front door's counters (`BridgeStats`), the SIP transport's and the active calls are
-read at scrape time.
+Everything that lives elsewhere is read at scrape time: the front door's counters (`BridgeStats`),
+the SIP transport's, the active calls, and the media counters of every live call (`MediaStats`
+snapshots) added to the totals of the finished ones.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from rtp.relay import DropCause
@@ -96,8 +99,60 @@ class _FrontDoor(Collector):
             yield bad
 
 
+def _media_counts(media: MediaStats) -> Counter[tuple[str, ...]]:
+    """One call's media counters as ("packets", direction), ("dropped", direction, cause) and
+    ("srtp_failures",) keys."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for direction, leg in (("to_sip", media.to_sip), ("to_browser", media.to_browser)):
+        out["packets", direction] += leg.packets
+        for cause, n in leg.dropped.items():
+            out["dropped", direction, cause.value] += n
+    for item in fields(media.edge):
+        if item.name in _EDGE_DIRECTION:
+            out["dropped", _EDGE_DIRECTION[item.name], item.name] += getattr(media.edge, item.name)
+    out["srtp_failures",] += (
+        media.to_sip.dropped[DropCause.SRTP_AUTH] + media.to_sip.dropped[DropCause.SRTP_REPLAY]
+    )
+    return out
+
+
+class _Media(Collector):
+    """Media counters: the finished calls' totals plus a snapshot of every live call, so that
+    the counters move during a call, not only at its end."""
+
+    def __init__(self) -> None:
+        self.finished: Counter[tuple[str, ...]] = Counter()
+        self.live: dict[int, Callable[[], MediaStats]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        counts = Counter(self.finished)
+        for snapshot in list(self.live.values()):
+            counts.update(_media_counts(snapshot()))
+        packets = CounterMetricFamily(
+            "mccp_bridge_packets_relayed", "RTP packets relayed", labels=["direction"]
+        )
+        dropped = CounterMetricFamily(
+            "mccp_bridge_packets_dropped",
+            "Packets dropped, by direction and cause",
+            labels=["direction", "cause"],
+        )
+        for key, n in sorted(counts.items()):
+            match key:
+                case ("packets", direction):
+                    packets.add_metric([direction], n)
+                case ("dropped", direction, cause) if n:
+                    dropped.add_metric([direction, cause], n)
+                case _:
+                    pass
+        yield packets
+        yield dropped
+        yield CounterMetricFamily(
+            "mccp_bridge_srtp_failures", "SRTP/SRTCP packets that failed to decrypt", counts["srtp_failures",]
+        )
+
+
 class BridgeMetrics:
-    """The process's metrics; `call_ended` feeds one finished call, `scrape` serves `/metrics`."""
+    """The process's metrics: `media_opened` / `call_ended` per call, `scrape` serves `/metrics`."""
 
     def __init__(
         self,
@@ -108,8 +163,10 @@ class BridgeMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._front = _FrontDoor(active_calls, stats, sip_stats)
+        self._media = _Media()
         self.registry.register(self._front)
-        self.calls_ended = Counter(
+        self.registry.register(self._media)
+        self.calls_ended = PromCounter(
             "mccp_bridge_calls_ended",
             "Calls ended, by who ended them and the SIP-style code",
             ["by", "code"],
@@ -121,44 +178,29 @@ class BridgeMetrics:
             buckets=SETUP_BUCKETS,
             registry=self.registry,
         )
-        self.packets = Counter(
-            "mccp_bridge_packets_relayed", "RTP packets relayed", ["direction"], registry=self.registry
-        )
-        self.dropped = Counter(
-            "mccp_bridge_packets_dropped",
-            "Packets dropped, by direction and cause",
-            ["direction", "cause"],
-            registry=self.registry,
-        )
-        self.srtp_failures = Counter(
-            "mccp_bridge_srtp_failures", "SRTP/SRTCP packets that failed to decrypt", registry=self.registry
-        )
+
+    def media_opened(self, key: int, snapshot: Callable[[], MediaStats]) -> None:
+        """A call's media plane is up: its counters are read at each scrape until `call_ended`."""
+        self._media.live[key] = snapshot
 
     def call_ended(
-        self, *, by: str, code: int, setup_seconds: float | None, media: MediaStats | None
+        self,
+        *,
+        by: str,
+        code: int,
+        setup_seconds: float | None,
+        media: MediaStats | None,
+        key: int | None = None,
     ) -> None:
-        """Count one finished call (its media counters are added here, once)."""
+        """Count one finished call; its final media counters join the totals (`key` as given to
+        `media_opened`)."""
         self.calls_ended.labels(by=by, code=str(code)).inc()
         if setup_seconds is not None:
             self.setup_seconds.observe(setup_seconds)
-        if media is None:
-            return
-        for direction, leg in (("to_sip", media.to_sip), ("to_browser", media.to_browser)):
-            if leg.packets:
-                self.packets.labels(direction=direction).inc(leg.packets)
-            for cause, n in leg.dropped.items():
-                if n:
-                    self.dropped.labels(direction=direction, cause=cause.value).inc(n)
-        for item in fields(media.edge):
-            if item.name in _EDGE_DIRECTION:
-                n = getattr(media.edge, item.name)
-                if n:
-                    self.dropped.labels(direction=_EDGE_DIRECTION[item.name], cause=item.name).inc(n)
-        failures = media.to_sip.dropped.get(DropCause.SRTP_AUTH, 0) + media.to_sip.dropped.get(
-            DropCause.SRTP_REPLAY, 0
-        )
-        if failures:
-            self.srtp_failures.inc(failures)
+        if key is not None:
+            self._media.live.pop(key, None)
+        if media is not None:
+            self._media.finished.update(_media_counts(media))
 
     def upstream_rejected(self) -> None:
         """Count a caller whose credentials the upstream refused (its digest challenge again)."""
@@ -170,4 +212,5 @@ class BridgeMetrics:
 
     async def scrape(self) -> tuple[int, str, bytes]:
         """The `/metrics` route for `mccp.server.serve_mccp`: (status, content type, body)."""
-        return 200, CONTENT_TYPE_LATEST, self.exposition()
+        # The classic text format (0.0.4), which every Prometheus version scrapes.
+        return 200, CONTENT_TYPE_PLAIN_0_0_4, self.exposition()

@@ -35,6 +35,9 @@ async def test_call_end_record_context_and_metrics(tmp_path: Path, caplog: pytes
                 during = await scrape_metrics(bridge)
                 assert metric(during, "mccp_bridge_active_calls") == 1
                 await p.wait_media(to_receive=50, to_send=50)
+                live = await scrape_metrics(bridge)  # media counters move during the call
+                assert metric(live, "mccp_bridge_packets_relayed_total", direction="to_sip") >= 45
+                assert metric(live, "mccp_bridge_packets_relayed_total", direction="to_browser") >= 45
                 await p.hangup()
                 assert (await p.wait_hangup()).code == 200
             assert await sipp_exit(uas) == 0, uas.errors()

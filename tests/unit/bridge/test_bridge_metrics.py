@@ -1,0 +1,81 @@
+"""bridge.metrics: per-process registries, live + finished media counters, front-door counters."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.app import BridgeStats
+from bridge.metrics import BridgeMetrics
+from rtp.demux import DemuxCounters
+from rtp.dtls import DtlsCounters, DtlsState
+from rtp.ice_lite import IceCounters
+from rtp.media import EdgeCounters, MediaStats
+from rtp.relay import DropCause, LegCounters
+
+
+def samples(metrics: BridgeMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def media(to_sip: int, to_browser: int, *, srtp_auth: int = 0, not_validated: int = 0) -> MediaStats:
+    up, down = LegCounters(packets=to_sip), LegCounters(packets=to_browser)
+    up.dropped[DropCause.SRTP_AUTH] = srtp_auth
+    return MediaStats(
+        DemuxCounters(), IceCounters(), DtlsCounters(), up, down,
+        EdgeCounters(not_validated=not_validated), DtlsState.CONNECTED, None,
+    )  # fmt: skip
+
+
+def test_registries_are_per_instance_and_front_door_is_read_live() -> None:
+    stats = BridgeStats()
+    calls = [0]
+    a = BridgeMetrics(active_calls=lambda: calls[0], stats=lambda: stats)
+    b = BridgeMetrics(active_calls=lambda: 7, stats=BridgeStats)  # a second one does not collide
+    calls[0] = 2
+    stats.refused_credentials = 3
+    stats.connections = 5
+    got = samples(a)
+    assert got[("mccp_bridge_active_calls", frozenset())] == 2
+    assert got[("mccp_bridge_auth_failures_total", frozenset({("reason", "credentials")}))] == 3
+    assert got[("mccp_bridge_connections_total", frozenset())] == 5
+    a.upstream_rejected()
+    assert samples(a)[("mccp_bridge_auth_failures_total", frozenset({("reason", "upstream")}))] == 1
+    assert samples(b)[("mccp_bridge_active_calls", frozenset())] == 7
+
+
+def test_media_counters_live_then_finished() -> None:
+    m = BridgeMetrics(active_calls=lambda: 0, stats=BridgeStats)
+    live = [media(10, 20)]
+    m.media_opened(1, lambda: live[0])
+    m.media_opened(2, lambda: media(1, 1, srtp_auth=2, not_validated=4))
+    to_sip = ("mccp_bridge_packets_relayed_total", frozenset({("direction", "to_sip")}))
+    assert samples(m)[to_sip] == 11
+    live[0] = media(30, 40)
+    assert samples(m)[to_sip] == 31  # moves during the call
+    m.call_ended(by="page", code=200, setup_seconds=0.25, media=media(35, 45), key=1)
+    m.call_ended(
+        by="media", code=408, setup_seconds=None, media=media(1, 1, srtp_auth=2, not_validated=4), key=2
+    )
+    got = samples(m)
+    assert got[to_sip] == 36  # the final snapshots, each counted once
+    assert got[("mccp_bridge_packets_relayed_total", frozenset({("direction", "to_browser")}))] == 46
+    assert got[("mccp_bridge_srtp_failures_total", frozenset())] == 2
+    dropped = "mccp_bridge_packets_dropped_total"
+    assert got[(dropped, frozenset({("direction", "to_sip"), ("cause", "srtp_auth")}))] == 2
+    assert got[(dropped, frozenset({("direction", "to_sip"), ("cause", "not_validated")}))] == 4
+    assert got[("mccp_bridge_calls_ended_total", frozenset({("by", "page"), ("code", "200")}))] == 1
+    assert got[("mccp_bridge_calls_ended_total", frozenset({("by", "media"), ("code", "408")}))] == 1
+    assert got[("mccp_bridge_call_setup_seconds_count", frozenset())] == 1
+    assert got[("mccp_bridge_call_setup_seconds_sum", frozenset())] == 0.25
+
+
+async def test_scrape_route_answers_the_text_format() -> None:
+    m = BridgeMetrics(active_calls=lambda: 0, stats=BridgeStats)
+    status, content_type, body = await m.scrape()
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert b"# TYPE mccp_bridge_active_calls gauge" in body
