@@ -183,3 +183,33 @@ async def test_no_answer_within_the_ring_timeout(tmp_path: Path) -> None:
             assert await sipp_exit(uas) == 0, uas.errors()
             assert "CANCEL sip:" in uas.messages()
             await leaks.check()
+
+
+async def test_page_closes_politely_after_the_answer(tmp_path: Path) -> None:
+    """The tab is closed: a WebSocket close (1000) without MCCP hangup ends the call with BYE."""
+    with trio.fail_after(20):
+        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_echo") as uas:
+            leaks = Leaks.snapshot(bridge)
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.wait_for("answer")
+                await p.close()
+            assert await sipp_exit(uas) == 0, uas.errors()
+            assert "BYE sip:" in uas.messages()
+            await leaks.check()
+
+
+async def test_page_gone_right_after_its_call(tmp_path: Path) -> None:
+    """The socket drops right after the `call` (before any answer from the bridge): whatever
+    point the call had reached, it is torn down (CANCEL if the INVITE was out) and nothing leaks."""
+    with trio.fail_after(20):
+        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_ring_cancel") as uas:
+            leaks = Leaks.snapshot(bridge)
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.close_abruptly()
+            await leaks.check()
+            trace = uas.messages()
+            if "INVITE sip:" in trace:  # the INVITE went out before the bridge saw the page go
+                assert await sipp_exit(uas) == 0, uas.errors()
+                assert "CANCEL sip:" in trace
