@@ -91,6 +91,7 @@ def session_id(sdp: str) -> str:
 class Timings:
     """trio.current_time() of each step of one call's set-up (None if not reached)."""
 
+    connect: float = 0.0  # TCP connect, TLS handshake and WebSocket upgrade begin
     sent_call: float = 0.0
     progress: float | None = None
     dtls_done: float | None = None
@@ -260,7 +261,7 @@ async def run_call(
     try:
         async with trio.open_nursery() as ws_nursery:
             with trio.fail_after(timeout):
-                call.timings.sent_call = trio.current_time()
+                call.timings.connect = trio.current_time()
                 tcp = await trio.open_tcp_stream("127.0.0.1", wss_port, local_address=local_host(call.number))
                 tls = trio.SSLStream(
                     tcp, client_ssl_context(), server_hostname="127.0.0.1", https_compatible=True
@@ -302,24 +303,22 @@ async def _set_up(
     timeout: float,
 ) -> None:
     offer = bsock.offer(call)
-    await ws.send_message(
-        json.dumps({"type": "call", "clr": caller, "pwd": password, "cld": callee, "sdp": offer})
-    )
-    answered = False
-    while not (answered and call.connected.is_set()):
-        with trio.move_on_after(0.05 if answered else timeout):
-            message = json.loads(await ws.get_message())
-            kind = message.get("type")
-            if kind == "progress" and call.dtls is None:
-                call.timings.progress = trio.current_time()
+    message = {"type": "call", "clr": caller, "pwd": password, "cld": callee, "sdp": offer}
+    call.timings.sent_call = trio.current_time()
+    await ws.send_message(json.dumps(message))
+    while call.timings.answer is None:
+        message = json.loads(await ws.get_message())
+        kind = message.get("type")
+        if kind == "progress" and call.dtls is None:
+            call.timings.progress = trio.current_time()
+            await _start_media(bsock, call, message["sdp"])
+        elif kind == "answer":
+            call.timings.answer = trio.current_time()
+            if call.dtls is None:
                 await _start_media(bsock, call, message["sdp"])
-            elif kind == "answer":
-                call.timings.answer = trio.current_time()
-                answered = True
-                if call.dtls is None:
-                    await _start_media(bsock, call, message["sdp"])
-            elif kind in ("hangup", "error"):
-                raise CallFailed(f"{kind} {message.get('code')} {message.get('reason')}")
+        elif kind in ("hangup", "error"):
+            raise CallFailed(f"{kind} {message.get('code')} {message.get('reason')}")
+    await call.connected.wait()
     if call.profile is None:
         raise CallFailed(f"DTLS failed: {call.dtls.failure_reason if call.dtls else '?'}")
 

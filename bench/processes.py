@@ -75,6 +75,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process, exited threads included (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _stop(proc: trio.Process) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)

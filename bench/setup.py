@@ -31,7 +31,15 @@ from typing import Any
 import trio
 from bench.browser_leg import BrowserCall, BrowserSocket, CallFailed, run_call
 from bench.phone_leg import Phone
-from bench.processes import CALLER, CALLER_PASSWORD, PHONE, PHONE_PASSWORD, pin_harness, run_bridge
+from bench.processes import (
+    CALLER,
+    CALLER_PASSWORD,
+    PHONE,
+    PHONE_PASSWORD,
+    cpu_seconds,
+    pin_harness,
+    run_bridge,
+)
 from bench.relay import RESULTS, machine, percentile
 from rtp.srtp import SrtpTx
 
@@ -42,6 +50,7 @@ class Setup:
 
     ok: bool
     error: str = ""
+    connect_ms: float | None = None  # TCP + TLS + WebSocket upgrade, before the `call`
     invite_ms: float | None = None  # INVITE arrived at the phone
     answered_ms: float | None = None  # MCCP answer at the page (the phone answered at once)
     dtls_ms: float | None = None  # DTLS connected, SRTP keyed
@@ -98,6 +107,7 @@ async def one_call(
         del t_send
         return Setup(
             True,
+            connect_ms=_ms(t0, call.timings.connect),
             invite_ms=_ms(leg.invite_at, t0),
             answered_ms=_ms(call.timings.answer, t0),
             dtls_ms=_ms(call.timings.dtls_done, t0),
@@ -115,7 +125,7 @@ def summary(setups: list[Setup], elapsed: float, offered: float | None) -> dict[
         "elapsed_s": round(elapsed, 3),
         "achieved_cps": round(len(ok) / elapsed, 2) if elapsed > 0 else None,
     }
-    for name in ("invite_ms", "answered_ms", "dtls_ms", "media_ms"):
+    for name in ("connect_ms", "invite_ms", "answered_ms", "dtls_ms", "media_ms"):
         values = [v for s in ok if (v := getattr(s, name)) is not None]
         out[name] = {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99)}
     return out
@@ -138,12 +148,20 @@ async def run_one_bridge(args: argparse.Namespace, scrypt_n: int) -> dict[str, A
             await one_call(bridge.wss_port, bsock, phone, firsts, -1)
             setups: list[Setup] = []
             t0 = trio.current_time()
+            cpu0 = cpu_seconds(bridge.pid)
             for i in range(args.serial):
                 setups.append(await one_call(bridge.wss_port, bsock, phone, firsts, i))
             result["serial"] = summary(setups, trio.current_time() - t0, None)
+            # The bridge's CPU per call (set-up, one packet, hang-up), all threads (scrypt runs in
+            # worker threads): 1000 / this is the calls/s one core could sustain.
+            result["serial"]["bridge_cpu_ms_per_call"] = round(
+                1000 * (cpu_seconds(bridge.pid) - cpu0) / max(1, args.serial), 2
+            )
             print(f"scrypt n={scrypt_n} serial: {json.dumps(result['serial'])}", flush=True)
             result["open_loop"] = []
             for rate in args.rates:
+                cpu0 = cpu_seconds(bridge.pid)
+                own0 = cpu_seconds(os.getpid())
                 setups = []
                 number = 0
                 t0 = trio.current_time()
@@ -157,8 +175,10 @@ async def run_one_bridge(args: argparse.Namespace, scrypt_n: int) -> dict[str, A
                         await trio.sleep_until(t0 + k / rate)
                         load.start_soon(place, number)
                         number += 1
-                elapsed = max(s for s in [trio.current_time() - t0])
+                elapsed = trio.current_time() - t0
                 row = summary(setups, elapsed, rate)
+                row["bridge_cpu_pct"] = round(100 * (cpu_seconds(bridge.pid) - cpu0) / elapsed, 1)
+                row["harness_cpu_pct"] = round(100 * (cpu_seconds(os.getpid()) - own0) / elapsed, 1)
                 result["open_loop"].append(row)
                 print(f"scrypt n={scrypt_n} offered {rate}/s: {json.dumps(row)}", flush=True)
                 await trio.sleep(1.0)
