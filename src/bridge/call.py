@@ -150,15 +150,19 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             services.metrics.media_opened(id(media), media.stats)
             await conn.send(Trying())
             await conn.send(Progress(media.browser_answer))
-            async with trio.open_nursery() as call:
-                call.start_soon(_sip_task, conn, state, services, route, request, media, clog)
-                with state.scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_end_on_cancel, state)
-                        nursery.start_soon(_page_task, conn, state, services)
-                        nursery.start_soon(_media_task, media.run_ice_dtls, state)
-                        nursery.start_soon(_media_task, media.run_relay, state)
-                        nursery.start_soon(_sip_silence_task, state, media, config.media_timeout)
+            try:
+                async with trio.open_nursery() as call:
+                    call.start_soon(_sip_task, conn, state, services, route, request, media, clog)
+                    with state.scope:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(_end_on_cancel, state)
+                            nursery.start_soon(_page_task, conn, state, services)
+                            nursery.start_soon(_media_task, media.run_ice_dtls, state)
+                            nursery.start_soon(_media_task, media.run_relay, state)
+                            nursery.start_soon(_sip_silence_task, state, media, config.media_timeout)
+            except* Exception as group:  # a bug in one of the call's tasks: this call ends, not the bridge
+                clog.error("call failed: %r", group.exceptions, exc_info=group)
+                state.end = CallEnd(500, "Server Internal Error", "bridge")
             if state.end is None:  # cancelled from outside: the bridge is stopping
                 state.end = CallEnd(503, "bridge is shutting down", "bridge")
     except PortsExhausted:

@@ -179,3 +179,41 @@ async def test_no_media_from_the_sip_side(tmp_path: Path) -> None:
             assert await sipp_exit(uas) == 0, uas.errors()
             assert "BYE sip:" in uas.messages()
             await leaks.check()
+
+
+async def test_a_failing_call_task_ends_only_that_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in one task of an answered call (here the SIP-leg relay raising): the page gets 500,
+    the phone its BYE, nothing leaks, and the bridge takes the next call."""
+    from rtp.media import MediaSession
+
+    real_run_relay = MediaSession.run_relay
+    calls = 0
+
+    async def failing_run_relay(self: MediaSession) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await trio.sleep(0.5)
+            raise RuntimeError("injected relay bug")
+        await real_run_relay(self)
+
+    monkeypatch.setattr(MediaSession, "run_relay", failing_run_relay)
+    with trio.fail_after(20):
+        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_echo", calls=2) as uas:
+            leaks = Leaks.snapshot(bridge)
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                hangup = await p.wait_hangup()
+                assert (hangup.code, hangup.reason) == (500, "Server Internal Error")
+            await leaks.check()
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.wait_for("answer")
+                await p.wait_media(to_receive=10)
+                await p.hangup()
+                assert (await p.wait_hangup()).code == 200
+            assert await sipp_exit(uas) == 0, uas.errors()
+            assert uas.messages().count("BYE sip:") == 2
+            await leaks.check()
