@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_tone_wav(path: Path, *, freq: float, seconds: float, rate: int = 8000, amplitude: float = 0.35) -> Path:
+def write_tone_wav(
+    path: Path, *, freq: float, seconds: float, rate: int = 8000, amplitude: float = 0.35
+) -> Path:
     """A mono 16-bit sine WAV (what Chromium's fake mic and baresip's aufile play)."""
     n = int(seconds * rate)
     t = np.arange(n) / rate
