@@ -26,8 +26,12 @@ media plane sends DTLS close_notify and gives its ports back (`open_media`), and
 503 "bridge is shutting down". Codes follow SIP: 200 for a normal end after the answer, 487 when
 the page hangs up before it, the SIP final response otherwise.
 
+A bug in one of the call's tasks ends that call only: 500, one error record (`except*` here).
+
 One log record per call at its end (caller, callee, Call-ID, set-up time, duration, end reason and
-code, packets and drops each way, SRTP failures), and the call's logger prefixes every line.
+code, packets and drops each way, SRTP failures; the relay measures no loss or jitter yet), with
+the fields also in `record.call`; `CallLog` prefixes every line of the call with its context and
+puts it in `record.call_ctx`. The same end feeds `bridge.metrics`.
 """
 
 from __future__ import annotations
