@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.hostile.hostile_support import SIP_PORT, Gauges, honest_call, hostile_bridge
+from tests.hostile.hostile_support import SIP_PORT, Gauges, honest_call, hostile_bridge, open_fds, tcp_from
 
 import trio
 from sip.auth import DigestClient, challenges
@@ -175,4 +175,52 @@ async def test_registrar_refuses_wrong_digests_and_survives_a_guessing_run(
             gauges.report("registrar guessing")
             assert codes == Counter({403: guesses})
             await honest_call(bridge)
+            await gauges.assert_back()
+
+
+async def test_idle_and_trickling_sip_tcp_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of SIP TCP connections that send nothing or a head byte by byte, and one that sends
+    a head over the 64 KiB cap. There is no cap on their number (each holds a descriptor until
+    `tcp_idle_timeout`, 120 s, and trickling resets that timer: see docs/security.md); the test
+    checks that the oversized head is cut, that a real call works meanwhile, and that every
+    descriptor comes back when the attackers leave."""
+    silent, trickling = 200, 50
+    with trio.fail_after(40):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            streams: list[trio.SocketStream] = []
+            for i in range(silent + trickling):
+                streams.append(await tcp_from(f"127.0.0.{40 + i % 4}", bridge.sip))
+            big = await tcp_from("127.0.0.44", bridge.sip)
+            async with trio.open_nursery() as nursery:
+                head = request("OPTIONS", "1000", 0, via_port=5060, transport="TCP")
+
+                async def trickle(stream: trio.SocketStream) -> None:
+                    for byte in head[:40]:
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(0.1)
+
+                for stream in streams[silent:]:
+                    nursery.start_soon(trickle, stream)
+                await trio.sleep(0.5)
+                held = open_fds() - gauges.fds - len(streams) - 1  # the bridge's side only
+                # A head that never ends: cut at the 64 KiB message cap (fatal framing error).
+                cut = False
+                with trio.move_on_after(5):
+                    try:
+                        await big.send_all(b"OPTIONS sip:x SIP/2.0\r\nX-Pad: " + b"a" * 70000)
+                        cut = await big.receive_some(4096) == b""
+                    except trio.BrokenResourceError:
+                        cut = True
+                await honest_call(bridge)
+            print(
+                f"SIP TCP: {silent} silent + {trickling} trickling connections: the bridge holds {held} fds"
+            )
+            assert held <= silent + trickling + 1  # one descriptor per connection, nothing more
+            assert cut, "an endless head was not cut"
+            for stream in [*streams, big]:
+                await trio.aclose_forcefully(stream)
+            gauges.report("SIP TCP connections")
             await gauges.assert_back()
