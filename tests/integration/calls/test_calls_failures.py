@@ -217,3 +217,24 @@ async def test_a_failing_call_task_ends_only_that_call(
             assert await sipp_exit(uas) == 0, uas.errors()
             assert uas.messages().count("BYE sip:") == 2
             await leaks.check()
+
+
+async def test_silence_on_hold_is_not_dead_media(tmp_path: Path) -> None:
+    """The phone puts the call on hold (re-INVITE a=inactive) and sends nothing for 2.5 s, over the
+    media_timeout (1 s): the call stays up until the phone's BYE (200 to the page)."""
+    with trio.fail_after(20):
+        async with (
+            call_bridge(tmp_path, media_timeout="1") as bridge,
+            sipp(tmp_path, "uas_hold_silent", delay_ms=2500) as uas,
+        ):
+            leaks = Leaks.snapshot(bridge)
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.wait_for("answer")
+                hangup = await p.wait_hangup(timeout=8)
+                assert hangup.code == 200, hangup
+                assert p.times["hangup"] - p.times["answer"] > 2.4
+            assert await sipp_exit(uas) == 0, uas.errors()
+            trace = uas.messages()
+            assert "a=inactive" in trace.split("SIP/2.0 200 OK")[-2]  # our answer to the hold
+            await leaks.check()
