@@ -304,3 +304,52 @@ async def test_password_guessing_locks_out_the_guesser(
             assert hangup_code(await login("127.0.0.1", bridge.wss, "100", PASSWORD)) == 429
             gauges.report("password guessing")
             await gauges.assert_back()
+
+
+async def test_login_flood_from_many_addresses_costs_latency_not_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logins are scrypt (16 MiB, about 60 ms of CPU, 4 worker threads). Attackers below every
+    per-key threshold (8 addresses, 2 attempts each, a different unknown number each time) still
+    make the bridge hash; an honest login waits behind them but is answered. Two rounds: the first
+    one's RSS growth is scrypt's buffers settling in the worker threads' malloc arenas, the second
+    one's would be a leak."""
+    addresses, attempts = 8, 2
+    with trio.fail_after(50):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            start = time.monotonic()
+            assert hangup_code(await login("127.0.0.1", bridge.wss, "101", "wrong")) == 403
+            baseline = time.monotonic() - start
+            codes: list[int | None] = []
+
+            async def attacker(a: int, round_: int) -> None:
+                for i in range(attempts):
+                    number = f"9{round_}{a:02}{i}"
+                    codes.append(hangup_code(await login(f"127.0.{round_}.{a + 1}", bridge.wss, number, "x")))
+
+            last = gauges
+            for round_ in (1, 2):
+                if round_ == 2:
+                    last = Gauges.now()
+                attack_start = time.monotonic()
+                async with trio.open_nursery() as nursery:
+                    for a in range(addresses):
+                        nursery.start_soon(attacker, a, round_)
+                    await trio.sleep(0.5)
+                    start = time.monotonic()
+                    answer = await login("127.0.0.1", bridge.wss, "101", "wrong", cld=ECHO)
+                    loaded = time.monotonic() - start
+                attack_time = time.monotonic() - attack_start
+                print(
+                    f"login flood round {round_}: {addresses * attempts} logins from {addresses} addresses "
+                    f"in {attack_time:.1f} s; honest login answered in {baseline:.2f} s alone, "
+                    f"{loaded:.2f} s under the flood"
+                )
+                assert hangup_code(answer) == 403
+                assert loaded < 10.0
+            gauges.report("login flood")
+            last.report("  second round")
+            assert codes == [403] * (2 * addresses * attempts)
+            await gauges.assert_back(rss_growth_mib=200.0)
+            await last.assert_back(rss_growth_mib=40.0)
