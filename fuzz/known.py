@@ -12,25 +12,11 @@ import os
 import traceback
 from collections import Counter
 
-from sip.errors import LocalProtocolError as SipLocalProtocolError
-
 STRICT = os.environ.get("MCCP_FUZZ_STRICT") == "1"
 hits: Counter[str] = Counter()
 
 # name -> (exception type, function name that must be on the traceback, description)
-KNOWN: dict[str, tuple[type[BaseException], str, str]] = {
-    "sip-bare-cr-in-start-line": (
-        SipLocalProtocolError,
-        "_serialize",
-        "sip.parser._parse_head checks header lines for a bare CR but not the start line: a response "
-        "whose reason phrase holds one is accepted, and bytes(msg) then raises LocalProtocolError",
-    ),
-    "sip-verify-non-ascii-response": (
-        TypeError,
-        "verify",
-        "sip.auth.verify: hmac.compare_digest(str, str) raises TypeError on a non-ASCII response=",
-    ),
-}
+KNOWN: dict[str, tuple[type[BaseException], str, str]] = {}
 
 
 def is_known(exc: BaseException) -> str | None:

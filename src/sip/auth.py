@@ -358,4 +358,7 @@ def verify(credentials: Credentials, method: str, ha1: str, body: bytes = b"") -
         )
     except SipParseError:
         return False
-    return hmac.compare_digest(expected, credentials.response.lower())
+    # compare_digest takes str only when both are ASCII: compare the bytes (a peer's junk is not ours).
+    return hmac.compare_digest(
+        expected.encode(), credentials.response.lower().encode("utf-8", "surrogateescape")
+    )

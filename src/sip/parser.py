@@ -94,6 +94,8 @@ def _parse_head(head: bytes, limits: Limits) -> _Head:
     result = _Head(lines[0].removesuffix("\r"))
     if len(result.start) > limits.max_line_length:
         raise SipParseError(f"start line longer than {limits.max_line_length} bytes", 513)
+    if "\r" in result.start:
+        raise SipParseError("bare CR inside the start line")
     pairs = result.pairs
     folds: dict[int, list[str]] = {}
     for raw in lines[1:]:
