@@ -471,7 +471,9 @@ class _Parser:
             connection=self._connection(conn[0]) if conn else None,
             bandwidths=tuple(session.get("b", [])),
             times=tuple(session.get("t", [])) or ("0 0",),
-            other=tuple(other),
+            # In the order serialize() writes them (u/e/p before t=, r/z/k after), so that a body
+            # with them out of RFC 8866 order still round-trips.
+            other=tuple(sorted(other, key=lambda line: line[0] not in "uep")),
             attributes=tuple(session_attrs),
             media=tuple(media),
         )
