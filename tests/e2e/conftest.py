@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+
+from tests.support.audio import write_tone_wav
+from tests.support.browsers import BrowserPage, launch_chromium, launch_firefox
 
 import trio
 from bridge.app import BridgeContext, run_bridge
@@ -48,6 +51,16 @@ INBOUND_AUDIO_JS = """
   return out;
 })()
 """
+
+
+def launch_browser(
+    browser: str, bridge: BridgeContext, tmp_path: Path
+) -> AbstractAsyncContextManager[BrowserPage]:
+    """Chromium with a 440 Hz WAV as its microphone, or Firefox (fake ~1 kHz microphone) trusting
+    the bridge's self-signed certificate (needed for `wss://` from a `file://` page)."""
+    if browser == "chromium":
+        return launch_chromium(wav=write_tone_wav(tmp_path / "mic-440.wav", freq=440, seconds=60, rate=48000))
+    return launch_firefox(ca_pem=bridge.config.cert_dir / "server.crt")
 
 
 def open_fds() -> int:

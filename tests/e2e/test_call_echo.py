@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,11 @@ from tests.e2e.conftest import (
     INBOUND_AUDIO_JS,
     REMOTE_FREQUENCY_JS,
     assert_media_ports_free,
+    launch_browser,
     open_fds,
     running_bridge,
     wait_no_calls,
 )
-from tests.support.audio import write_tone_wav
-from tests.support.browsers import BrowserPage, launch_chromium, launch_firefox
 
 import trio
 from bridge.app import BridgeContext, load_page
@@ -38,12 +36,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 PASSWORD = "e2e-secret-100"
 TONES = {"chromium": 440.0}
-
-
-def launch(browser: str, bridge: BridgeContext, tmp_path: Path) -> AbstractAsyncContextManager[BrowserPage]:
-    if browser == "chromium":
-        return launch_chromium(wav=write_tone_wav(tmp_path / "mic.wav", freq=440, seconds=30, rate=48000))
-    return launch_firefox(ca_pem=bridge.config.cert_dir / "server.crt")
 
 
 def page_url(origin: str, bridge: BridgeContext, tmp_path: Path) -> str:
@@ -71,7 +63,7 @@ async def test_browser_calls_the_echo_extension(
     browser: str, origin: str, bridge: BridgeContext, tmp_path: Path
 ) -> None:
     with trio.fail_after(100):
-        async with launch(browser, bridge, tmp_path) as page:
+        async with launch_browser(browser, bridge, tmp_path) as page:
             await page.goto(page_url(origin, bridge, tmp_path))
             await page.wait_for("document.getElementById('cld') !== null", timeout=10)
             await trio.sleep(0.5)
