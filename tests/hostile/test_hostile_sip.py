@@ -224,3 +224,32 @@ async def test_idle_and_trickling_sip_tcp_connections(
                 await trio.aclose_forcefully(stream)
             gauges.report("SIP TCP connections")
             await gauges.assert_back()
+
+
+async def test_non_ascii_digest_response_is_refused_and_the_bridge_stays_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (found by fuzz/sip_datagram, fixed in 003c8d7): a REGISTER for a known number
+    with a valid nonce and `response="é"` made `sip.auth.verify` raise TypeError out of the UA,
+    which stopped the whole bridge."""
+    with trio.fail_after(30):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            with sock:
+                await sock.bind((SCANNER, 0))
+                port = sock.getsockname()[1]
+
+                async def ask(data: bytes) -> Response:
+                    await sock.sendto(data, bridge.sip)
+                    with trio.fail_after(3):
+                        answer, _ = await sock.recvfrom(65536)
+                    return parse_response(answer)
+
+                challenge = challenges(await ask(request("REGISTER", "100", 0, via_port=port)))[0]
+                creds = DigestClient("100", "x").authorize(challenge, "REGISTER", "sip:127.0.0.1", "c")
+                value = str(creds).replace(f'response="{creds.response}"', 'response="\u00e9"')
+                assert "\u00e9" in value
+                bad = request("REGISTER", "100", 1, via_port=port, extra=[("Authorization", value)])
+                assert (await ask(bad)).status == 403
+                assert (await ask(request("REGISTER", "100", 2, via_port=port))).status == 401
+            await honest_call(bridge)
