@@ -16,10 +16,10 @@ lint:               ## ruff + mypy strict
 	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
 
-bench:              ## the benchmarks (see bench/README.md)
+bench:              ## the benchmarks (bench/README.md); knobs: make bench BENCH_ARGS="--calls 200 --seconds 5 --reps 1"
 	./scripts/setup-venv.sh test
 	./scripts/install-peers.sh
-	./scripts/netns_run.sh .venv/bin/python -m bench.run
+	./scripts/netns_run.sh .venv/bin/python -m bench.run $(BENCH_ARGS)
 
 dist:               ## single-file executable dist/mccp-bridge.pyz (shiv)
 	./scripts/setup-venv.sh test

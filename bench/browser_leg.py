@@ -16,6 +16,7 @@ import ssl
 from dataclasses import dataclass, field
 
 import trio_websocket
+import wsproto.utilities
 
 import trio
 from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
@@ -257,7 +258,28 @@ async def run_call(
 ) -> None:
     """Place one call and hold it until `call.hangup` is set; `task_status.started(call)` once it
     is answered and DTLS is connected. Raises CallFailed if the set-up fails."""
+    try:
+        await _run_call(
+            bsock, call, wss_port, caller, password, callee, timeout=timeout, task_status=task_status
+        )
+    finally:
+        bsock.calls.pop(call.bridge_port, None)
+        call.ended.set()
+
+
+async def _run_call(
+    bsock: BrowserSocket,
+    call: BrowserCall,
+    wss_port: int,
+    caller: str,
+    password: str,
+    callee: str,
+    *,
+    timeout: float,
+    task_status: trio.TaskStatus[BrowserCall],
+) -> None:
     started = False
+    failure = ""
     try:
         async with trio.open_nursery() as ws_nursery:
             with trio.fail_after(timeout):
@@ -278,19 +300,22 @@ async def run_call(
             finally:
                 with trio.move_on_after(2, shield=True):
                     await ws.aclose()
-    except (
+    except* (
+        CallFailed,
         trio_websocket.ConnectionClosed,
         trio_websocket.HandshakeError,
+        wsproto.utilities.LocalProtocolError,  # trio-websocket answering a ping while closing
         OSError,
         trio.BrokenResourceError,
-    ) as exc:
-        if not started:
-            raise CallFailed(f"WebSocket: {type(exc).__name__} {exc}") from None
-    except trio.TooSlowError:
-        raise CallFailed("set-up timed out") from None
-    finally:
-        bsock.calls.pop(call.bridge_port, None)
-        call.ended.set()
+        trio.TooSlowError,
+    ) as group:
+        failure = "; ".join(
+            str(e) if isinstance(e, CallFailed) else f"{type(e).__name__} {e}" for e in group.exceptions
+        )
+    if failure and not started:
+        raise CallFailed(failure)
+    if failure:
+        call.dropped = call.dropped or not call.hangup.is_set()
 
 
 async def _set_up(

@@ -42,6 +42,7 @@ from bench.processes import (
     PHONE,
     PHONE_PASSWORD,
     RELAY_CPU,
+    cpu_seconds,
     pin_harness,
     rss_kib,
     rtpengine_available,
@@ -96,16 +97,31 @@ def setup_summary(records: list[SetupRecord]) -> dict[str, Any]:
     }
 
 
-def _drain(sock: trio.socket.SocketType) -> None:
-    """Throw away whatever waits in the socket (stragglers of the previous step)."""
+def _drain(sock: trio.socket.SocketType) -> int:
+    """Throw away whatever waits in the socket (stragglers of the previous step); how many were
+    RTP/RTCP."""
+    count = 0
     with socket.socket(fileno=os.dup(sock.fileno())) as raw:
         while True:
             try:
-                raw.recv(2048, socket.MSG_DONTWAIT)
+                data = raw.recv(2048, socket.MSG_DONTWAIT)
+                count += bool(data) and 128 <= data[0] <= 191  # media, not STUN consent replies
             except (BlockingIOError, InterruptedError):
-                return
+                return count
             except OSError:
                 continue
+
+
+async def _wait_quiet(socks: list[trio.socket.SocketType], quiet: float = 1.0, limit: float = 90.0) -> float:
+    """After an overload the relay keeps relaying its backlog (its socket buffers hold seconds of
+    packets): discard what arrives until nothing came for `quiet` seconds. Returns the time waited."""
+    t0 = trio.current_time()
+    last = t0
+    while trio.current_time() - last < quiet and trio.current_time() - t0 < limit:
+        await trio.sleep(0.1)
+        if sum(_drain(sock) for sock in socks):
+            last = trio.current_time()
+    return round(trio.current_time() - t0, 2)
 
 
 async def _step(
@@ -120,11 +136,9 @@ async def _step(
     index_base: int,
 ) -> dict[str, Any]:
     bsock.pause()
-    await trio.sleep(0.05)
-    _drain(bsock.sock)
-    _drain(phone_rtp)
+    waited = await _wait_quiet([bsock.sock, phone_rtp])
     try:
-        return await blast(
+        result = await blast(
             flows,
             browser_fd=bsock.sock.fileno(),
             phone_fd=phone_rtp.fileno(),
@@ -134,6 +148,8 @@ async def _step(
             relay_cpu=RELAY_CPU,
             index_base=index_base,
         )
+        result["quiet_wait_s"] = waited
+        return result
     finally:
         bsock.resume()
 
@@ -194,6 +210,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # schedstat sum the blaster reads.
                 await trio.sleep(args.settle)
                 rss_after = rss_kib(bridge.pid)
+                # The established calls' own cost with no media: WebSocket pings, STUN consent
+                # checks every 5 s per call, timers.
+                idle0, t_idle = cpu_seconds(bridge.pid), trio.current_time()
+                await trio.sleep(args.idle)
+                idle_pct = 100 * (cpu_seconds(bridge.pid) - idle0) / (trio.current_time() - t_idle)
                 record["bridge"] = {
                     "setup": setup_summary(calls.records),
                     "setup_seconds": round(setup_s, 3),
@@ -201,10 +222,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "rss_kib_after": rss_after,
                     "rss_kib_per_call": round((rss_after - rss_before) / max(1, len(calls.flows)), 2),
                     "invites": phone.invites,
+                    "idle_cpu_pct": round(idle_pct, 1),
                 }
                 print(
                     f"bridge: {len(calls.flows)} calls up in {setup_s:.1f} s, {calls.failed} failed, "
-                    f"RSS {rss_before} -> {rss_after} KiB",
+                    f"RSS {rss_before} -> {rss_after} KiB, idle CPU {idle_pct:.1f}%",
                     flush=True,
                 )
                 if use_rtpe:
@@ -244,7 +266,7 @@ async def _steps(
             for target in targets:
                 if target == "bridge":
                     profiler = None
-                    if args.profile and not record.get("profile"):
+                    if args.profile and not record.get("profile") and rate == max(args.rates):
                         profiler = await start_profile(bridge_pid, args.seconds)
                     result = await _step(
                         target,
@@ -411,6 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16, help="call set-ups in flight")
     ap.add_argument("--settle", type=float, default=12.0, help="seconds between set-up and load")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds the idle calls' CPU is measured")
     ap.add_argument(
         "--scrypt-n",
         type=int,
@@ -419,7 +442,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--nice", type=int, default=-20, help="nice of relays and harness (root only)")
     ap.add_argument("--no-rtpengine", dest="rtpengine", action="store_false")
-    ap.add_argument("--profile", action="store_true", help="py-spy the bridge during its first step")
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy the bridge during its first step at the top rate"
+    )
     ap.add_argument(
         "--gc-mode",
         choices=["probe", "freeze", "off"],

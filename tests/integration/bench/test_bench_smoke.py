@@ -63,6 +63,8 @@ def test_relay_harness_smoke(tmp_path: Path) -> None:
         "0",
         "--settle",
         "1",
+        "--idle",
+        "1",
         "--out",
         str(out),
     ]
@@ -73,7 +75,8 @@ def test_relay_harness_smoke(tmp_path: Path) -> None:
     assert record["bridge"]["setup"]["calls"] == 5
     assert record["bridge"]["setup"]["failed"] == 0
     assert record["bridge"]["invites"] == 5
-    assert record["bridge"]["byes"] == 5  # every call hung up cleanly at the end
+    assert record["bridge"]["byes"] >= 5  # every call hung up at the end (BYE, maybe retransmitted)
+    assert record["bridge"]["idle_cpu_pct"] >= 0
     targets = {step["target"] for step in record["steps"]}
     assert "bridge" in targets
     if shutil.which("rtpengine"):
