@@ -14,7 +14,6 @@ Theory of operation
             relay_task      media.run_relay(): RTP -> SRTP, RTCP both ways
             silence_task    no RTP from the SIP side for media_timeout once answered (not on hold)
             sip_task        ua.call(): INVITE ... 180/183/200 ... re-INVITE, INFO, BYE; ring timeout
-                            (shielded from outside cancellation, ended by the call's end instead)
     page <- hangup(code, reason)                # shielded, bounded
 
 The task that sees the end calls `_Call.finish(code, reason, by)`: the first reason wins and the
@@ -201,8 +200,7 @@ async def _tell_page(conn: MccpConnection, end: CallEnd) -> None:
 
 
 async def _end_on_cancel(state: _Call) -> None:
-    """Turn a cancellation from outside (the bridge stopping) into the call's end, so that the
-    shielded SIP task hangs up too."""
+    """Turn a cancellation from outside (the bridge stopping) into the call's end reason (503)."""
     try:
         await trio.sleep_forever()
     finally:
@@ -285,35 +283,33 @@ async def _sip_task(
     clog: CallLog,
 ) -> None:
     """Place the SIP call and follow its events until the call ends; then leaving `ua.call`
-    sends CANCEL (and takes the 487) or BYE.
+    sends CANCEL (and takes the 487) or BYE, bounded by `SipUA.grace`.
 
-    The task is shielded from cancellation from outside: `ua.call` must be left normally, with
-    its own task still reading responses, or the 487 after a CANCEL would never be seen. The call's
-    end (`_Call.finish`, also reached when the bridge stops) cancels `sip_scope` instead, and the
-    UA bounds its hang-up (`SipUA.grace`), so the shield is bounded too.
+    The call's end (`_Call.finish`) cancels `sip_scope`, so `ua.call` is left normally; a
+    cancellation from outside (the bridge stopping) leaves it by cancellation, which the UA handles
+    the same way (its response reader outlives the cancellation until the hang-up is done).
     """
     config = services.config
-    with trio.CancelScope(shield=True):
-        async with services.ua.call(
-            route.target,
-            caller=request.clr,
-            sdp=media.sip_offer.encode(),
-            credentials=route.credentials,
-            outbound_proxy=route.outbound_proxy,
-        ) as sip:
-            state.sip = sip
-            clog.ctx["call_id"] = sip.call_id
-            clog.info("SIP call %s to %s", sip.call_id, route.target)
-            with state.sip_scope:
-                with trio.move_on_after(config.ring_timeout) as ring:
-                    async for event in sip.events:
-                        if await _on_sip_event(event, conn, state, media, sip, clog):
-                            break
-                if ring.cancelled_caught:
-                    state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
-                else:
-                    async for event in sip.events:
-                        await _on_sip_event(event, conn, state, media, sip, clog)
+    async with services.ua.call(
+        route.target,
+        caller=request.clr,
+        sdp=media.sip_offer.encode(),
+        credentials=route.credentials,
+        outbound_proxy=route.outbound_proxy,
+    ) as sip:
+        state.sip = sip
+        clog.ctx["call_id"] = sip.call_id
+        clog.info("SIP call %s to %s", sip.call_id, route.target)
+        with state.sip_scope:
+            with trio.move_on_after(config.ring_timeout) as ring:
+                async for event in sip.events:
+                    if await _on_sip_event(event, conn, state, media, sip, clog):
+                        break
+            if ring.cancelled_caught:
+                state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
+            else:
+                async for event in sip.events:
+                    await _on_sip_event(event, conn, state, media, sip, clog)
     if state.end is None:
         ended = sip.ended
         if ended is None:

@@ -17,10 +17,12 @@ Theory of operation:
   retransmission of our own 2xx to an INVITE until its ACK arrives (§13.3.1.4, Timer G pacing).
 * Calls: `SipUA.call()` is an async context manager yielding an `OutgoingCall`, whose `events`
   channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
-  a bounded shielded `move_on_after(grace)`. In-dialog requests from the far end (BYE, INFO,
-  re-INVITE) are routed by Call-ID and our tag to the call. Upstream mode: with `outbound_proxy`
-  (per UA or per call) every INVITE goes to that proxy as a preloaded loose Route (§8.1.2); a
-  call the proxy never challenges is logged once as a configuration warning.
+  a bounded shielded `move_on_after(grace)`; the call's response reader is shielded until then,
+  so a context left by cancellation still reads the 487 (or the 200 to BYE) and ends at once.
+  In-dialog requests from the far end (BYE, INFO, re-INVITE) are routed by Call-ID and our tag
+  to the call. Upstream mode: with `outbound_proxy` (per UA or per call) every INVITE goes to
+  that proxy as a preloaded loose Route (§8.1.2); a call the proxy never challenges is logged
+  once as a configuration warning.
 * REGISTER (when a `Registrar` and an `ha1_lookup` are given): digest challenge with a stateless
   HMAC nonce (sip.registrar.make_nonce), credentials checked against the HA1 the bridge looks up;
   nothing is ever proxied. OPTIONS -> 200. Initial INVITEs -> 403 unless an `on_invite` hook
@@ -173,9 +175,19 @@ class SipUA:
             hop=hop, preloaded_route=preloaded, from_host=uri.host,
         )  # fmt: skip
         self._dialogs[call.call_id] = call
+        # The task reading the call's responses (`call.run`) has its own shielded scope: when the
+        # context is left by cancellation it must outlive it, or the hang-up below would send
+        # CANCEL and never see the 487 (nor a 2xx racing it, §15). It is cancelled once the
+        # bounded hang-up is over, so the shield is bounded by `grace` too.
+        reader = trio.CancelScope(shield=True)
+
+        async def run_call() -> None:
+            with reader:
+                await call.run()
+
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(call.run)
+                nursery.start_soon(run_call)
                 try:
                     yield call
                 finally:
@@ -184,6 +196,7 @@ class SipUA:
                             await call.hangup()
                         if scope.cancelled_caught:
                             call._end(408, "Request Timeout", "timeout")
+                    reader.cancel()
                     nursery.cancel_scope.cancel()
         finally:
             self._dialogs.pop(call.call_id, None)

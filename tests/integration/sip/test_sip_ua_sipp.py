@@ -118,3 +118,23 @@ async def test_lost_ack_is_resent_on_200_retransmission(ua: SipUA, tmp_path: Pat
             await call.hangup()
         assert await trio.to_thread.run_sync(uas.wait, 5) == 0, uas.errors()
         assert uas.messages().count("SIP/2.0 200 OK\n") + uas.messages().count("SIP/2.0 200 OK\r\n") >= 3
+
+
+async def test_context_left_by_cancellation_while_ringing_cancels_at_once(ua: SipUA, tmp_path: Path) -> None:
+    """Cancelled from outside while ringing: the call's response reader outlives the cancellation,
+    so the CANCEL's 487 is read and ACKed at once instead of waiting out the UA's grace (4 s)."""
+    with SippUas("uas_ring_cancel", tmp_path) as uas, trio.fail_after(10):
+        with trio.CancelScope() as outer:
+            async with ua.call(TARGET, caller="100", sdp=audio_sdp(4000)) as call:
+                await _until(call.events, Ringing)
+                cancelled_at = trio.current_time()
+                outer.cancel()
+                await trio.sleep_forever()
+        assert outer.cancelled_caught
+        assert trio.current_time() - cancelled_at < 1.0
+        assert call.ended == Ended(487, "Request Terminated", "local")
+        assert await trio.to_thread.run_sync(uas.wait, 5) == 0, uas.errors()
+        trace = uas.messages()
+        assert "CANCEL sip:" in trace
+        assert "SIP/2.0 487 Request Terminated" in trace
+        assert "ACK sip:" in trace
