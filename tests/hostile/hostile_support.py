@@ -42,6 +42,17 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fd_targets() -> dict[int, str]:
+    """What each open descriptor of this process points to."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+    return out
+
+
 def rss_mib() -> float:
     """Resident set size of this process, MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -56,10 +67,11 @@ class Gauges:
 
     fds: int
     rss: float
+    targets: dict[int, str]
 
     @classmethod
     def now(cls) -> Gauges:
-        return cls(open_fds(), rss_mib())
+        return cls(open_fds(), rss_mib(), fd_targets())
 
     def report(self, what: str) -> str:
         after = Gauges.now()
@@ -72,7 +84,8 @@ class Gauges:
         with trio.move_on_after(timeout):
             while open_fds() > self.fds:
                 await trio.sleep(0.05)
-        assert open_fds() <= self.fds, f"fds {self.fds} -> {open_fds()}"
+        new = {fd: t for fd, t in fd_targets().items() if self.targets.get(fd) != t}
+        assert open_fds() <= self.fds, f"fds {self.fds} -> {open_fds()}: {new}"
         assert rss_mib() - self.rss < rss_growth_mib, f"RSS {self.rss:.1f} -> {rss_mib():.1f} MiB"
 
 
@@ -151,15 +164,17 @@ async def mccp_client(
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """An MCCP WebSocket from `source` (trio-websocket over our own TLS stream)."""
     stream = await tls_from(source, dest)
-    async with trio.open_nursery() as nursery:
-        ws = await trio_websocket.wrap_client_stream(nursery, stream, dest[0], "/mccp")
-        try:
-            yield ws
-        finally:
-            with trio.move_on_after(1):
-                await ws.aclose()
-            await trio.aclose_forcefully(stream)
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, dest[0], "/mccp")
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)  # also when the upgrade was refused
 
 
 async def next_message(ws: trio_websocket.WebSocketConnection, timeout: float = 5.0) -> BridgeMessage:

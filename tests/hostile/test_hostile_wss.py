@@ -353,3 +353,42 @@ async def test_login_flood_from_many_addresses_costs_latency_not_service(
             assert codes == [403] * (2 * addresses * attempts)
             await gauges.assert_back(rss_growth_mib=200.0)
             await last.assert_back(rss_growth_mib=40.0)
+
+
+async def test_connections_per_address_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle WebSockets from one address: the 17th and later get HTTP 503 at the upgrade, while
+    another address is served."""
+    cap = ServerLimits().max_connections_per_address
+    with trio.fail_after(30):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            opened, refused = 0, 0
+            statuses: list[int] = []
+            async with trio.open_nursery() as nursery:
+                ready = trio.Event()
+
+                async def hold() -> None:
+                    nonlocal opened, refused
+                    try:
+                        async with mccp_client("127.0.0.11", bridge.wss):
+                            opened += 1
+                            await ready.wait()
+                    except* trio_websocket.ConnectionRejected as group:
+                        statuses.extend(exc.status_code for exc in group.exceptions)  # type: ignore[attr-defined]
+                        refused += 1
+
+                # One after the other: set up concurrently, connections still reading their head
+                # count too, and the refusals fall on whichever heads come last.
+                for n in range(1, cap + 5):
+                    nursery.start_soon(hold)
+                    with trio.fail_after(5):
+                        while opened + refused < n:
+                            await trio.sleep(0.01)
+                answer = await login("127.0.0.1", bridge.wss, "101", "wrong")  # another address
+                ready.set()
+            print(f"per-address cap {cap}: {opened} opened, {refused} refused")
+            gauges.report("connections per address")
+            assert (opened, refused) == (cap, 4)
+            assert statuses == [503] * 4
+            assert hangup_code(answer) == 403
+            await gauges.assert_back()
