@@ -17,6 +17,13 @@ Theory of operation:
   (inbound ones too: a response goes back over the connection its request arrived on, §18.2.2),
   written under one lock each, and closed after `tcp_idle_timeout` without traffic.
   Failures raise `TransportError`, which a UA maps to 503 (RFC 3261 §8.1.3.1).
+* ICMP errors for our datagrams (RFC 3261 §18.4): the UDP socket has IP_RECVERR / IPV6_RECVERR
+  (Linux), so an ICMP error is queued with the destination of the datagram that caused it. The
+  reader drains that queue when the socket reports the error and sends `Unreachable(dest)` on
+  `unreachable` for host, network, port or protocol unreachable and parameter problems (the UA
+  fails the client transactions waiting on that destination at once instead of by Timer B/F);
+  source quench and TTL exceeded are ignored, as §18.4 says. Where the option does not exist the
+  error is only logged and Timer B/F ends the transaction.
 * `public_host`/`public_port` (what goes into Via sent-by and Contact) are separate from the bind
   address, for a bridge behind a static NAT or bound to the wildcard.
 * TLS (optional): with `tls_server_context` a TLS listener runs on `tls_port` (0 = any free port);
@@ -30,8 +37,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
+import socket
 import ssl
+import struct
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Self
@@ -48,12 +59,23 @@ __all__ = [
     "Transport",
     "TransportError",
     "TransportStats",
+    "Unreachable",
 ]
 
 log = logging.getLogger("sip.transport")
 
 MAX_DATAGRAM = 65535
 DEFAULT_RCVBUF = 4 * 1024 * 1024
+
+# Linux <linux/in.h>, <linux/in6.h>, <linux/errqueue.h> (the socket module lacks them).
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+_EE_ORIGIN_ICMP, _EE_ORIGIN_ICMP6 = 2, 3
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ...
+# The socket errors a queued ICMP error surfaces as on recvfrom/sendto.
+_ICMP_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPROTO, errno.ENOPROTOOPT,
+     errno.EACCES, errno.EHOSTDOWN, errno.ENONET, errno.EMSGSIZE}
+)  # fmt: skip
 
 
 class Transport(Enum):
@@ -102,6 +124,25 @@ class TransportError(Exception):
     """A message could not be sent (unresolvable host, refused or broken connection)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """An ICMP error came back for a datagram we sent to `dest` (RFC 3261 §18.4)."""
+
+    dest: Address
+    reason: str
+
+
+def icmp_unreachable(origin: int, icmp_type: int, icmp_code: int) -> bool:
+    """RFC 3261 §18.4: host, network, port or protocol unreachable and parameter problem errors
+    SHOULD be reported to the transport user; source quench and TTL exceeded SHOULD be ignored
+    (as is "fragmentation needed", a path MTU signal)."""
+    if origin == _EE_ORIGIN_ICMP:  # RFC 792: 3 destination unreachable (4 = frag needed), 12
+        return (icmp_type == 3 and icmp_code != 4) or icmp_type == 12
+    if origin == _EE_ORIGIN_ICMP6:  # RFC 4443: 1 destination unreachable, 4 parameter problem
+        return icmp_type in (1, 4)
+    return False
+
+
 @dataclass(slots=True)
 class TransportStats:
     """Counters, for metrics and tests."""
@@ -117,6 +158,7 @@ class TransportStats:
     tcp_closed: int = 0
     tcp_refused: int = 0
     tls_failures: int = 0
+    icmp_errors: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -172,6 +214,8 @@ class SipTransport:
         self.stats = TransportStats()
         self._send_inbound, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
         self._udp: trio.socket.SocketType | None = None
+        self._udp_errqueue: socket.socket | None = None  # a non-blocking dup of _udp (MSG_ERRQUEUE)
+        self._send_unreachable, self.unreachable = trio.open_memory_channel[Unreachable](64)
         self._listener: trio.SocketListener | None = None
         self._conns: dict[tuple[str, int, Transport], _Conn] = {}
         self._connecting: dict[tuple[str, int, Transport], trio.Event] = {}
@@ -239,7 +283,10 @@ class SipTransport:
                         await self._tls_listener.aclose()
                     if self._udp is not None:
                         self._udp.close()
+                    if self._udp_errqueue is not None:
+                        self._udp_errqueue.close()
                 await self._send_inbound.aclose()
+                await self._send_unreachable.aclose()
 
     async def send(self, data: bytes, dest: Address) -> None:
         """Send one message to `dest`; raises TransportError when it cannot be sent."""
@@ -291,6 +338,8 @@ class SipTransport:
                     continue
                 raise
             self._udp, self._listener, self.port = udp, listener, port
+            if udp is not None:
+                self._udp_errqueue = _errqueue_reader(udp)
             return
         raise OSError(errno.EADDRINUSE, "no free port for both UDP and TCP")
 
@@ -306,8 +355,9 @@ class SipTransport:
         while True:
             try:
                 data, addr = await sock.recvfrom(MAX_DATAGRAM)
-            except OSError as exc:  # e.g. ICMP errors reported on the socket
+            except OSError as exc:  # an ICMP error reported on the socket (queued: see below)
                 log.debug("UDP receive error: %s", exc)
+                self._drain_errqueue()
                 continue
             source = Address(addr[0], addr[1], Transport.UDP)
             try:
@@ -320,6 +370,37 @@ class SipTransport:
                 self.stats.keepalives += 1
                 continue
             await self._deliver(message, source)
+
+    def _drain_errqueue(self) -> None:
+        """Read every queued ICMP error and report the destinations found unreachable.
+
+        The queue must be emptied: while it holds an entry the socket polls as in error, and the
+        reader would spin."""
+        sock = self._udp_errqueue
+        if sock is None:
+            return
+        while True:
+            try:
+                _data, ancdata, _flags, addr = sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("UDP error queue: %s", exc)
+                return
+            for _level, _type, cmsg in ancdata:
+                if len(cmsg) < _EXTENDED_ERR.size or not isinstance(addr, tuple):
+                    continue
+                ee_errno, origin, icmp_type, icmp_code, _pad, _info, _d = _EXTENDED_ERR.unpack_from(cmsg)
+                self.stats.icmp_errors += 1
+                dest = Address(str(addr[0]), int(addr[1]), Transport.UDP)
+                if not icmp_unreachable(origin, icmp_type, icmp_code):
+                    log.debug("ICMP type %d code %d for %s ignored", icmp_type, icmp_code, dest)
+                    continue
+                reason = os.strerror(ee_errno)
+                log.info("UDP to %s: %s (ICMP type %d code %d)", dest, reason, icmp_type, icmp_code)
+                # Nobody listening, or too far behind: Timer B/F still ends the transaction.
+                with suppress(trio.WouldBlock, trio.ClosedResourceError):
+                    self._send_unreachable.send_nowait(Unreachable(dest, reason))
 
     async def _tcp_acceptor(self, listener: trio.SocketListener, transport: Transport) -> None:
         while True:
@@ -400,11 +481,18 @@ class SipTransport:
     async def _send_udp(self, data: bytes, dest: Address) -> None:
         if self._udp is None:
             raise TransportError("UDP is not enabled")
-        try:
-            await self._udp.sendto(data, (dest.host, dest.port))
-        except OSError as exc:  # includes socket.gaierror (unresolvable)
-            self.stats.send_errors += 1
-            raise TransportError(f"cannot send to {dest}: {exc}") from exc
+        for attempt in range(2):
+            try:
+                await self._udp.sendto(data, (dest.host, dest.port))
+                return
+            except OSError as exc:  # includes socket.gaierror (unresolvable)
+                if attempt == 0 and exc.errno in _ICMP_ERRNOS and self._udp_errqueue is not None:
+                    # The pending error of an earlier datagram (maybe to another destination),
+                    # not this one: report it where it belongs and send this one again.
+                    self._drain_errqueue()
+                    continue
+                self.stats.send_errors += 1
+                raise TransportError(f"cannot send to {dest}: {exc}") from exc
 
     async def _send_tcp(self, data: bytes, dest: Address) -> None:
         conn = await self._connection(dest)
@@ -480,6 +568,22 @@ class SipTransport:
             del self._conns[key]
         self.stats.tcp_closed += 1
         await trio.aclose_forcefully(conn.stream)
+
+
+def _errqueue_reader(udp: trio.socket.SocketType) -> socket.socket | None:
+    """Turn on IP_RECVERR / IPV6_RECVERR on `udp` and return a non-blocking duplicate of it for
+    reading its error queue synchronously; None where the option does not exist."""
+    level_option = _RECVERR.get(udp.family)
+    if level_option is None:
+        return None
+    try:
+        udp.setsockopt(level_option[0], level_option[1], 1)
+    except OSError as exc:
+        log.debug("no ICMP error reporting on the SIP UDP socket: %s", exc)
+        return None
+    errqueue = socket.socket(fileno=os.dup(udp.fileno()))
+    errqueue.setblocking(False)
+    return errqueue
 
 
 def _stamp_via(request: Request, source: Address) -> Request:

@@ -12,6 +12,9 @@ Theory of operation:
   task sleeps until `layer.next_deadline()` and calls `handle_timeout(trio.current_time())`.
   A client transaction is awaited by the task that started it (`transact()`), which receives
   its `ResponseReceived` / `Timeout` / `TransportFailed` actions over a channel.
+* An ICMP error from the transport (`Unreachable(dest)`, RFC 3261 §18.4) fails every client
+  transaction to that UDP destination that has had no response yet, as a transport error (the
+  caller sees TransportError: 503, §8.1.3.1) instead of waiting out Timer B/F.
 * The TU duties the layer leaves to us: ACK for a 2xx (sent directly and remembered for 64*T1 so
   that a retransmitted 2xx, arriving as a stray response, is ACKed again, §13.2.2.4), and the
   retransmission of our own 2xx to an INVITE until its ACK arrives (§13.3.1.4, Timer G pacing).
@@ -33,6 +36,7 @@ Randomness (tags, branches, Call-IDs, cnonces, the nonce key) comes from `token`
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import secrets
@@ -59,7 +63,7 @@ from sip.transaction import (
     TransactionKey,
     TransportFailed,
 )
-from sip.transport import Address, Inbound, SipTransport, Transport, TransportError
+from sip.transport import Address, Inbound, SipTransport, Transport, TransportError, Unreachable
 from sip.uri import Params, SipUri, Uri, parse_sip_uri
 
 __all__ = ["SipUA"]
@@ -74,6 +78,21 @@ _TxEvent = Response | Timeout | TransportFailed
 
 
 # --------------------------------------------------------------------------- the UA
+
+
+def _same_udp_address(a: Address, b: Address) -> bool:
+    """Both UDP, same port, same IP (spelled alike or not: `::ffff:127.0.0.1`, `::1`)."""
+    if a.transport is not Transport.UDP or b.transport is not Transport.UDP or a.port != b.port:
+        return False
+    try:
+        ip_a, ip_b = ipaddress.ip_address(a.host.strip("[]")), ipaddress.ip_address(b.host.strip("[]"))
+    except ValueError:
+        return a.host == b.host
+    if isinstance(ip_a, ipaddress.IPv6Address) and ip_a.ipv4_mapped is not None:
+        ip_a = ip_a.ipv4_mapped
+    if isinstance(ip_b, ipaddress.IPv6Address) and ip_b.ipv4_mapped is not None:
+        ip_b = ip_b.ipv4_mapped
+    return ip_a == ip_b
 
 
 class SipUA:
@@ -118,6 +137,7 @@ class SipUA:
         self._nonce_key = bytes.fromhex(token(32))
         self._layer = TransactionLayer(TimerConfig(t1=t1, t2=t2))
         self._waiters: dict[TransactionKey, trio.MemorySendChannel[_TxEvent]] = {}
+        self._unanswered: dict[TransactionKey, Address] = {}  # UDP client txs without a response
         self._wakeup = trio.Event()
         self._acks: dict[str, tuple[bytes, Address, float]] = {}  # INVITE branch -> ACK to resend
         self._awaiting_ack: dict[tuple[str, int], trio.Event] = {}
@@ -134,6 +154,7 @@ class SipUA:
             self._nursery = nursery
             nursery.start_soon(self._sweeper)
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._unreachable_loop)
             task_status.started(self)
             try:
                 async for inbound in self.transport.inbound:
@@ -261,10 +282,13 @@ class SipUA:
         key, actions = self._layer.send_request(request, dest, trio.current_time(), reliable)
         send, receive = trio.open_memory_channel[_TxEvent](32)
         self._waiters[key] = send
+        if not reliable:
+            self._unanswered[key] = dest
         try:
             await self._perform(actions)
             while True:
                 event = await receive.receive()
+                self._unanswered.pop(key, None)  # the destination answered: it is reachable
                 match event:
                     case Response(status=status) if status < 200:
                         if on_provisional is not None:
@@ -277,6 +301,7 @@ class SipUA:
                         raise TransportError(f"cannot send {request.method} to {dest}")
         finally:
             del self._waiters[key]
+            self._unanswered.pop(key, None)
 
     async def send_ack(self, ack: Request, dest: Address, invite: Request) -> None:
         """Send an ACK and remember it to answer retransmitted finals of `invite` for 64*T1."""
@@ -349,6 +374,20 @@ class SipUA:
             now = trio.current_time()
             for branch in [b for b, (_, _, exp) in self._acks.items() if exp <= now]:
                 del self._acks[branch]
+
+    async def _unreachable_loop(self) -> None:
+        """RFC 3261 §18.4: an ICMP error for a destination fails its unanswered client
+        transactions as a transport error (§17.1.1.2 / §17.1.2.2: the transaction terminates and
+        the TU is told), so a dead upstream costs one round trip instead of Timer B (64*T1)."""
+        async for event in self.transport.unreachable:
+            await self._fail_unreachable(event)
+
+    async def _fail_unreachable(self, event: Unreachable) -> None:
+        keys = [key for key, dest in self._unanswered.items() if _same_udp_address(dest, event.dest)]
+        for key in keys:
+            log.info("%s %s to %s failed: %s", key.method, key.branch, event.dest, event.reason)
+            self._unanswered.pop(key, None)
+            await self._perform(self._layer.transport_error(key, trio.current_time()))
 
     async def _timer_loop(self) -> None:
         """Sleep until the layer's next deadline (or a wake-up), then fire due timers."""

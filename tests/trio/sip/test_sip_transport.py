@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 
 import pytest
 
@@ -153,5 +154,40 @@ async def test_response_is_delivered_unchanged() -> None:
             assert isinstance(inbound.message, Response)
             assert inbound.message.status == 180
             assert inbound.message.top_via.received is None
+            peer.close()
+            nursery.cancel_scope.cancel()
+
+
+def _closed_udp_port() -> int:
+    """A loopback UDP port nobody listens on (bound, read, closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_icmp_port_unreachable_is_reported_with_its_destination() -> None:
+    """RFC 3261 §18.4: the ICMP port unreachable for a datagram comes back as `Unreachable(dest)`;
+    the reader goes on (a request after it is delivered) and the next send is not blamed for it."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            t = await _start(nursery, tcp=False)
+            closed = _closed_udp_port()
+            await t.send(INVITE, Address("127.0.0.1", closed))
+            event = await t.unreachable.receive()
+            assert event.dest == Address("127.0.0.1", closed, Transport.UDP)
+            assert event.reason == "Connection refused"
+            assert t.stats.icmp_errors == 1
+            # a second one, and a send meanwhile to a live peer that must not fail for it
+            peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            await peer.bind(("127.0.0.1", 0))
+            await t.send(INVITE, Address("127.0.0.1", closed))
+            await trio.sleep(0.05)
+            await t.send(INVITE, Address("127.0.0.1", peer.getsockname()[1]))
+            assert await peer.recv(65535) == INVITE
+            assert (await t.unreachable.receive()).dest.port == closed
+            await peer.sendto(INVITE, ("127.0.0.1", t.port))
+            inbound = await t.inbound.receive()
+            assert isinstance(inbound.message, Request)
+            assert t.stats.send_errors == 0
             peer.close()
             nursery.cancel_scope.cancel()
