@@ -7,6 +7,7 @@ The target module (and through it the project's packages) is imported inside
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import atheris  # type: ignore[import-untyped]
@@ -21,7 +22,10 @@ def main() -> None:
     target = sys.argv.pop(1)
     with atheris.instrument_imports(include=["bridge", "mccp", "sip", "rtp", "fuzz"]):
         module = importlib.import_module(f"fuzz.{target}")
-    atheris.Setup([sys.argv[0], *sys.argv[1:]], module.one_input)
+    # libFuzzer re-runs argv[0] for -merge=1/-fork: point MCCP_FUZZ_ARGV0 at an executable that
+    # runs `python -m fuzz._runner <target> "$@"` (see docs/security.md, "Fuzzing").
+    argv0 = os.environ.get("MCCP_FUZZ_ARGV0", sys.argv[0])
+    atheris.Setup([argv0, *sys.argv[1:]], module.one_input)
     atheris.Fuzz()
 
 
