@@ -166,6 +166,10 @@ async def run_bridge(
             "300",
             "--ring-timeout",
             "30",
+            # One worker process (the default is one per core): the figures are per worker, and
+            # its CPU is the process's own.
+            "--workers",
+            "1",
         ]
         log = data / "bridge.log"
         gc_log = Path(tempfile.gettempdir()) / f"bench-gc-{wss_port}.json" if gc_mode else None

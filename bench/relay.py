@@ -234,6 +234,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, rtpe)
                 else:
                     await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, None)
+                bsock.pause()
+                await _wait_quiet([bsock.sock, phone_rtp])  # the hang-ups queue behind any backlog
+                bsock.resume()
+                record["bridge"]["calls_dropped"] = sum(1 for c in calls.calls if c.dropped)
+            await trio.sleep(0.5)
             record["bridge"]["byes"] = phone.byes
             gc_log = bridge.gc_log
         if gc_log is not None and gc_log.exists():
