@@ -28,7 +28,7 @@ the page hangs up before it, the SIP final response otherwise.
 A bug in one of the call's tasks ends that call only: 500, one error record (`except*` here).
 
 One log record per call at its end (caller, callee, Call-ID, set-up time, duration, end reason and
-code, packets and drops each way, SRTP failures; the relay measures no loss or jitter yet), with
+code, packets and drops each way, RTP lost and interarrival jitter each way, SRTP failures), with
 the fields also in `record.call`; `CallLog` prefixes every line of the call with its context and
 puts it in `record.call_ctx`. The same end feeds `bridge.metrics`.
 """
@@ -407,6 +407,15 @@ def _log_end(
             # What the relay refused plus what the edge could not deliver, each way.
             to_sip_dropped=to_sip.dropped_total + edge.not_validated + edge.before_keys + edge.on_hold,
             to_browser_dropped=to_browser.dropped_total + edge.no_browser_address + edge.unknown_source,
+            # Measured as the RTP arrives at the relay (RFC 3550 A.3, A.8): lost on the way from
+            # the browser (to_sip) and from the SIP side (to_browser); jitter in ms, the current
+            # estimate and the highest it reached.
+            to_sip_lost=to_sip.lost,
+            to_browser_lost=to_browser.lost,
+            to_sip_jitter_ms=round(to_sip.jitter * 1000, 2),
+            to_browser_jitter_ms=round(to_browser.jitter * 1000, 2),
+            to_sip_jitter_max_ms=round(to_sip.reception.max_jitter * 1000, 2),
+            to_browser_jitter_max_ms=round(to_browser.reception.max_jitter * 1000, 2),
             ringing_dropped=edge.no_sip_address,
             send_failed=edge.send_failed,
             srtp_failures=to_sip.dropped.get(DropCause.SRTP_AUTH, 0)

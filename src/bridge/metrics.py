@@ -11,6 +11,11 @@ mccp_bridge_calls_ended_total      counter    `by` (page, sip, media, bridge), `
 mccp_bridge_call_setup_seconds     histogram  from the page's `call` to the SIP answer
 mccp_bridge_packets_relayed_total  counter    `direction` (to_sip, to_browser)
 mccp_bridge_packets_dropped_total  counter    `direction`, `cause` (relay and edge causes)
+mccp_bridge_packets_expected_total counter    `direction`: RTP packets the sender sent, from the
+                                              sequence numbers (RFC 3550 A.3)
+mccp_bridge_packets_lost_total     counter    `direction`: expected - received, per call at least 0
+mccp_bridge_call_jitter_seconds    histogram  `direction`: per call at its end, the highest
+                                              interarrival jitter (RFC 3550 A.8) it reached
 mccp_bridge_srtp_failures_total    counter    SRTP/SRTCP packets that failed to decrypt
 mccp_bridge_auth_failures_total    counter    `reason`: credentials, locked_out, file_origin, upstream
 mccp_bridge_connections_total      counter    WSS connections accepted
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
     from sip.transport import TransportStats
 
 SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+JITTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
 # Edge drops (rtp.media.EdgeCounters field -> the direction they concern).
 _EDGE_DIRECTION = {
     "not_validated": "to_sip",
@@ -105,6 +111,9 @@ def _media_counts(media: MediaStats) -> Counter[tuple[str, ...]]:
     out: Counter[tuple[str, ...]] = Counter()
     for direction, leg in (("to_sip", media.to_sip), ("to_browser", media.to_browser)):
         out["packets", direction] += leg.packets
+        out["expected", direction] += leg.expected
+        # Duplicates can make a call's count negative (RFC 3550 A.3); a counter never goes down.
+        out["lost", direction] += max(0, leg.lost)
         for cause, n in leg.dropped.items():
             out["dropped", direction, cause.value] += n
     for item in fields(media.edge):
@@ -136,16 +145,32 @@ class _Media(Collector):
             "Packets dropped, by direction and cause",
             labels=["direction", "cause"],
         )
+        expected = CounterMetricFamily(
+            "mccp_bridge_packets_expected",
+            "RTP packets sent to the relay, from their sequence numbers (RFC 3550 A.3)",
+            labels=["direction"],
+        )
+        lost = CounterMetricFamily(
+            "mccp_bridge_packets_lost",
+            "RTP packets lost before the relay (expected - received, RFC 3550 A.3)",
+            labels=["direction"],
+        )
         for key, n in sorted(counts.items()):
             match key:
                 case ("packets", direction):
                     packets.add_metric([direction], n)
+                case ("expected", direction):
+                    expected.add_metric([direction], n)
+                case ("lost", direction):
+                    lost.add_metric([direction], n)
                 case ("dropped", direction, cause) if n:
                     dropped.add_metric([direction, cause], n)
                 case _:
                     pass
         yield packets
         yield dropped
+        yield expected
+        yield lost
         yield CounterMetricFamily(
             "mccp_bridge_srtp_failures", "SRTP/SRTCP packets that failed to decrypt", counts["srtp_failures",]
         )
@@ -178,6 +203,13 @@ class BridgeMetrics:
             buckets=SETUP_BUCKETS,
             registry=self.registry,
         )
+        self.jitter_seconds = Histogram(
+            "mccp_bridge_call_jitter_seconds",
+            "Per call, the highest interarrival jitter (RFC 3550 A.8) of the RTP it received",
+            ["direction"],
+            buckets=JITTER_BUCKETS,
+            registry=self.registry,
+        )
 
     def media_opened(self, key: int, snapshot: Callable[[], MediaStats]) -> None:
         """A call's media plane is up: its counters are read at each scrape until `call_ended`."""
@@ -201,6 +233,9 @@ class BridgeMetrics:
             self._media.live.pop(key, None)
         if media is not None:
             self._media.finished.update(_media_counts(media))
+            for direction, leg in (("to_sip", media.to_sip), ("to_browser", media.to_browser)):
+                if leg.expected:  # no RTP that way: no jitter to speak of
+                    self.jitter_seconds.labels(direction=direction).observe(leg.reception.max_jitter)
 
     def upstream_rejected(self) -> None:
         """Count a caller whose credentials the upstream refused (its digest challenge again)."""

@@ -30,6 +30,12 @@ SIP -> browser (`Relay.sip_rtp` / `sip_rtcp`):
     RTP timestamp shifted by the same delta, and its BYE packets removed (a BYE of an old source
     would end our one continuing stream at the browser); then it is protected as SRTCP.
 
+Reception statistics: each direction's `LegCounters.reception` (rtp.reception) sees every
+well-formed, authenticated RTP packet as it arrives, before the payload type routing: packets
+expected and lost from the sequence numbers (RFC 3550 A.3, per SSRC, so the SIP side's source
+changes start new counts) and the interarrival jitter (A.8) with the arrival `now` and the codec
+map's clock rate. About 0.4 us a packet.
+
 Allocation: the browser->SIP path returns pylibsrtp's result unchanged when no rewrite is needed,
 else one `bytearray` copy; the SIP->browser path rewrites the caller's buffer in place and copies
 once into `bytes` because pylibsrtp accepts nothing else.
@@ -45,6 +51,7 @@ from typing import TypeAlias
 from rtp import g711
 from rtp.errors import RtpParseError, SrtpError, SrtpErrorKind
 from rtp.packet import FIXED_HEADER, FIXED_HEADER_TAIL, RTP_HEADER_LENGTH, check_untrusted, is_rtcp
+from rtp.reception import ReceptionStats
 from rtp.rtcp import RtcpType, rewrite_ssrcs, walk_untrusted
 from rtp.srtp import SrtpRx, SrtpTx
 
@@ -89,13 +96,31 @@ _SRTP_CAUSE = {
 @dataclass(slots=True)
 class LegCounters:
     """Counters of one direction. `last_packet_time` (the `now` of the last forwarded RTP packet)
-    drives the no-media timeout."""
+    drives the no-media timeout. `reception` measures the stream as it arrives at the relay
+    (every well-formed, authenticated RTP packet, forwarded or not): packets expected and lost
+    from the sequence numbers, interarrival jitter (RFC 3550 A.3, A.8; rtp.reception)."""
 
     packets: int = 0
     octets: int = 0
     rtcp_packets: int = 0
     last_packet_time: float | None = None
     dropped: dict[DropCause, int] = field(default_factory=lambda: dict.fromkeys(DropCause, 0))
+    reception: ReceptionStats = field(default_factory=ReceptionStats)
+
+    @property
+    def expected(self) -> int:
+        """RTP packets the sender sent, from the sequence numbers (RFC 3550 A.3)."""
+        return self.reception.expected
+
+    @property
+    def lost(self) -> int:
+        """Packets lost before the relay (expected - received; negative with duplicates)."""
+        return self.reception.lost
+
+    @property
+    def jitter(self) -> float:
+        """Interarrival jitter (RFC 3550 A.8) of the current source, in seconds."""
+        return self.reception.jitter
 
     def drop(self, cause: DropCause) -> None:
         """Count one refused packet."""
@@ -243,6 +268,8 @@ class Relay:
                 c.drop(DropCause.MALFORMED)
                 return None
         b1 = plain[1]
+        _b0, _b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(plain)
+        c.reception.packet(ssrc, seq, ts, now, self.codec_map.clock_rate)
         route = self._to_sip[b1 & 0x7F]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)
@@ -316,6 +343,7 @@ class Relay:
                 return None
         if 192 <= b1 <= 223:  # RFC 5761 §4: RTCP
             return self.sip_rtcp(buf, now)
+        c.reception.packet(ssrc, seq, ts, now, self.codec_map.clock_rate)
         route = self._to_browser[b1 & 0x7F]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)

@@ -86,3 +86,46 @@ async def test_call_end_record_context_and_metrics(tmp_path: Path, caplog: pytes
     sent = "mccp_bridge_sip_messages_total"
     assert metric(after, sent, direction="sent") >= 3  # INVITE, ACK, BYE
     assert metric(after, sent, direction="received") >= 3  # 100, 180, 200, 200 (BYE)
+
+
+async def test_loss_and_jitter_in_the_record_and_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page stops sending for 0.2 s while its RTP sequence numbers run on (lost on the way,
+    as the relay sees it); SIPp echoes the stream back, so both directions have the same gap. The
+    page's own count of skipped sequence numbers is the reference; jitter on loopback is small."""
+    caplog.set_level("INFO")
+    with trio.fail_after(20):
+        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_echo") as uas:
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.wait_for("answer")
+                await p.wait_media(to_receive=20, to_send=20)
+                p.sending = False
+                await trio.sleep(0.2)
+                p.sending = True
+                received = p.received.packets
+                await p.wait_media(to_receive=received + 20)
+                await p.hangup()
+                assert (await p.wait_hangup()).code == 200
+            assert await sipp_exit(uas) == 0, uas.errors()
+            with trio.fail_after(5):
+                while bridge.active_calls:
+                    await trio.sleep(0.02)
+            after = await scrape_metrics(bridge)
+    gap = p.received.lost
+    assert 5 <= gap <= 15, gap  # 0.2 s at 50 packets/s
+    (end,) = [r for r in caplog.records if r.name == "bridge.call" and "call end:" in r.getMessage()]
+    record = end.call  # type: ignore[attr-defined]
+    assert record["to_sip_lost"] == gap
+    assert record["to_browser_lost"] == gap
+    for direction in ("to_sip", "to_browser"):
+        assert metric(after, "mccp_bridge_packets_lost_total", direction=direction) == gap
+        expected = metric(after, "mccp_bridge_packets_expected_total", direction=direction)
+        assert expected >= record[f"{direction}_packets"] + gap
+        assert 0 < record[f"{direction}_jitter_max_ms"] < 30
+        assert 0 <= record[f"{direction}_jitter_ms"] <= record[f"{direction}_jitter_max_ms"]
+        assert metric(after, "mccp_bridge_call_jitter_seconds_count", direction=direction) == 1
+        assert metric(after, "mccp_bridge_call_jitter_seconds_sum", direction=direction) == pytest.approx(
+            record[f"{direction}_jitter_max_ms"] / 1000, abs=1e-5
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import BridgeStats
@@ -79,3 +80,31 @@ async def test_scrape_route_answers_the_text_format() -> None:
     assert status == 200
     assert content_type.startswith("text/plain; version=0.0.4")
     assert b"# TYPE mccp_bridge_active_calls gauge" in body
+
+
+def test_loss_and_jitter_per_direction() -> None:
+    """Expected/lost counters from the relay's reception statistics (live, then final), and the
+    per-call highest jitter in a histogram per direction at the call's end."""
+    m = BridgeMetrics(active_calls=lambda: 0, stats=BridgeStats)
+    stats = media(0, 0)
+    up = stats.to_sip.reception
+    for seq in [1, 2, 3, 6, 7]:  # 4 and 5 lost
+        up.packet(0xAA, seq, 160 * seq, 1.0 + 0.02 * seq + (0.01 if seq == 6 else 0.0), 8000)
+    stats.to_browser.reception.packet(0xBB, 10, 0, 1.0, 8000)
+    stats.to_browser.reception.packet(0xBB, 10, 0, 1.02, 8000)  # a duplicate: lost -1, counted as 0
+    m.media_opened(1, lambda: stats)
+    got = samples(m)
+    assert got[("mccp_bridge_packets_expected_total", frozenset({("direction", "to_sip")}))] == 7
+    assert got[("mccp_bridge_packets_lost_total", frozenset({("direction", "to_sip")}))] == 2
+    assert got[("mccp_bridge_packets_lost_total", frozenset({("direction", "to_browser")}))] == 0
+    m.call_ended(by="page", code=200, setup_seconds=0.1, media=stats, key=1)
+    got = samples(m)
+    assert got[("mccp_bridge_packets_lost_total", frozenset({("direction", "to_sip")}))] == 2
+    jitter = "mccp_bridge_call_jitter_seconds"
+    up_labels = frozenset({("direction", "to_sip")})
+    assert got[(f"{jitter}_count", up_labels)] == 1
+    # seq 6 arrives 10 ms later than its timestamp says: |D| = 80 units, J = 5;
+    # then seq 7 on time: |D| = 80, J = 5 + 75/16 (the highest), in seconds at 8 kHz
+    assert got[(f"{jitter}_sum", up_labels)] == pytest.approx((5 + 75 / 16) / 8000)
+    assert got[(f"{jitter}_bucket", up_labels | {("le", "0.001")})] == 0
+    assert got[(f"{jitter}_bucket", up_labels | {("le", "0.0025")})] == 1
