@@ -70,13 +70,15 @@ class IceLiteAgent:
 
     `local_ufrag`/`local_pwd` are the values of our SDP answer (a=ice-ufrag/a=ice-pwd);
     `remote_ufrag` (and `remote_pwd`, unused by a lite agent that sends no checks) come from the
-    browser's offer.
+    browser's offer. `consent_timeout` is how long consent lasts after the last valid check
+    (RFC 7675 section 5.1: 30 s; shorter in tests).
     """
 
     local_ufrag: str
     local_pwd: str
     remote_ufrag: str
     remote_pwd: str | None = None
+    consent_timeout: float = CONSENT_TIMEOUT
     counters: IceCounters = field(default_factory=IceCounters)
     selected: Address | None = None
     _validated: dict[Address, float] = field(default_factory=dict)
@@ -86,6 +88,8 @@ class IceLiteAgent:
         # RFC 8445 section 5.3: ufrag 4+ and pwd 22+ characters of ice-char.
         if len(self.local_ufrag) < 4 or len(self.local_pwd) < 22:
             raise ValueError("ICE ufrag must be >= 4 and pwd >= 22 characters (RFC 8445 5.3)")
+        if not self.consent_timeout > 0:
+            raise ValueError("the consent timeout must be positive")
         self._key = self.local_pwd.encode()
 
     @property
@@ -148,15 +152,16 @@ class IceLiteAgent:
 
     @property
     def consent_expires_at(self) -> float | None:
-        """When consent on the selected pair lapses (RFC 7675 5.1): last valid check + 30 s.
+        """When consent on the selected pair lapses (RFC 7675 5.1): last valid check +
+        `consent_timeout` (30 s).
 
         None until a pair is nominated.
         """
         if self.selected is None:
             return None
-        return self._validated[self.selected] + CONSENT_TIMEOUT
+        return self._validated[self.selected] + self.consent_timeout
 
     def consent_expired(self, now: float) -> bool:
-        """True once a nominated pair has gone 30 s without a valid check."""
+        """True once a nominated pair has gone `consent_timeout` without a valid check."""
         expires = self.consent_expires_at
         return expires is not None and now >= expires

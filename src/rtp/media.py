@@ -58,7 +58,7 @@ import trio
 from rtp.demux import DemuxCounters, PacketKind, classify
 from rtp.dtls import DtlsCertificate, DtlsCounters, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.errors import LocalProtocolError
-from rtp.ice_lite import IceCounters, IceLiteAgent
+from rtp.ice_lite import CONSENT_TIMEOUT, IceCounters, IceLiteAgent
 from rtp.relay import CodecMap, LegCounters, Relay
 from rtp.sdp_answer import (
     BrowserNegotiation,
@@ -584,6 +584,7 @@ async def open_media(
     certificate: DtlsCertificate,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     media_timeout: float | None = MEDIA_TIMEOUT,
+    consent_timeout: float = CONSENT_TIMEOUT,
     token: Callable[[int], bytes] = secrets.token_bytes,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
 ) -> AsyncIterator[MediaSession]:
@@ -593,8 +594,9 @@ async def open_media(
     browser's offer (ICE-lite with one host candidate per `advertise_hosts` entry on the browser
     port, our `certificate`'s fingerprint, a=setup per RFC 8842) and writes the RTP/AVP offer for
     the INVITE (`sip_host` in c=). Raises `SdpParseError`/`NegotiationError` (488) for an
-    unusable offer, `PortsExhausted` from the allocator. On exit sends DTLS close_notify and
-    gives the ports back. `token` is the randomness for ICE credentials, SSRC and session id.
+    unusable offer, `PortsExhausted` from the allocator. `consent_timeout` is RFC 7675's 30 s
+    (ICE consent lapses that long after the browser's last valid check). On exit sends DTLS
+    close_notify and gives the ports back. `token` is the randomness for ICE credentials, SSRC and session id.
     """
     if not advertise_hosts:
         raise ValueError("at least one address to advertise to the browser is needed")
@@ -625,7 +627,7 @@ async def open_media(
             browser_sock=browser_sock,
             sip_rtp_sock=rtp_sock,
             sip_rtcp_sock=rtcp_sock,
-            ice=IceLiteAgent(ufrag, pwd, browser.ice_ufrag, browser.ice_pwd),
+            ice=IceLiteAgent(ufrag, pwd, browser.ice_ufrag, browser.ice_pwd, consent_timeout),
             dtls=DtlsEndpoint(role, certificate, (browser.fingerprint.algorithm, browser.fingerprint.value)),
             relay=relay,
             browser_answer=answer,

@@ -3,8 +3,9 @@ a DTLS fingerprint mismatch, no ICE at all, no media. Both ends checked, nothing
 
 Shortened protocol constants: the SIP UA's T1 (Timer B = 64*T1) and the ICE+DTLS handshake
 timeout are parameters of `bridge_services`; `media_timeout` is a config setting; the RFC 7675
-consent timeout is `rtp.ice_lite.CONSENT_TIMEOUT`, a module constant (patched here; rtp.media
-offers no parameter for it). Run inside scripts/netns_run.sh.
+consent timeout is the `consent_timeout` argument of `rtp.media.open_media` (passed here by
+wrapping the `open_media` that bridge.call uses, as `bridge_services` has no parameter for it).
+Run inside scripts/netns_run.sh.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tests.integration.calls.conftest import PASSWORD, Leaks, call_bridge, page,
 
 import trio
 from bridge.services import bridge_services
+from rtp.media import open_media
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(60)]
 
@@ -78,7 +80,7 @@ async def test_upstream_silent_timer_b_408(tmp_path: Path) -> None:
 
 async def test_ice_consent_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The browser stops its consent checks (media goes on): the call ends 408 once consent expires."""
-    monkeypatch.setattr("rtp.ice_lite.CONSENT_TIMEOUT", 2.0)
+    monkeypatch.setattr("bridge.call.open_media", partial(open_media, consent_timeout=2.0))
     with trio.fail_after(20):
         async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_echo") as uas:
             leaks = Leaks.snapshot(bridge)

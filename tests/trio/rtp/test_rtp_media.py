@@ -15,7 +15,7 @@ import pytest
 import trio
 from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.errors import NegotiationError
-from rtp.ice_lite import IceLiteAgent
+from rtp.ice_lite import CONSENT_TIMEOUT, IceLiteAgent
 from rtp.media import MediaEnded, MediaSession, SipRemote, open_media
 from rtp.ports import PortAllocator
 from rtp.relay import CodecMap, PtRoute
@@ -108,7 +108,11 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    *, browser_expects: str | None = None, bridge_expects: str | None = None, **kwargs: object
+    *,
+    browser_expects: str | None = None,
+    bridge_expects: str | None = None,
+    consent_timeout: float = CONSENT_TIMEOUT,
+    **kwargs: object,
 ) -> AsyncIterator[Rig]:
     bsock, srtp_sock, srtcp_sock = await udp(), await udp(), await udp()
     browser_sock, phone, phone_rtcp = await udp(), await udp(), await udp()
@@ -117,7 +121,7 @@ async def rig(
             browser_sock=bsock,
             sip_rtp_sock=srtp_sock,
             sip_rtcp_sock=srtcp_sock,
-            ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG, RPWD),
+            ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG, RPWD, consent_timeout),
             dtls=DtlsEndpoint(
                 DtlsRole.SERVER, BRIDGE_CERT, ("sha-256", bridge_expects or BROWSER_CERT.fingerprint_sha256)
             ),
@@ -290,14 +294,23 @@ async def test_handshake_timeout_without_browser(autojump_clock: trio.testing.Mo
             assert trio.current_time() - start == pytest.approx(5.0)
 
 
-async def test_consent_expires_without_checks(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("consent_timeout", [None, 4.0], ids=["rfc7675-default", "given"])
+async def test_consent_expires_without_checks(
+    autojump_clock: trio.testing.MockClock, consent_timeout: float | None
+) -> None:
+    """RFC 7675 5.1: 30 s after the last check by default; the agent's `consent_timeout` else."""
     with trio.fail_after(100):
-        async with rig(media_timeout=None) as r:
+        async with (
+            rig(media_timeout=None)
+            if consent_timeout is None
+            else rig(media_timeout=None, consent_timeout=consent_timeout)
+        ) as r:
             with pytest.RaisesGroup(pytest.RaisesExc(MediaEnded, match="consent")):
                 async with trio.open_nursery() as nursery:
                     await connect(r, nursery)
                     connected = trio.current_time()
-            assert trio.current_time() - connected == pytest.approx(30.0, abs=0.5)
+            expected = 30.0 if consent_timeout is None else consent_timeout
+            assert trio.current_time() - connected == pytest.approx(expected, abs=0.5)
 
 
 async def test_no_media_timeout(autojump_clock: trio.testing.MockClock) -> None:
@@ -477,6 +490,21 @@ async def test_open_media_call_with_early_media_and_hold() -> None:
                         assert data[12:] == b"\x44" * 160
                         nursery.cancel_scope.cancel()
         assert ports.open == 0
+
+
+async def test_open_media_passes_the_consent_timeout() -> None:
+    ports = LoopbackPorts()
+    hosts = ["127.0.0.1"]
+    async with open_media(
+        ports, browser_offer(), advertise_hosts=hosts, sip_host="127.0.0.1", certificate=BRIDGE_CERT
+    ) as media:
+        assert media.ice.consent_timeout == 30.0  # RFC 7675 section 5.1
+    async with open_media(
+        ports, browser_offer(), advertise_hosts=hosts, sip_host="127.0.0.1", certificate=BRIDGE_CERT,
+        consent_timeout=2.5,
+    ) as media:  # fmt: skip
+        assert media.ice.consent_timeout == 2.5
+    assert ports.open == 0
 
 
 async def test_open_media_confirms_the_sip_codec() -> None:
