@@ -28,6 +28,11 @@ the same SSLContext, so new connections get it). SIGTERM/SIGINT stop gracefully:
 refused with 503, live calls are cancelled, and they get `shutdown_grace` seconds for their own bounded
 clean-up before the listener and the services are cancelled, and `run_bridge` returns. A second
 SIGTERM/SIGINT during that time exits the process at once with status 128+signal.
+
+Worker processes (`serve --workers N`, `bridge.workers`): `run_bridge(..., worker=WorkerSlot(i, N, fd))`
+binds the WSS port with SO_REUSEPORT (every worker listens on the same port and the kernel spreads the
+connections), says `ready` on the control socket `fd` once it listens, and stops gracefully when the
+supervisor goes away (EOF on that socket). The services read `context.worker` for their share.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import importlib.resources
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -57,8 +63,9 @@ from bridge.certs import (
 )
 from bridge.config import Config
 from bridge.extensions import ExtensionsError, ExtensionTable, load_extensions
+from bridge.workers import SINGLE, WorkerSlot
 from mccp.messages import Call, Dtmf, Hangup, HangupRequest, Ping
-from mccp.server import MccpConnection, PageGone, RouteHandler, serve_mccp
+from mccp.server import MccpConnection, MccpFront, PageGone, RouteHandler, serve_mccp
 from mccp.session import SessionState
 
 log = logging.getLogger("bridge.app")
@@ -196,8 +203,10 @@ class BridgeContext:
         *,
         nursery: trio.Nursery,
         force_exit: Callable[[int], object],
+        worker: WorkerSlot = SINGLE,
     ) -> None:
         self.config = config
+        self.worker = worker
         self.ssl_context = ssl_context
         self.authenticator = authenticator
         self.wss_addresses: list[tuple[str, int]] = []
@@ -409,8 +418,9 @@ class BridgeContext:
         with self._serve_scope:
             async with services(self) as handler, trio.open_nursery() as nursery:
                 self._call_handler = handler
+                serve_task = _serve_mccp_shared if self.worker.count > 1 else _serve_mccp_task
                 bound: list[tuple[str, int]] = await nursery.start(
-                    _serve_mccp_task, self.handle_connection, self.config, self.ssl_context, page, self.routes
+                    serve_task, self.handle_connection, self.config, self.ssl_context, page, self.routes
                 )
                 self.wss_addresses = [(host, port) for host, port, *_ in bound]
                 for host, port in self.wss_addresses:
@@ -441,11 +451,63 @@ async def _serve_mccp_task(
     )
 
 
+def _peer(stream: trio.SocketStream) -> tuple[str, int]:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return ("?", 0)
+    return (str(name[0]), int(name[1]))
+
+
+async def _serve_mccp_shared(
+    handler: Callable[[MccpConnection], Awaitable[None]],
+    config: Config,
+    ssl_context: ssl.SSLContext,
+    page: bytes,
+    routes: Mapping[str, RouteHandler],
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """`serve_mccp` on a listener bound with SO_REUSEPORT: the workers share the port."""
+    family = trio.socket.AF_INET6 if ":" in config.listen else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((config.listen, config.wss_port))
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    front = MccpFront(handler, page, routes=routes)
+
+    async def handle_tcp(tcp: trio.SocketStream) -> None:
+        stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+        await front.serve_stream(stream, _peer(tcp))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle_tcp, [trio.SocketListener(sock)])
+        task_status.started([(str(host), int(port))])
+
+
+async def _report_to_supervisor(context: BridgeContext, fd: int) -> None:
+    """Say `ready` on the control socket, then stop gracefully when the supervisor goes (EOF)."""
+    control = trio.socket.from_stdlib_socket(socket.socket(fileno=os.dup(fd)))
+    with control:
+        await control.send(b"ready\n")
+        while await control.recv(4096):
+            pass
+    log.warning("the supervisor is gone: stopping")
+    context.stop()
+
+
 def serve_blocking(
     config: Config,
     *,
     on_started: Callable[[BridgeContext], None],
     services: Services = no_call_services,
+    worker: WorkerSlot = SINGLE,
 ) -> None:
     """`trio.run` the bridge (with signal handling) until it stops; `on_started` once it listens.
 
@@ -454,7 +516,9 @@ def serve_blocking(
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            context: BridgeContext = await nursery.start(partial(run_bridge, config, services=services))
+            context: BridgeContext = await nursery.start(
+                partial(run_bridge, config, services=services, worker=worker)
+            )
             on_started(context)
 
     trio.run(main)
@@ -466,6 +530,7 @@ async def run_bridge(
     services: Services = no_call_services,
     handle_signals: bool = True,
     force_exit: Callable[[int], object] = _hard_exit,
+    worker: WorkerSlot = SINGLE,
     task_status: trio.TaskStatus[BridgeContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bridge until stopped (SIGTERM/SIGINT, or `BridgeContext.stop()`), then return.
@@ -509,7 +574,9 @@ async def run_bridge(
     log.info("%d extensions loaded from %s", len(table), config.extensions_file)
     _warn_other_realm(table, config.realm)
     async with trio.open_nursery() as nursery:
-        context = BridgeContext(config, ssl_context, authenticator, nursery=nursery, force_exit=force_exit)
+        context = BridgeContext(
+            config, ssl_context, authenticator, nursery=nursery, force_exit=force_exit, worker=worker
+        )
         if handle_signals:
             nursery.start_soon(context.watch_signals)
 
@@ -520,5 +587,7 @@ async def run_bridge(
                 nursery.cancel_scope.cancel()  # the signal watcher
 
         await nursery.start(serve_until_stopped)
+        if worker.control_fd is not None:
+            nursery.start_soon(_report_to_supervisor, context, worker.control_fd)
         task_status.started(context)
     log.info("stopped")

@@ -4,6 +4,10 @@ Every setting of `bridge.config.SETTINGS` is a `serve` flag (`--wss-port`), an e
 (`MCCP_BRIDGE_WSS_PORT`) and a key in config.toml. A bad flag or value is one line on stderr and exit
 status 2. `serve` on a data dir without config.toml is a first start: it writes a commented config.toml
 and two demo extensions (100, 101) with random passwords, then prints a ready-to-click URL.
+
+`serve` with more than one worker (`--workers N`, default one per CPU core) runs the supervisor of
+`bridge.workers`, which starts `serve` again N times with the internal flags `--worker-index` and
+`--worker-control` (not in --help); `--workers 1` serves in this process.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
 PROG = "mccp-bridge"
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [{label}] %(name)s: %(message)s"
 # Options every subcommand (and the top level) accepts, besides those of its own.
 COMMON_KEYS = ("data_dir", "log_level")
 
@@ -96,6 +101,9 @@ def _settings_epilog() -> str:
         f"else $MCCP_BRIDGE_CONFIG, else <data dir>/{CONFIG_FILE_NAME}. Extensions are kept in",
         "<data dir>/extensions.toml (passwords hashed); the TLS certificate in <data dir>/wrtcCert/.",
         "serve: SIGHUP reloads extensions and certificate; SIGTERM/SIGINT stop gracefully (twice: at once).",
+        "With --workers N > 1 these signals go to the supervisor, which passes them to every worker.",
+        "Registrations to the embedded registrar are kept in <data dir>/bindings.json (they survive a",
+        "restart; with several workers, worker 0 answers REGISTER on sip_port and the others read it).",
     ]
     return "\n".join(lines)
 
@@ -153,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for setting in SETTINGS:
         _add_setting(serve, setting.key)
+    # Internal: how the supervisor starts worker I (bridge.workers); not for users.
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-control", type=int, default=None, help=argparse.SUPPRESS)
 
     ext = sub.add_parser("extension", help="manage extensions (numbers and passwords)")
     ext_sub = ext.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -249,26 +260,35 @@ def welcome_text(config: Config, first: FirstStart, wss_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _setup_logging(config: Config, stream: TextIO) -> None:
+def _setup_logging(config: Config, stream: TextIO, label: str | None = None) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(
+        logging.Formatter(LOG_FORMAT if label is None else WORKER_LOG_FORMAT.format(label=label))
+    )
     root.addHandler(handler)
     root.setLevel(config.log_level.value.upper())
     # trio-websocket logs every frame at DEBUG; keep it at INFO unless asked through its own logger.
     logging.getLogger("trio-websocket").setLevel(max(root.level, logging.INFO))
 
 
-def _cmd_serve(config: Config, stdout: TextIO, stderr: TextIO) -> int:
+def _cmd_serve(
+    config: Config, args: argparse.Namespace, argv: Sequence[str], stdout: TextIO, stderr: TextIO
+) -> int:
+    if args.worker_index is not None:
+        return _serve_worker(config, args, stderr)
+    count = config.worker_count
+    if count > 1:
+        return _supervise(config, argv, count, stdout, stderr)
     _setup_logging(config, stderr)
     first = first_start(config)
     if first is not None:
         logging.getLogger("bridge.cli").info("first start: wrote %s", first.config_file)
         config = dataclasses.replace(config, config_file=first.config_file)
     # Imported here: trio, TLS and the MCCP server are only needed to serve (the other commands start faster).
-    from bridge.app import StartupError, serve_blocking
+    from bridge.app import serve_blocking
     from bridge.services import bridge_services
 
     def started(context: BridgeContext) -> None:
@@ -276,18 +296,97 @@ def _cmd_serve(config: Config, stdout: TextIO, stderr: TextIO) -> int:
             stdout.write(welcome_text(config, first, context.wss_addresses[0][1]))
             stdout.flush()
 
-    status = 0
-    try:
-        serve_blocking(config, on_started=started, services=bridge_services)
-    except* StartupError as group:
-        stderr.write(f"{PROG}: {_first(group)}\n")
-        status = EXIT_USAGE
-    except* OSError as group:
-        stderr.write(f"{PROG}: cannot serve: {_first(group)}\n")
-        status = 1
-    except* KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
-        status = 130
+    status, message = _serve(lambda: serve_blocking(config, on_started=started, services=bridge_services))
+    if message:
+        stderr.write(f"{PROG}: {message}\n")
     return status
+
+
+def _serve(run: Callable[[], None]) -> tuple[int, str | None]:
+    """Run the bridge; (exit status, the one-line error or None)."""
+    from bridge.app import StartupError
+
+    result: tuple[int, str | None] = (0, None)
+    try:
+        run()
+    except* StartupError as group:
+        result = (EXIT_USAGE, str(_first(group)))
+    except* OSError as group:
+        result = (1, f"cannot serve: {_first(group)}")
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        result = (130, None)
+    return result
+
+
+def _serve_worker(config: Config, args: argparse.Namespace, stderr: TextIO) -> int:
+    """Worker `--worker-index I` of `--workers N`; a start failure goes to the supervisor as one line."""
+    from bridge.app import serve_blocking
+    from bridge.services import bridge_services
+    from bridge.workers import WorkerSlot
+
+    worker = WorkerSlot(args.worker_index, config.worker_count, args.worker_control)
+    _setup_logging(config, stderr, worker.label)
+    status, message = _serve(
+        lambda: serve_blocking(config, on_started=lambda _: None, services=bridge_services, worker=worker)
+    )
+    if message:
+        if worker.control_fd is None:
+            stderr.write(f"{PROG}: {worker.label}: {message}\n")
+        else:
+            try:
+                os.write(worker.control_fd, f"error {status} {message}\n".encode())
+            except OSError:
+                stderr.write(f"{PROG}: {worker.label}: {message}\n")
+    return status
+
+
+def _supervise(config: Config, argv: Sequence[str], count: int, stdout: TextIO, stderr: TextIO) -> int:
+    """Check what every worker needs, then run `count` of them (`bridge.workers.supervise`)."""
+    from bridge.workers import StartFailed, reserve_port, split_port_range, supervise, worker_sip_port
+
+    _setup_logging(config, stderr, "supervisor")
+    try:
+        split_port_range(*config.rtp_ports, count)
+        worker_sip_port(config.sip_port, count - 1)
+    except ValueError as exc:
+        stderr.write(f"{PROG}: config error: workers: {exc}\n")
+        return EXIT_USAGE
+    first = first_start(config)
+    if first is not None:
+        logging.getLogger("bridge.cli").info("first start: wrote %s", first.config_file)
+    # One certificate for all, made here: N workers must not race to create it.
+    cert_file, key_file = cert_paths(config.cert_dir)
+    now = dt.datetime.now(dt.UTC)
+    ensure_certificate(config.cert_dir, host_names(config.public_address), now=now)
+    check_pair(cert_file, key_file, now=now)
+    worker_argv = list(argv)
+    reserved = None
+    if config.wss_port == 0:  # every worker must bind the same port: choose it now
+        reserved = reserve_port(config.listen)
+        worker_argv += ["--wss-port", str(reserved.getsockname()[1])]
+    wss_port = reserved.getsockname()[1] if reserved is not None else config.wss_port
+    logging.getLogger("bridge.cli").info(
+        "starting %d workers: WSS port %d shared, SIP ports %s, media %d-%d split in %d",
+        count,
+        wss_port,
+        "any free ones" if config.sip_port == 0 else f"{config.sip_port}-{config.sip_port + count - 1}",
+        *config.rtp_ports,
+        count,
+    )
+
+    def ready() -> None:
+        if first is not None:
+            stdout.write(welcome_text(config, first, wss_port))
+            stdout.flush()
+
+    try:
+        return supervise(worker_argv, count=count, grace=config.shutdown_grace, on_ready=ready)
+    except StartFailed as exc:
+        stderr.write(f"{PROG}: {exc}\n")
+        return exc.status
+    finally:
+        if reserved is not None:
+            reserved.close()
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -358,14 +457,15 @@ def main(
     home = Path.home() if home is None else home
     parser = build_parser()
     try:
+        argv_list = sys.argv[1:] if argv is None else list(argv)
         try:
-            args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+            args = parser.parse_args(argv_list)
         except SystemExit as exit_:  # --help, --version
             return exit_.code if isinstance(exit_.code, int) else 0
         config = _load(args, env, home)
         match args.command:
             case "serve":
-                return _cmd_serve(config, stdout, stderr)
+                return _cmd_serve(config, args, argv_list, stdout, stderr)
             case "extension":
                 return _cmd_extension(args, config, stdout)
             case "cert":

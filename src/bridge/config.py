@@ -14,6 +14,7 @@ parser accepts both.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -97,7 +98,7 @@ class Config:
     echo_extension: str = "600"
     realm: str = "mccp-bridge"
     dtmf_mode: DtmfMode = DtmfMode.RFC4733
-    workers: int = 1
+    workers: int = 0  # 0: "auto", one worker process per CPU core (see `worker_count`)
     allow_file_origin: bool = True
     auth_max_failures: int = 5
     auth_window: float = 300.0
@@ -107,6 +108,11 @@ class Config:
     shutdown_grace: float = 5.0
     # Where the TOML layer was read from (None: no file); not a setting itself.
     config_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `serve` runs: `workers`, or one per CPU core for "auto"."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def cert_dir(self) -> Path:
@@ -300,10 +306,12 @@ def _realm(value: object) -> str:
 
 
 def _workers(value: object) -> int:
-    count = _int_in(1, 64)(value)
-    if count != 1:
-        raise _Bad(f"only 1 worker process is supported so far, {_got(value)}")
-    return count
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    try:
+        return _int_in(1, 64)(value)
+    except _Bad:
+        raise _Bad(f'must be "auto" (one per CPU core) or an integer 1-64, {_got(value)}') from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +355,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("echo_extension", extension_number, "number of the built-in echo extension", "NUMBER"),
     Setting("realm", _realm, "SIP digest realm of the local extensions", "REALM"),
     Setting("dtmf_mode", _choice(DtmfMode), "DTMF towards SIP: rfc4733 or info", "MODE"),
-    Setting("workers", _workers, "worker processes (only 1 so far)", "N"),
+    Setting(
+        "workers",
+        _workers,
+        "worker processes sharing the WSS port (SO_REUSEPORT); worker I uses SIP port sip_port+I and "
+        "slice I of rtp_ports; auto: one per CPU core",
+        "N|auto",
+    ),
     Setting("allow_file_origin", _boolean, "accept pages opened from file:// (Origin: null)", "BOOL"),
     Setting(
         "auth_max_failures",
@@ -376,6 +390,8 @@ def default_value_text(key: str) -> str:
     """The default of a setting as written in TOML (for --help and the config template)."""
     if key == "data_dir":
         return '"$HOME/.mccp-bridge"'
+    if key == "workers":
+        return '"auto"'
     value = {f.name: f.default for f in fields(Config)}.get(key)
     match value:
         case None:

@@ -4,7 +4,10 @@
 WSS listener starts. In one nursery it starts:
 
 * the SIP transport (UDP+TCP on `listen:sip_port`) and the `SipUA` on it; without an upstream, the UA
-  is also the embedded registrar (digest against the extensions' HA1, realm `config.realm`);
+  is also the embedded registrar (digest against the extensions' HA1, realm `config.realm`), whose
+  bindings are loaded from `<data_dir>/bindings.json` and saved there on change (`bridge.bindings`);
+* as worker I of N (`bridge.workers`): SIP on `sip_port + I`, media on slice I of `rtp_ports`; only
+  worker 0 answers REGISTER, the others route calls from `bindings.json` (re-read when it changed);
 * the echo extension (`config.echo_extension`, on its own loopback SIP port), when there is no upstream;
 * the media port allocator over `config.rtp_ports`, and the DTLS certificate (one per process);
 * the process's Prometheus metrics (`bridge.metrics`), served at `/metrics` on the HTTPS port.
@@ -17,17 +20,20 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
+from bridge.bindings import BINDINGS_FILE_NAME, BindingsFile, run_bindings_writer
 from bridge.call import run_call
 from bridge.config import Config
 from bridge.echo import EchoExtension, run_echo_extension
 from bridge.metrics import BridgeMetrics
 from bridge.routing import NoRoute, Route, route_call
+from bridge.workers import split_port_range, worker_sip_port
 from rtp.dtls import DtlsCertificate
 from rtp.media import HANDSHAKE_TIMEOUT
 from rtp.ports import PortAllocator
@@ -88,6 +94,16 @@ class CallServices:
     sip_media_host: str
     metrics: BridgeMetrics
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    # Set in workers that do not answer REGISTER: the file `registrar` is refreshed from.
+    shared_bindings: BindingsFile | None = None
+
+    async def refresh_bindings(self) -> None:
+        """In a worker that does not answer REGISTER: re-read bindings.json if it changed."""
+        store, registrar = self.shared_bindings, self.registrar
+        if store is None or registrar is None:
+            return
+        if await trio.to_thread.run_sync(store.changed):
+            store.refresh(registrar, now=trio.current_time(), wall_now=time.time())
 
     @property
     def config(self) -> Config:
@@ -119,14 +135,25 @@ async def bridge_services(
     constants tests shorten with `functools.partial`; the config does not expose them.
     """
     config = context.config
+    worker = context.worker
     advertise, sip_media_host = media_addresses(config)
     signalling_host = config.public_address or sip_media_host
+    sip_port = worker_sip_port(config.sip_port, worker.index)
+    low, high = split_port_range(*config.rtp_ports, worker.count)[worker.index]
     async with trio.open_nursery() as nursery:
-        transport = SipTransport(config.listen, config.sip_port, public_host=signalling_host)
+        transport = SipTransport(config.listen, sip_port, public_host=signalling_host)
         await nursery.start(transport.run)
         registrar: Registrar | None = None
+        bindings = BindingsFile(config.data_dir / BINDINGS_FILE_NAME)
+        shared_bindings: BindingsFile | None = None
         if config.upstream is None:
             registrar = Registrar(known=lambda user: user in context.authenticator.table)
+            if worker.answers_register:
+                loaded = bindings.load(registrar, now=trio.current_time(), wall_now=time.time())
+                log.info("registrar: %d live binding(s) loaded from %s", loaded, bindings.path)
+                await nursery.start(run_bindings_writer, registrar, bindings)
+            else:
+                shared_bindings = bindings
 
         def ha1(user: str, realm: str, algorithm: str) -> str | None:
             extension = context.authenticator.table.get(user)
@@ -140,11 +167,12 @@ async def bridge_services(
                 case _:
                     return None
 
+        ua_registrar = registrar if worker.answers_register else None
         ua = SipUA(
             transport,
             public_host=signalling_host,
-            registrar=registrar,
-            ha1_lookup=ha1 if registrar is not None else None,
+            registrar=ua_registrar,
+            ha1_lookup=ha1 if ua_registrar is not None else None,
             realm=config.realm,
             t1=sip_t1,
         )
@@ -154,7 +182,11 @@ async def bridge_services(
             config.listen,
             transport.port,
             signalling_host,
-            f"upstream {config.upstream.uri()}" if config.upstream else "embedded registrar",
+            f"upstream {config.upstream.uri()}"
+            if config.upstream
+            else "embedded registrar"
+            if ua_registrar is not None
+            else f"routing to the phones registered with worker 0 ({bindings.path})",
         )
         echo: EchoExtension | None = None
         if config.upstream is None and config.echo_extension:
@@ -165,10 +197,19 @@ async def bridge_services(
             sip_stats=lambda: transport.stats,
         )
         context.routes["/metrics"] = metrics.scrape
-        low, high = config.rtp_ports
         media_bind = config.listen
         ports = PortAllocator(low, high, media_bind)
-        log.info("media ports %d-%d on %s, advertised to browsers as %s", low, high, media_bind, advertise)
+        share = (
+            f" (slice {worker.index + 1} of {worker.count} of {config.rtp_ports[0]}-{config.rtp_ports[1]})"
+        )
+        log.info(
+            "media ports %d-%d%s on %s, advertised to browsers as %s",
+            low,
+            high,
+            share if worker.count > 1 else "",
+            media_bind,
+            advertise,
+        )
         services = CallServices(
             context=context,
             ua=ua,
@@ -180,9 +221,11 @@ async def bridge_services(
             sip_media_host=sip_media_host,
             metrics=metrics,
             handshake_timeout=handshake_timeout,
+            shared_bindings=shared_bindings,
         )
 
         async def handler(conn: MccpConnection, call: AuthenticatedCall) -> None:
+            await services.refresh_bindings()
             await run_call(conn, call, services)
 
         yield handler

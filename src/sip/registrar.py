@@ -13,6 +13,11 @@ Theory of operation (RFC 3261 §10.3, "Processing REGISTER Requests"):
   at every call, so there is no timer to drive.
 * `resolve(user, now)` is what the bridge routes with: contacts, or 404 for an unknown user, or 480
   for a known user with no live binding.
+* Persistence is the caller's: `export(now, wall_now=...)` gives the live bindings as plain JSON-able
+  records whose expiry is wall-clock time (seconds since the epoch), and `load(records, now,
+  wall_now=...)` replaces the table with them, dropping the expired ones. `on_change` is called after
+  every REGISTER that changed the table, so the caller knows when to save. `now` stays monotonic; the
+  caller passes the wall clock read at the same moment, and the two are only related at export/load.
 
 The nonce helpers make the digest challenge stateless: the nonce carries its issue time and an
 HMAC of it under a key only the bridge knows, so any nonce can be checked later without a table.
@@ -26,11 +31,12 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 __all__ = [
     "Binding",
+    "BindingsFormatError",
     "ContactSpec",
     "NonceCheck",
     "RegisterOutcome",
@@ -49,6 +55,10 @@ class RegistrarError(ValueError):
         self.status = status
         self.reason = reason
         self.min_expires = min_expires
+
+
+class BindingsFormatError(ValueError):
+    """Records given to `Registrar.load` are not what `Registrar.export` writes; `str()` says where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,8 @@ class Registrar:
     min_expires: int = 10
     max_expires: int = 7200
     max_bindings_per_aor: int = 10
+    # Called after every REGISTER that changed the table (bindings added, refreshed or removed).
+    on_change: Callable[[], None] | None = None
     _table: dict[str, dict[str, Binding]] = field(default_factory=dict)
 
     def register(
@@ -124,7 +136,9 @@ class Registrar:
                 # §10.3 step 6: same Call-ID with a CSeq not higher -> out of order.
                 if b.call_id == call_id and cseq <= b.cseq:
                     raise RegistrarError(500, "Out of order REGISTER")
-            self._table.pop(user, None)
+            removed = self._table.pop(user, None)
+            if removed:
+                self._changed()
             return RegisterOutcome(user, ())
         changes: list[tuple[str, int, float]] = []
         for c in contacts:
@@ -155,7 +169,13 @@ class Registrar:
             self._table[user] = current
         else:
             self._table.pop(user, None)
+        if changes:
+            self._changed()
         return RegisterOutcome(user, self._sorted(current))
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def bindings(self, user: str, now: float) -> tuple[Binding, ...]:
         """The live bindings of `user`, highest q first."""
@@ -177,6 +197,48 @@ class Registrar:
         """Drop every expired binding; returns how many were dropped."""
         return sum(self._purge(user, now) for user in list(self._table))
 
+    def export(self, now: float, *, wall_now: float) -> list[dict[str, object]]:
+        """Every live binding as a JSON-able record; `expires` is wall-clock (epoch seconds).
+
+        `wall_now` is the wall clock read at the same moment as `now` (the monotonic clock).
+        """
+        self.expire(now)
+        records: list[dict[str, object]] = []
+        for user in sorted(self._table):
+            for b in self._sorted(self._table[user]):
+                records.append(
+                    {
+                        "user": user,
+                        "contact": b.contact,
+                        "expires": round(b.expires_at - now + wall_now, 3),
+                        "call_id": b.call_id,
+                        "cseq": b.cseq,
+                        "q": b.q,
+                        "source": list(b.source) if b.source is not None else None,
+                    }
+                )
+        return records
+
+    def load(self, records: object, now: float, *, wall_now: float) -> int:
+        """Replace the table with `records` (as `export` made them); returns the live bindings loaded.
+
+        Expired records are dropped; an expiry further than `max_expires` away (the wall clock went
+        back) is cut to `max_expires`. Raises `BindingsFormatError` and changes nothing if any record
+        is malformed. Does not call `on_change`.
+        """
+        if not isinstance(records, list):
+            raise BindingsFormatError(f"bindings must be a list, got {type(records).__name__}")
+        table: dict[str, dict[str, Binding]] = {}
+        for index, record in enumerate(records):
+            user, binding = _binding_from_record(record, index, now, wall_now)
+            if binding.expires_at <= now:
+                continue
+            if binding.expires_at > now + self.max_expires:
+                binding = replace(binding, expires_at=now + self.max_expires)
+            table.setdefault(user, {})[binding.contact] = binding
+        self._table = table
+        return sum(len(bindings) for bindings in table.values())
+
     def _purge(self, user: str, now: float) -> int:
         table = self._table.get(user)
         if table is None:
@@ -191,6 +253,43 @@ class Registrar:
     @staticmethod
     def _sorted(table: dict[str, Binding]) -> tuple[Binding, ...]:
         return tuple(sorted(table.values(), key=lambda b: (-b.q, b.contact)))
+
+
+def _record_text(record: dict[object, object], name: str, where: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or not value:
+        raise BindingsFormatError(f"{where}: {name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _binding_from_record(record: object, index: int, now: float, wall_now: float) -> tuple[str, Binding]:
+    where = f"binding {index}"
+    if not isinstance(record, dict):
+        raise BindingsFormatError(f"{where}: must be an object, got {type(record).__name__}")
+    user = _record_text(record, "user", where)
+    contact = _record_text(record, "contact", where)
+    call_id = _record_text(record, "call_id", where)
+    expires, cseq, q, source = (
+        record.get("expires"),
+        record.get("cseq"),
+        record.get("q", 1.0),
+        record.get("source"),
+    )
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        raise BindingsFormatError(f"{where}: expires must be a number, got {expires!r}")
+    if isinstance(cseq, bool) or not isinstance(cseq, int) or not 0 <= cseq < 2**31:
+        raise BindingsFormatError(f"{where}: cseq must be an integer 0-2**31, got {cseq!r}")
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 <= q <= 1.0:
+        raise BindingsFormatError(f"{where}: q must be a number 0-1, got {q!r}")
+    parsed_source: tuple[str, int, str] | None = None
+    match source:
+        case None:
+            pass
+        case [str(host), int(port), str(transport)] if not isinstance(port, bool) and 0 < port < 65536:
+            parsed_source = (host, port, transport)
+        case _:
+            raise BindingsFormatError(f"{where}: source must be [host, port, transport], got {source!r}")
+    return user, Binding(contact, float(expires) - wall_now + now, call_id, cseq, float(q), parsed_source)
 
 
 class NonceCheck(Enum):

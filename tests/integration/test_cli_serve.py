@@ -69,14 +69,14 @@ class Serving:
             self._changed = trio.Event()
 
     async def wait_for(
-        self, pattern: str, lines: list[str] | None = None, timeout: float = 10
+        self, pattern: str, lines: list[str] | None = None, timeout: float = 10, *, start: int = 0
     ) -> re.Match[str]:
-        """The first line (from the start) matching `pattern`; fails after `timeout` seconds."""
+        """The first line (from line `start`) matching `pattern`; fails after `timeout` seconds."""
         lines = self.log if lines is None else lines
         regex = re.compile(pattern)
         with trio.fail_after(timeout):
             while True:
-                for line in lines:
+                for line in lines[start:]:
                     if found := regex.search(line):
                         return found
                 await self._changed.wait()
@@ -90,9 +90,12 @@ class Serving:
 
 
 @asynccontextmanager
-async def serving(home: Path, data_dir: Path, *extra: str) -> AsyncIterator[Serving]:
+async def serving(
+    home: Path, data_dir: Path, *extra: str, started: str = START_RE.pattern
+) -> AsyncIterator[Serving]:
+    """`serve` in one process (`--workers 1`, unless `extra` says otherwise), until `started` is logged."""
     args = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1"]
-    args += ["--wss-port", "0", "--sip-port", "0", *extra]
+    args += ["--wss-port", "0", "--sip-port", "0", "--workers", "1", *extra]
     process = await trio.lowlevel.open_process(
         args, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -103,7 +106,7 @@ async def serving(home: Path, data_dir: Path, *extra: str) -> AsyncIterator[Serv
             assert process.stderr is not None
             nursery.start_soon(bridge._pump, process.stderr, bridge.log)
             nursery.start_soon(bridge._pump, process.stdout, bridge.out)
-            await bridge.wait_for(START_RE.pattern, timeout=20)
+            await bridge.wait_for(started, timeout=20)
             yield bridge
             nursery.cancel_scope.cancel()
     finally:
@@ -297,6 +300,8 @@ def test_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
             str(port),
             "--sip-port",
             "0",
+            "--workers",
+            "1",
         )
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sip.registrar import ContactSpec, NonceCheck, Registrar, RegistrarError, check_nonce, make_nonce
+from sip.registrar import (
+    BindingsFormatError,
+    ContactSpec,
+    NonceCheck,
+    Registrar,
+    RegistrarError,
+    check_nonce,
+    make_nonce,
+)
 
 A = "sip:101@127.0.0.1:5072"
 B = "sip:101@127.0.0.1:5074;transport=tcp"
@@ -119,3 +127,92 @@ def test_nonce_roundtrip_stale_and_forged() -> None:
 @given(st.text(max_size=64))
 def test_check_nonce_never_raises(nonce: str) -> None:
     assert check_nonce(b"key", nonce, 0.0) in set(NonceCheck)
+
+
+# -- export / load (persistence is the bridge's; here: plain data, wall-clock expiry) ---------------------
+
+
+def test_export_load_round_trip_across_clocks() -> None:
+    """Exported at monotonic 100 (wall 1_000_000), loaded by a process whose monotonic clock is 5."""
+    r = Registrar()
+    r.register("101", [ContactSpec(A, expires=60, q=0.5)], call_id="c1", cseq=3, expires_header=None,
+               now=100.0, source=("127.0.0.1", 5072, "udp"))  # fmt: skip
+    r.register("102", [ContactSpec(B, expires=120)], call_id="c2", cseq=1, expires_header=None, now=100.0)
+    records = r.export(100.0, wall_now=1_000_000.0)
+    assert records[0] == {
+        "user": "101", "contact": A, "expires": 1_000_060.0, "call_id": "c1", "cseq": 3, "q": 0.5,
+        "source": ["127.0.0.1", 5072, "udp"],
+    }  # fmt: skip
+    other = Registrar()
+    assert other.load(records, 5.0, wall_now=1_000_010.0) == 2  # 10 s later on the wall clock
+    (binding,) = other.bindings("101", 5.0)
+    assert binding.expires_in(5.0) == 50
+    assert (binding.call_id, binding.cseq, binding.q, binding.source) == (
+        "c1",
+        3,
+        0.5,
+        ("127.0.0.1", 5072, "udp"),
+    )
+    assert other.lookup("102", 5.0) == [B]
+    # The CSeq rule still holds after a load (RFC 3261 §10.3 step 7).
+    with pytest.raises(RegistrarError, match="Out of order"):
+        other.register("101", [ContactSpec(A)], call_id="c1", cseq=3, expires_header=60, now=6.0)
+
+
+def test_load_drops_expired_and_caps_far_future() -> None:
+    r = Registrar(max_expires=7200)
+    r.register("101", [ContactSpec(A, expires=60)], call_id="c", cseq=1, expires_header=None, now=0.0)
+    records = r.export(0.0, wall_now=1000.0)
+    fresh = Registrar(max_expires=7200)
+    assert fresh.load(records, 0.0, wall_now=1060.0) == 0  # expired at wall 1060
+    assert fresh.lookup("101", 0.0) == []
+    # The wall clock went back a day: the binding is kept for at most max_expires.
+    assert fresh.load(records, 0.0, wall_now=1000.0 - 86400) == 1
+    assert fresh.bindings("101", 0.0)[0].expires_in(0.0) == 7200
+
+
+def test_load_replaces_and_export_skips_expired() -> None:
+    r = Registrar()
+    r.register("101", [ContactSpec(A, expires=60)], call_id="c", cseq=1, expires_header=None, now=0.0)
+    assert r.export(61.0, wall_now=0.0) == []
+    r.register("101", [ContactSpec(A, expires=60)], call_id="c", cseq=2, expires_header=None, now=0.0)
+    assert r.load([], 0.0, wall_now=0.0) == 0
+    assert r.lookup("101", 0.0) == []
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ({"user": "101"}, "bindings must be a list, got dict"),
+        (["x"], "binding 0: must be an object, got str"),
+        ([{"user": "", "contact": A, "call_id": "c", "expires": 1, "cseq": 1}], "binding 0: user must be"),
+        ([{"user": "1", "contact": A, "call_id": "c", "expires": "1", "cseq": 1}], "binding 0: expires must"),
+        ([{"user": "1", "contact": A, "call_id": "c", "expires": 1, "cseq": -1}], "binding 0: cseq must"),
+        ([{"user": "1", "contact": A, "call_id": "c", "expires": 1, "cseq": 1, "q": 2}], "binding 0: q must"),
+        (
+            [{"user": "1", "contact": A, "call_id": "c", "expires": 1, "cseq": 1, "source": ["h", 0, "udp"]}],
+            "binding 0: source must be",
+        ),
+    ],
+)
+def test_load_rejects_malformed_records_and_keeps_the_table(records: object, message: str) -> None:
+    r = Registrar()
+    r.register("101", [ContactSpec(A, expires=60)], call_id="c", cseq=1, expires_header=None, now=0.0)
+    with pytest.raises(BindingsFormatError, match=message):
+        r.load(records, 0.0, wall_now=0.0)
+    assert r.lookup("101", 0.0) == [A]
+
+
+def test_on_change_after_each_change_only() -> None:
+    calls: list[int] = []
+    r = Registrar(on_change=lambda: calls.append(1))
+    r.register("101", [], call_id="c", cseq=1, expires_header=None, now=0.0)  # a query
+    assert calls == []
+    r.register("101", [ContactSpec(A)], call_id="c", cseq=2, expires_header=60, now=0.0)
+    r.register("101", [ContactSpec(A)], call_id="c", cseq=3, expires_header=60, now=1.0)  # refresh
+    r.register("101", [ContactSpec("*")], call_id="c", cseq=4, expires_header=0, now=2.0)
+    r.register("101", [ContactSpec("*")], call_id="c", cseq=5, expires_header=0, now=2.0)  # nothing left
+    assert len(calls) == 3
+    with pytest.raises(RegistrarError):
+        r.register("101", [ContactSpec(A)], call_id="c", cseq=5, expires_header=5, now=3.0)  # 423
+    assert len(calls) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     assert config.log_level is LogLevel.INFO
     assert (config.ring_timeout, config.media_timeout) == (60.0, 30.0)
     assert (config.echo_extension, config.realm, config.dtmf_mode) == ("600", "mccp-bridge", DtmfMode.RFC4733)
-    assert config.workers == 1
+    assert config.workers == 0  # "auto"
+    assert config.worker_count == (os.cpu_count() or 1)
     assert config.allow_file_origin is True
     assert config.cert_dir == tmp_path / ".mccp-bridge" / "wrtcCert"
     assert config.extensions_file == tmp_path / ".mccp-bridge" / "extensions.toml"
@@ -158,8 +160,8 @@ ERRORS = [
         "realm: must be 1-64 printable ASCII characters without quotes or backslashes, got 'a\"b'",
     ),
     ("dtmf_mode", "inband", "dtmf_mode: must be one of 'rfc4733', 'info', got 'inband'"),
-    ("workers", "4", "workers: only 1 worker process is supported so far, got '4'"),
-    ("workers", "0", "workers: must be an integer 1-64, got '0'"),
+    ("workers", "65", "workers: must be \"auto\" (one per CPU core) or an integer 1-64, got '65'"),
+    ("workers", "0", "workers: must be \"auto\" (one per CPU core) or an integer 1-64, got '0'"),
     ("allow_file_origin", "maybe", "allow_file_origin: must be true or false, got 'maybe'"),
     ("auth_max_failures", "0", "auth_max_failures: must be an integer 1-1000, got '0'"),
     ("data_dir", " ", "data_dir: must be a directory path, got ' '"),
@@ -252,3 +254,18 @@ def test_template_lists_every_setting_and_parses_to_defaults(tmp_path: Path) -> 
     uncommented = "\n".join(line[2:] if " = " in line else "" for line in text.splitlines())
     path = _write(tmp_path / "c.toml", uncommented)
     assert load_config(config_path=path, home=tmp_path) == Config(data_dir=tmp_path / ".mccp-bridge")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("auto", 0), (" AUTO ", 0), ("1", 1), ("4", 4), ("64", 64)])
+def test_workers_auto_or_count(tmp_path: Path, raw: str, expected: int) -> None:
+    config = load_config(flags={"workers": raw}, home=tmp_path)
+    assert config.workers == expected
+    assert config.worker_count == (expected or os.cpu_count() or 1)
+
+
+def test_workers_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("workers = 3\n")
+    assert load_config(config_path=path, home=tmp_path).worker_count == 3
+    path.write_text('workers = "auto"\n')
+    assert load_config(config_path=path, home=tmp_path).workers == 0
