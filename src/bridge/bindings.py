@@ -191,6 +191,9 @@ async def run_bindings_writer(
             await trio.to_thread.run_sync(store.write, records)
         except OSError as exc:
             log.error("cannot save the registrar's bindings to %s: %s", store.path, exc)
+        except BaseException:  # cancelled before the write was done: still to do, in `finally`
+            pending = True
+            raise
 
     registrar.on_change = on_change
     task_status.started()
