@@ -16,6 +16,9 @@ Theory of operation (RFC 3261 §12-§15):
   gets 487). An offer-less re-INVITE (session refresh) is answered with our current SDP.
 * The dialog state (route set, remote target, CSeq order, glare, the cached ACK for a 2xx) is
   the core's `sip.dialog.Dialog`; this module only decides and sends.
+* A 2xx no call takes (another fork's after the answer, or one after the call gave up before any
+  1xx) is ended by the UA with `end_unwanted_answer_ack` (its own dialog and ACK, at once) and
+  `end_unwanted_answer_bye` (RFC 3261 §13.2.2.4).
 * `IncomingCall` is what a UAS hook (the echo extension) gets: `answer(sdp)`, `reject(code)`,
   `hangup()`, and `ended` (set by BYE or CANCEL).
 """
@@ -53,6 +56,8 @@ __all__ = [
     "Ringing",
     "TransactionTimeout",
     "Trying",
+    "end_unwanted_answer_ack",
+    "end_unwanted_answer_bye",
     "uri_address",
 ]
 
@@ -436,11 +441,7 @@ class OutgoingCall(_Call):
     async def _confirm(self, response: Response) -> None:
         assert self._invite is not None
         # §12.1.2 / §13.2.2.4: the 2xx creates the dialog; its ACK carries the INVITE's CSeq.
-        if response.to.tag is None:  # a broken 2xx: still ACK it, with an empty remote tag
-            response = Response(
-                response.status, response.reason,
-                response.headers.replace("To", str(response.to.with_tag("none"))), response.body,
-            )  # fmt: skip
+        response = _with_to_tag(response)
         self.dialog = Dialog.from_uac_response(self._invite, response, self.local_contact(self.caller))
         ack = self.dialog.ack(response, self.ua.new_via(self.transport))
         try:
@@ -488,6 +489,49 @@ class OutgoingCall(_Call):
                 pass
             case _:
                 await self.answer_in_dialog(request, 501)
+
+
+def _with_to_tag(response: Response) -> Response:
+    """A broken 2xx without To tag is still ACKed, with the tag "none" (§13.2.2.4: every 2xx)."""
+    if response.to.tag is not None:
+        return response
+    return Response(
+        response.status, response.reason,
+        response.headers.replace("To", str(response.to.with_tag("none"))), response.body,
+    )  # fmt: skip
+
+
+async def end_unwanted_answer_ack(
+    ua: SipUA, invite: Request, response: Response, transport: Transport
+) -> Dialog | None:
+    """RFC 3261 §13.2.2.4: "The UAC core MUST generate an ACK request for each 2xx received from
+    the transaction layer", also for a dialog no call continues (a second fork's 2xx, or a 2xx
+    after the call gave up). Builds that dialog and sends its ACK (remembered by the UA for the
+    2xx's retransmissions); returns the dialog to end with `end_unwanted_answer_bye`, or None if
+    it cannot be (no usable Contact, or the ACK could not be sent)."""
+    response = _with_to_tag(response)
+    user = invite.from_.uri.user if isinstance(invite.from_.uri, SipUri) else None
+    contact = ua.contact(SipUri(ua.host, user), transport)
+    try:
+        dialog = Dialog.from_uac_response(invite, response, contact)
+        ack = dialog.ack(response, ua.new_via(transport))
+        await ua.send_ack(ack, next_hop(ack, transport), invite)
+    except (LocalProtocolError, SipParseError, TransportError) as exc:
+        log.info("%s: cannot ACK an unwanted 2xx (To tag %s): %s", invite.call_id, response.to.tag, exc)
+        return None
+    log.info("%s: a 2xx no call takes (To tag %s): ACKed, sending BYE", invite.call_id, response.to.tag)
+    return dialog
+
+
+async def end_unwanted_answer_bye(ua: SipUA, dialog: Dialog, transport: Transport) -> None:
+    """§13.2.2.4: "If the UAC does not want to continue with that dialog, then the UAC MUST
+    terminate the dialog by sending a BYE request" (bounded by Timer F)."""
+    bye = dialog.create_request("BYE", via=ua.new_via(transport), headers=ua.common_headers())
+    try:
+        response = await ua.transact(bye, next_hop(bye, transport))
+        log.info("%s: BYE of an unwanted 2xx answered %d", dialog.call_id, response.status)
+    except (TransactionTimeout, TransportError) as exc:
+        log.info("%s: BYE of an unwanted 2xx failed: %s", dialog.call_id, exc or type(exc).__name__)
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

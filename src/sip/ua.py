@@ -15,9 +15,16 @@ Theory of operation:
 * An ICMP error from the transport (`Unreachable(dest)`, RFC 3261 §18.4) fails every client
   transaction to that UDP destination that has had no response yet, as a transport error (the
   caller sees TransportError: 503, §8.1.3.1) instead of waiting out Timer B/F.
-* The TU duties the layer leaves to us: ACK for a 2xx (sent directly and remembered for 64*T1 so
-  that a retransmitted 2xx, arriving as a stray response, is ACKed again, §13.2.2.4), and the
-  retransmission of our own 2xx to an INVITE until its ACK arrives (§13.3.1.4, Timer G pacing).
+* The TU duties the layer leaves to us: ACK for a 2xx (sent directly and remembered for 64*T1 by
+  INVITE branch and To tag, so that a retransmitted 2xx, arriving as a stray response, is ACKed
+  again, §13.2.2.4), and the retransmission of our own 2xx to an INVITE until its ACK arrives
+  (§13.3.1.4, Timer G pacing).
+* A 2xx no call takes (§13.2.2.4: "MUST generate an ACK request for each 2xx", and a dialog the
+  UAC does not want MUST be ended with BYE): a 2xx from a second fork after the call was answered
+  (another To tag), or one arriving after the call gave up waiting (its context left before any
+  1xx, so no CANCEL could be sent). The INVITEs we sent are remembered for 128*T1 (Timer B, then
+  RFC 6026's Timer M), and such a 2xx gets its own dialog, its ACK at once (remembered as above),
+  then a BYE in the UA's nursery (`sip.calls.end_unwanted_answer`).
 * Calls: `SipUA.call()` is an async context manager yielding an `OutgoingCall`, whose `events`
   channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
   a bounded shielded `move_on_after(grace)`; the call's response reader is shielded until then,
@@ -46,7 +53,15 @@ from typing import Self
 
 import trio
 from sip.auth import make_challenge, parse_credentials, verify
-from sip.calls import ALLOW, IncomingCall, OutgoingCall, TransactionTimeout, uri_address
+from sip.calls import (
+    ALLOW,
+    IncomingCall,
+    OutgoingCall,
+    TransactionTimeout,
+    end_unwanted_answer_ack,
+    end_unwanted_answer_bye,
+    uri_address,
+)
 from sip.errors import LocalProtocolError, SipParseError
 from sip.headers import NameAddr, Via
 from sip.layer import LayerAction, RequestReceived, StrayResponse, TransactionLayer, server_key
@@ -139,12 +154,17 @@ class SipUA:
         self._waiters: dict[TransactionKey, trio.MemorySendChannel[_TxEvent]] = {}
         self._unanswered: dict[TransactionKey, Address] = {}  # UDP client txs without a response
         self._wakeup = trio.Event()
-        self._acks: dict[str, tuple[bytes, Address, float]] = {}  # INVITE branch -> ACK to resend
+        # (INVITE branch, To tag) -> the ACK to resend for a retransmitted 2xx, until it expires
+        self._acks: dict[tuple[str, str], tuple[bytes, Address, float]] = {}
+        # INVITE branch -> the INVITE we sent, its transport, until when a 2xx may still come
+        self._invites: dict[str, tuple[Request, Transport, float]] = {}
         self._awaiting_ack: dict[tuple[str, int], trio.Event] = {}
         self._dialogs: dict[str, OutgoingCall | IncomingCall] = {}
         self._nursery: trio.Nursery | None = None
         self._warned_unchallenged = False
-        self.stats: dict[str, int] = {"stray_responses": 0, "bad_requests": 0, "retransmissions": 0}
+        self.stats: dict[str, int] = {
+            "stray_responses": 0, "bad_requests": 0, "retransmissions": 0, "unwanted_2xx": 0,
+        }  # fmt: skip
 
     # ------------------------------------------------------------ lifecycle
 
@@ -279,7 +299,10 @@ class SipUA:
         or TransportError. The layer itself ACKs a non-2xx final response (§17.1.1.3).
         """
         reliable = dest.transport.reliable
-        key, actions = self._layer.send_request(request, dest, trio.current_time(), reliable)
+        now = trio.current_time()
+        key, actions = self._layer.send_request(request, dest, now, reliable)
+        if request.method == "INVITE":  # a 2xx may come as long as Timer B, then Timer M, run
+            self._invites[request.top_via.branch or ""] = (request, dest.transport, now + 128 * self.t1)
         send, receive = trio.open_memory_channel[_TxEvent](32)
         self._waiters[key] = send
         if not reliable:
@@ -306,7 +329,8 @@ class SipUA:
     async def send_ack(self, ack: Request, dest: Address, invite: Request) -> None:
         """Send an ACK and remember it to answer retransmitted finals of `invite` for 64*T1."""
         data = bytes(ack)
-        self._acks[invite.top_via.branch or ""] = (data, dest, trio.current_time() + 64 * self.t1)
+        key = (invite.top_via.branch or "", ack.to.tag or "")
+        self._acks[key] = (data, dest, trio.current_time() + 64 * self.t1)
         await self.transport.send(data, dest)
 
     # ------------------------------------------------------------ server side
@@ -372,8 +396,10 @@ class SipUA:
         while True:
             await trio.sleep(self.t1 * 8)
             now = trio.current_time()
-            for branch in [b for b, (_, _, exp) in self._acks.items() if exp <= now]:
-                del self._acks[branch]
+            for key in [k for k, (_, _, exp) in self._acks.items() if exp <= now]:
+                del self._acks[key]
+            for branch in [b for b, (_, _, exp) in self._invites.items() if exp <= now]:
+                del self._invites[branch]
 
     async def _unreachable_loop(self) -> None:
         """RFC 3261 §18.4: an ICMP error for a destination fails its unanswered client
@@ -441,11 +467,24 @@ class SipUA:
         self._wakeup.set()  # deadlines may have moved earlier
 
     async def _stray(self, response: Response) -> None:
-        branch = response.top_via.branch or ""
-        if response.cseq.method == "INVITE" and 200 <= response.status < 300 and branch in self._acks:
-            data, dest, _ = self._acks[branch]
-            await self.transport.send(data, dest)  # a retransmitted 2xx: the same ACK again
-            return
+        """A response no client transaction waits for: a 2xx to one of our INVITEs is ACKed
+        (again, or for the first time and then BYEd, §13.2.2.4); anything else is counted."""
+        if response.cseq.method == "INVITE" and 200 <= response.status < 300:
+            branch = response.top_via.branch or ""
+            # a 2xx without To tag was ACKed with the tag "none" (OutgoingCall._confirm)
+            remembered = self._acks.get((branch, response.to.tag or "none"))
+            if remembered is not None:
+                data, dest, _ = remembered
+                await self.transport.send(data, dest)  # a retransmitted 2xx: the same ACK again
+                return
+            sent = self._invites.get(branch)
+            if sent is not None and self._nursery is not None:
+                invite, transport, _ = sent
+                self.stats["unwanted_2xx"] += 1
+                dialog = await end_unwanted_answer_ack(self, invite, response, transport)
+                if dialog is not None:
+                    self._nursery.start_soon(end_unwanted_answer_bye, self, dialog, transport)
+                return
         self.stats["stray_responses"] += 1
 
     # ------------------------------------------------------------ dispatch
