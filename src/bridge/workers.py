@@ -251,7 +251,8 @@ class _Supervisor:
             log.info("worker %d started, pid %d", worker.index, process.pid)
             was_ready = worker.ready.is_set()
             line = await self._read_status(control, process)
-            if line == "ready":
+            ready_now = line == "ready"
+            if ready_now:
                 if was_ready:
                     log.info("worker %d ready again", worker.index)
                 worker.ready.set()
@@ -261,9 +262,12 @@ class _Supervisor:
         worker.status = process.returncode
         if worker.ready.is_set() or self.stopping:
             if self.stopping:
-                log.log(logging.INFO if worker.status == 0 else logging.ERROR,
+                # A worker stopped before it was ready (its signal handlers not yet installed) had
+                # no call to end: SIGTERM's default action is a clean stop for it.
+                clean = worker.status == 0 or (worker.status == -signal.SIGTERM and not ready_now)
+                log.log(logging.INFO if clean else logging.ERROR,
                         "worker %d exited (%s)", worker.index, _describe(worker.status))  # fmt: skip
-                if worker.status != 0:
+                if not clean:
                     self.exit_status = self.exit_status or 1
             return
         # It never said `ready`: a start failure stops everything.

@@ -100,8 +100,9 @@ def test_pyz_help(pyz: Path, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(150)
 def test_pyz_serve_until_start_wss_service(pyz: Path, tmp_path: Path) -> None:
+    """`python3 mccp-bridge.pyz serve --workers 2`: the supervisor starts the zipapp again as workers."""
     args = ["/usr/bin/python3", str(pyz), "serve", "--data-dir", str(tmp_path / "d")]
-    args += ["--listen", "127.0.0.1", "--wss-port", "0"]
+    args += ["--listen", "127.0.0.1", "--wss-port", "0", "--sip-port", "0", "--workers", "2"]
     with subprocess.Popen(
         args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -114,9 +115,15 @@ def test_pyz_serve_until_start_wss_service(pyz: Path, tmp_path: Path) -> None:
                 if not line:
                     break
                 lines.append(line)
-                if "start WSS service" in line:
+                if "all 2 workers ready" in line:
                     break
-            assert re.search(r"start WSS service on wss://127\.0\.0\.1:\d+/mccp", "".join(lines)), lines
+            ports = {
+                index: re.findall(rf"\[worker {index}\] bridge.app: start WSS service on wss://127\.0\.0\.1:(\d+)/mccp",
+                                  "".join(lines))
+                for index in (0, 1)
+            }  # fmt: skip
+            assert ports[0], lines
+            assert ports[0] == ports[1], lines
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
         finally:

@@ -248,3 +248,42 @@ async def test_registration_survives_a_restart(tmp_path: Path) -> None:
             bridge.process.send_signal(signal.SIGTERM)
             with trio.fail_after(5):
                 assert await bridge.process.wait() == 0
+
+
+async def test_a_second_sigterm_kills_a_stuck_worker_at_once(tmp_path: Path) -> None:
+    """Worker 1 is stopped (SIGSTOP): the first SIGTERM waits for it, the second kills it."""
+    data = _data_dir(tmp_path)
+    port = _free_port()
+    with trio.fail_after(60):
+        async with serving(
+            tmp_path, data, "--workers", "2", "--wss-port", str(port), "--shutdown-grace", "60",
+            started=r"\[supervisor\] bridge\.workers: all 2 workers ready",
+        ) as bridge:  # fmt: skip
+            pids = [
+                int((await bridge.wait_for(rf"\[supervisor\] .*worker {i} started, pid (\d+)"))[1])
+                for i in (0, 1)
+            ]
+            os.kill(pids[1], signal.SIGSTOP)
+            bridge.process.send_signal(signal.SIGTERM)
+            await bridge.wait_for(r"\[supervisor\] bridge\.workers: worker 0 exited \(exit status 0\)")
+            await trio.sleep(0.5)
+            assert bridge.process.returncode is None  # still waiting for worker 1
+            sent = time.monotonic()
+            bridge.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                status = await bridge.process.wait()
+            elapsed = time.monotonic() - sent
+            await bridge.wait_for(r"SIGTERM again: killing the workers")
+    assert status == 128 + signal.SIGTERM
+    assert elapsed < 3
+    with trio.fail_after(5):
+        while _alive(pids[1]):
+            await trio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
