@@ -1,6 +1,6 @@
 """Call set-up benchmark: set-up latency and calls per second through the real bridge.
 
-    .venv/bin/python -m bench.setup [--serial 50] [--rates 10,25,50,75,100] [--seconds 5]
+    .venv/bin/python -m bench.setup [--serial 50] [--rates 5,10,20,40] [--seconds 5]
                                     [--scrypt-n 1024,16384] [--out bench/results/x.json]
 
 Each call goes through the whole real signalling (bench.calls): MCCP `call` over WSS -> the caller's
@@ -206,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serial", type=int, default=50)
-    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[10, 25, 50, 75, 100])
+    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[5, 10, 20, 40])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--scrypt-n", type=lambda s: [int(x) for x in s.split(",")], default=[2**10, 2**14])
     ap.add_argument("--nice", type=int, default=-20)
