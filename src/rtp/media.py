@@ -59,6 +59,7 @@ from rtp.demux import DemuxCounters, PacketKind, classify
 from rtp.dtls import DtlsCertificate, DtlsCounters, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.errors import LocalProtocolError
 from rtp.ice_lite import CONSENT_TIMEOUT, IceCounters, IceLiteAgent
+from rtp.latch import LEARNING_PACKETS, SourceLatch, Verdict
 from rtp.relay import CodecMap, LegCounters, Relay
 from rtp.sdp_answer import (
     BrowserNegotiation,
@@ -119,11 +120,13 @@ class EdgeCounters:
     not_validated: int = 0  # DTLS/SRTP from an address that passed no ICE check
     before_keys: int = 0  # SRTP before the DTLS handshake completed
     no_browser_address: int = 0  # SIP media before the browser's address is known
-    unknown_source: int = 0  # SIP media from an address other than the answer's (once latched)
+    unknown_source: int = 0  # SIP media refused by the source latch (the two below included)
+    latch_invalid: int = 0  # ...of which not valid RTP/RTCP or a PT not negotiated, before a latch
+    latch_learning: int = 0  # ...of which held back during a foreign source's learning run
     no_sip_address: int = 0  # media (either way) before the SIP answer
     on_hold: int = 0  # browser media not sent while the SIP side holds the call
     send_failed: int = 0  # sendto raised (full buffer, ICMP unreachable)
-    latched: int = 0  # symmetric RTP: the SIP source differed from its SDP address
+    latched: int = 0  # symmetric RTP: latched onto a source other than the SDP's (rtp.latch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,7 @@ class MediaSession:
         media_timeout: float | None = MEDIA_TIMEOUT,
         negotiation: Negotiation | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        learning_packets: int = LEARNING_PACKETS,
     ) -> None:
         self.ice = ice
         self.dtls = dtls
@@ -230,9 +234,10 @@ class MediaSession:
         self._browser = _raw_socket(browser_sock)
         self._sip_rtp = _raw_socket(sip_rtp_sock)
         self._sip_rtcp = _raw_socket(sip_rtcp_sock)
-        self._sip: SipRemote | None = None
-        self._sip_latched = False
-        self._sip_rtcp_latched = False
+        self._sip: SipRemote | None = None  # where SIP media goes (the latched sources)
+        self._sip_sdp: SipRemote | None = None  # what the SIP answer's SDP said
+        self._latch: SourceLatch | None = None
+        self._learning_packets = learning_packets
         self._dtls_peer: Address | None = None
         self._last_validated: Address | None = None
         self._last_browser_media: float | None = None
@@ -242,10 +247,25 @@ class MediaSession:
     # --- control (called from other tasks of the call) -------------------------------------
 
     def set_sip_remote(self, remote: SipRemote) -> None:
-        """Point the SIP leg at `remote` and install its codec map (early media starts now)."""
-        if self._sip is None or remote.rtp != self._sip.rtp:
-            self._sip_latched = self._sip_rtcp_latched = False
-        self._sip = remote
+        """Point the SIP leg at `remote` and install its codec map (early media starts now).
+
+        A new address starts a new source latch (`rtp.latch`); the same address keeps the
+        latched sources and only changes the payload types the latch admits.
+        """
+        latch, sdp = self._latch, self._sip_sdp
+        pts = remote.codec_map.to_browser.keys()
+        if latch is None or sdp is None or remote.rtp != sdp.rtp or remote.rtcp != sdp.rtcp:
+            self._latch = SourceLatch(remote.rtp, remote.rtcp, pts, learning_packets=self._learning_packets)
+            self._sip = remote
+        else:
+            latch.set_payload_types(pts)
+            self._sip = SipRemote(
+                latch.rtp_source or remote.rtp,
+                latch.rtcp_source or remote.rtcp,
+                remote.codec_map,
+                remote.may_send,
+            )
+        self._sip_sdp = remote
         self.relay.set_codec_map(remote.codec_map)
 
     def set_sip_answer(self, sdp: str) -> None:
@@ -507,9 +527,10 @@ class MediaSession:
     async def run_relay(self) -> None:
         """Read the SIP leg's RTP and RTCP sockets for the whole call; SRTP/SRTCP to the browser.
 
-        Symmetric RTP (RFC 4961): after each new SIP answer, the first packet's source becomes
-        the SIP side's address if it differs from its SDP (NAT, a PBX sending from another port);
-        afterwards packets from other sources are dropped. Never returns; never raises on input.
+        Symmetric RTP (RFC 4961) with strict learning (`rtp.latch`): after each new SIP answer
+        the leg latches onto a validated source (the SDP's IP at once, another IP after a learning
+        run) and media to SIP goes there; other sources are dropped and counted. Never returns;
+        never raises on input.
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sip_reader, self._sip_rtp, False)
@@ -533,7 +554,7 @@ class MediaSession:
                 except OSError:
                     continue
                 src = _addr(src_raw)
-                if not self._accept_sip_source(src, rtcp):
+                if not self._accept_sip_source(view[:n], src, rtcp):
                     continue
                 dest = self.browser_address
                 if dest is None:
@@ -544,34 +565,50 @@ class MediaSession:
                     self._send(self._browser, out, dest)
             await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _accept_sip_source(self, src: Address, rtcp: bool) -> bool:
-        sip = self._sip
-        if sip is None:
+    def _accept_sip_source(self, data: memoryview, src: Address, rtcp: bool) -> bool:
+        sip, latch = self._sip, self._latch
+        if sip is None or latch is None:
             self.edge.no_sip_address += 1
             return False
-        expected = sip.rtcp if rtcp else sip.rtp
-        if src == expected:
-            if rtcp:
-                self._sip_rtcp_latched = True
-            else:
-                self._sip_latched = True
-            return True
-        latched = self._sip_rtcp_latched if rtcp else self._sip_latched
-        if latched:
-            self.edge.unknown_source += 1
-            return False
-        # RFC 4961 symmetric RTP: latch onto the real source once.
-        self.edge.latched += 1
-        self.log.info(
-            "SIP %s comes from %s:%d, not %s:%d: latched", "RTCP" if rtcp else "RTP", *src, *expected
-        )
         if rtcp:
-            self._sip_rtcp_latched = True
-            self._sip = SipRemote(sip.rtp, src, sip.codec_map, sip.may_send)
+            if src == sip.rtcp and src == latch.rtcp_source:
+                return True  # the hot path
+            before = latch.rtcp_source
+            verdict = latch.rtcp_untrusted(data, src)
         else:
-            self._sip_latched = True
-            self._sip = SipRemote(src, sip.rtcp, sip.codec_map, sip.may_send)
-        return True
+            if src == sip.rtp and src == latch.rtp_source:
+                return True  # the hot path
+            before = latch.rtp_source
+            verdict = latch.rtp_untrusted(data, src)
+        match verdict:
+            case Verdict.ACCEPT:
+                self._on_latched(sip, latch, before, rtcp)
+                return True
+            case Verdict.LEARNING:
+                self.edge.latch_learning += 1
+            case Verdict.INVALID:
+                self.edge.latch_invalid += 1
+            case Verdict.UNKNOWN_SOURCE:
+                pass
+        self.edge.unknown_source += 1
+        return False
+
+    def _on_latched(self, sip: SipRemote, latch: SourceLatch, before: Address | None, rtcp: bool) -> None:
+        """A source was (re)latched: media to SIP goes there from now on (RFC 4961 §3)."""
+        rtp_to = latch.rtp_source or sip.rtp
+        rtcp_to = latch.rtcp_source or sip.rtcp
+        if (rtp_to, rtcp_to) == (sip.rtp, sip.rtcp):
+            return
+        now_latched = latch.rtcp_source if rtcp else latch.rtp_source
+        if now_latched != before and now_latched is not None:
+            expected = latch.expected_rtcp if rtcp else latch.expected_rtp
+            if now_latched != expected:
+                self.edge.latched += 1
+                self.log.info(
+                    "SIP %s comes from %s:%d, not %s:%d: latched",
+                    "RTCP" if rtcp else "RTP", *now_latched, *expected,
+                )  # fmt: skip
+        self._sip = SipRemote(rtp_to, rtcp_to, sip.codec_map, sip.may_send)
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ import trio
 from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.errors import NegotiationError
 from rtp.ice_lite import CONSENT_TIMEOUT, IceLiteAgent
+from rtp.latch import LEARNING_PACKETS
 from rtp.media import MediaEnded, MediaSession, SipRemote, open_media
 from rtp.ports import PortAllocator
 from rtp.relay import CodecMap, PtRoute
@@ -269,6 +270,95 @@ async def test_symmetric_rtp_latches_on_the_real_source() -> None:
             data, _ = await r.phone.recvfrom(2048)
             assert data[12:] == b"\x02" * 160
             assert r.media.stats().edge.latched == 1
+            nursery.cancel_scope.cancel()
+
+
+async def udp_on(host: str) -> trio.socket.SocketType:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind((host, 0))
+    return sock
+
+
+async def test_a_sprayer_from_another_address_does_not_capture_the_sip_leg() -> None:
+    """RTP bleed: valid-looking RTP from another IP reaches the SIP port right after the answer,
+    before the phone's first packet. Nothing from it is relayed, the phone's stream is, and media
+    to SIP keeps going to the phone."""
+    with trio.fail_after(10):
+        async with rig() as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            sprayer = await udp_on("127.0.0.30")
+            with sprayer:
+                # The SDP names the phone's IP and another port (a NAT rewriting ports).
+                r.media.set_sip_remote(SipRemote(("127.0.0.1", 9), ("127.0.0.1", 10), PCMU))
+                rng = random.Random(7)
+                bridge_rtp = ("127.0.0.1", r.sip_rtp_port)
+                for _ in range(50):  # random sequence numbers, negotiated and other PTs, garbage
+                    seq, pt = rng.randrange(1 << 16), rng.choice([0, 0, 8, 101])
+                    await sprayer.sendto(rtp(seq, 0, 0x6666, b"\x66" * 160, pt), bridge_rtp)
+                    await sprayer.sendto(rng.randbytes(rng.randrange(1, 200)), bridge_rtp)
+                await sprayer.sendto(
+                    struct.pack("!BBHI", 0x80, 201, 1, 0x6666), ("127.0.0.1", r.sip_rtcp_port)
+                )
+                await trio.sleep(0.1)
+                assert r.media.stats().edge.unknown_source >= 100
+                for i in range(5):
+                    await r.phone.sendto(rtp(40 + i, 160 * i, 0x2222, b"\x55" * 160), bridge_rtp)
+                while len(r.browser.received) < 5:
+                    await trio.sleep(0.01)
+                assert r.browser.tx is not None
+                await r.browser.sock.sendto(
+                    r.browser.tx.protect(rtp(1, 0, 1, b"\x02" * 160)), r.browser.bridge
+                )
+                data, _ = await r.phone.recvfrom(2048)
+                assert data[12:] == b"\x02" * 160
+                with trio.move_on_after(0.2):
+                    await sprayer.recvfrom(2048)
+                    pytest.fail("media went to the sprayer")
+            assert all(p[12:] == b"\x55" * 160 for p in r.browser.received)
+            stats = r.media.stats()
+            assert stats.edge.latched == 1
+            assert stats.edge.latch_invalid >= 50
+            assert stats.edge.unknown_source == stats.edge.latch_invalid + stats.edge.latch_learning + 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_source_on_another_ip_latches_after_a_learning_run() -> None:
+    """A PBX whose media server is not the SDP's IP: its first LEARNING_PACKETS - 1 packets are
+    held back, then the leg latches and media to SIP goes there; RTCP from that host latches too."""
+    with trio.fail_after(10):
+        async with rig() as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            media_server, media_rtcp = await udp_on("127.0.0.40"), await udp_on("127.0.0.40")
+            with media_server, media_rtcp:
+                r.media.set_sip_remote(SipRemote(r.phone.getsockname(), r.phone_rtcp.getsockname(), PCMU))
+                for i in range(LEARNING_PACKETS + 2):
+                    await media_server.sendto(
+                        rtp(300 + i, 160 * i, 0x7777, bytes([i]) * 160), ("127.0.0.1", r.sip_rtp_port)
+                    )
+                while len(r.browser.received) < 3:
+                    await trio.sleep(0.01)
+                assert [p[12] for p in r.browser.received] == [
+                    LEARNING_PACKETS - 1,
+                    LEARNING_PACKETS,
+                    LEARNING_PACKETS + 1,
+                ]
+                assert r.browser.tx is not None
+                await r.browser.sock.sendto(
+                    r.browser.tx.protect(rtp(1, 0, 1, b"\x03" * 160)), r.browser.bridge
+                )
+                data, _ = await media_server.recvfrom(2048)
+                assert data[12:] == b"\x03" * 160
+                sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0x7777, 1, 2, 1000, 5, 800)
+                await media_rtcp.sendto(sr, ("127.0.0.1", r.sip_rtcp_port))
+                rr = struct.pack("!BBHI", 0x80, 201, 1, 0x1111)
+                while not r.browser.received_rtcp:
+                    await trio.sleep(0.01)
+                await r.browser.sock.sendto(r.browser.tx.protect_rtcp(rr), r.browser.bridge)
+                data, _ = await media_rtcp.recvfrom(2048)
+                assert data == rr
+            stats = r.media.stats()
+            assert stats.edge.latch_learning == LEARNING_PACKETS - 1
+            assert stats.edge.latched == 2  # RTP, then RTCP
             nursery.cancel_scope.cancel()
 
 

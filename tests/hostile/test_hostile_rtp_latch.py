@@ -1,12 +1,12 @@
-"""PENDING (not collected: rename to test_hostile_rtp_latch.py once src/rtp/media.py is fixed).
+"""RTP bleed (fixed): a sprayer of the media range during call set-up must not capture the SIP leg.
 
-RTP bleed: `rtp.media.MediaSession._accept_sip_source` latches the SIP leg (symmetric RTP,
-RFC 4961) onto the source of the first datagram that reaches the SIP-side RTP/RTCP port after an
-answer, whatever its address and whatever it contains (it runs before the relay checks the packet).
-A sprayer hitting the media range while a call is set up wins that race: the phone's own RTP is then
-dropped as `unknown_source` (measured: 4 of 201 echoed packets came back) and the sprayer's RTP is
-what the browser hears. Expected once fixed: latch only on a packet that passes RTP validation with
-a negotiated payload type, and only from the SDP's IP address (any port) or within a short window.
+Before the fix `rtp.media` latched the SIP leg (symmetric RTP, RFC 4961) onto the source of the
+first datagram that reached the SIP-side RTP/RTCP port after an answer, whatever its address and
+contents: the phone's own RTP was then dropped and the sprayer's relayed (measured: 4 of 201
+echoed packets came back). Now (`rtp.latch`) only valid RTP with a negotiated payload type
+latches, from the SDP's IP at once, from another IP only after a learning run of consecutive
+packets and only while nothing from the SDP's IP has arrived; the sprayer (127.0.0.30, random
+sequence numbers) never completes one.
 """
 
 from __future__ import annotations
@@ -44,4 +44,5 @@ async def test_a_sprayer_during_call_setup_does_not_capture_the_sip_leg(
                     await page.wait_media(to_receive=150, timeout=10)
                 sent, got = page.sent_packets, page.received.packets
                 await page.hangup()
+            print(f"RTP latch under a media-range spray: {got} of {sent} echoed packets came back")
             assert got >= 0.8 * sent, f"{got} of {sent} echoed packets came back: the SIP leg was captured"
