@@ -274,6 +274,22 @@ def _setup_logging(config: Config, stream: TextIO, label: str | None = None) -> 
     logging.getLogger("trio-websocket").setLevel(max(root.level, logging.INFO))
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard one: a call holds about 5 descriptors."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("bridge.cli").warning("open files: cannot raise the limit of %d: %s", soft, exc)
+        else:
+            logging.getLogger("bridge.cli").info("open files: limit raised from %d to %d", soft, hard)
+
+
 def _cmd_serve(
     config: Config, args: argparse.Namespace, argv: Sequence[str], stdout: TextIO, stderr: TextIO
 ) -> int:
@@ -283,6 +299,7 @@ def _cmd_serve(
     if count > 1:
         return _supervise(config, argv, count, stdout, stderr)
     _setup_logging(config, stderr)
+    _raise_open_files_limit()
     first = first_start(config)
     if first is not None:
         logging.getLogger("bridge.cli").info("first start: wrote %s", first.config_file)
@@ -326,6 +343,7 @@ def _serve_worker(config: Config, args: argparse.Namespace, stderr: TextIO) -> i
 
     worker = WorkerSlot(args.worker_index, config.worker_count, args.worker_control)
     _setup_logging(config, stderr, worker.label)
+    _raise_open_files_limit()
     status, message = _serve(
         lambda: serve_blocking(config, on_started=lambda _: None, services=bridge_services, worker=worker)
     )

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -91,10 +91,23 @@ class Serving:
 
 @asynccontextmanager
 async def serving(
-    home: Path, data_dir: Path, *extra: str, started: str = START_RE.pattern
+    home: Path, data_dir: Path, *extra: str, started: str = START_RE.pattern, prefix: Sequence[str] = ()
 ) -> AsyncIterator[Serving]:
-    """`serve` in one process (`--workers 1`, unless `extra` says otherwise), until `started` is logged."""
-    args = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1"]
+    """`serve` in one process (`--workers 1`, unless `extra` says otherwise), until `started` is logged.
+
+    `prefix` goes before the command (e.g. `prlimit ... --`).
+    """
+    args = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "bridge",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1",
+    ]
     args += ["--wss-port", "0", "--sip-port", "0", "--workers", "1", *extra]
     process = await trio.lowlevel.open_process(
         args, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -251,14 +251,22 @@ async def test_registration_survives_a_restart(tmp_path: Path) -> None:
 
 
 async def test_a_second_sigterm_kills_a_stuck_worker_at_once(tmp_path: Path) -> None:
-    """Worker 1 is stopped (SIGSTOP): the first SIGTERM waits for it, the second kills it."""
+    """Worker 1 is stopped (SIGSTOP): the first SIGTERM waits for it, the second kills it.
+
+    Started with a soft limit of 256 open files, which each worker raises to the hard limit.
+    """
     data = _data_dir(tmp_path)
     port = _free_port()
     with trio.fail_after(60):
         async with serving(
             tmp_path, data, "--workers", "2", "--wss-port", str(port), "--shutdown-grace", "60",
             started=r"\[supervisor\] bridge\.workers: all 2 workers ready",
+            prefix=["prlimit", "--nofile=256:4096", "--"],
         ) as bridge:  # fmt: skip
+            for i in (0, 1):
+                await bridge.wait_for(
+                    rf"\[worker {i}\] bridge\.cli: open files: limit raised from 256 to 4096$"
+                )
             pids = [
                 int((await bridge.wait_for(rf"\[supervisor\] .*worker {i} started, pid (\d+)"))[1])
                 for i in (0, 1)
