@@ -2,6 +2,7 @@
 change): `python -m bench.gcprobe serve ...` is `mccp-bridge serve ...` plus gc.callbacks timing
 every collection; at exit the pauses are written as JSON to $BENCH_GC_LOG.
 
+$BENCH_PATCH: a Python file executed first (a monkeypatch under test, e.g. a faster reader loop).
 $BENCH_GC_MODE: `probe` (default: measure only), `freeze` (gc.freeze() after start-up, then
 gen0 threshold 50 000 instead of 700: what the lead could apply in bridge.cli), or `off`
 (gc.disable(): the upper bound of the gain).
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 _start: dict[str, float] = {}
@@ -58,6 +60,9 @@ def main() -> None:
     elif mode == "freeze":
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+    patch = os.environ.get("BENCH_PATCH")
+    if patch:  # a local experiment: a Python file run before the bridge starts (monkeypatches)
+        exec(compile(Path(patch).read_text(), patch, "exec"), {"__name__": "bench_patch"})
     from bridge.cli import main as bridge_main
 
     sys.argv[0] = "mccp-bridge"
