@@ -495,8 +495,11 @@ async def _report_to_supervisor(context: BridgeContext, fd: int) -> None:
     """Say `ready` on the control socket, then stop gracefully when the supervisor goes (EOF)."""
     control = trio.socket.from_stdlib_socket(socket.socket(fileno=os.dup(fd)))
     with control:
-        await control.send(b"ready\n")
-        while await control.recv(4096):
+        try:
+            await control.send(b"ready\n")
+            while await control.recv(4096):
+                pass
+        except OSError:  # the supervisor's end is gone (BrokenPipe, ConnectionReset)
             pass
     log.warning("the supervisor is gone: stopping")
     context.stop()

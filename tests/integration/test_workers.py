@@ -295,3 +295,25 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """No orphans: a worker reads EOF on its control socket and stops gracefully."""
+    data = _data_dir(tmp_path)
+    port = _free_port()
+    with trio.fail_after(60):
+        async with serving(
+            tmp_path, data, "--workers", "2", "--wss-port", str(port),
+            started=r"\[supervisor\] bridge\.workers: all 2 workers ready",
+        ) as bridge:  # fmt: skip
+            pids = [
+                int((await bridge.wait_for(rf"\[supervisor\] .*worker {i} started, pid (\d+)"))[1])
+                for i in (0, 1)
+            ]
+            bridge.process.kill()
+            for i in (0, 1):
+                await bridge.wait_for(rf"\[worker {i}\] bridge\.app: the supervisor is gone: stopping")
+                await bridge.wait_for(rf"\[worker {i}\] bridge\.app: stopped$")
+            with trio.fail_after(5):
+                while any(_alive(pid) for pid in pids):
+                    await trio.sleep(0.05)
