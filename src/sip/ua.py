@@ -35,8 +35,18 @@ Theory of operation:
   once as a configuration warning.
 * REGISTER (when a `Registrar` and an `ha1_lookup` are given): digest challenge with a stateless
   HMAC nonce (sip.registrar.make_nonce), credentials checked against the HA1 the bridge looks up;
-  nothing is ever proxied. OPTIONS -> 200. Initial INVITEs -> 403 unless an `on_invite` hook
-  accepts them (only the echo extension installs one: the bridge is not an open relay).
+  nothing is ever proxied. Guessing is throttled by an `AuthGuard` (`sip.throttle`; default
+  `DigestThrottle`): a locked-out source IP or user gets 403 without any digest check, every
+  failed check is reported to the guard, and each lock-out is logged once. The source IP is the
+  datagram's or connection's, never a Via parameter the sender wrote. OPTIONS -> 200. Initial
+  INVITEs -> 403 unless an `on_invite` hook accepts them (only the echo extension installs one:
+  the bridge is not an open relay).
+* One message never stops the UA (STYLE.md 2.2): any exception (a bug, a hook or callback that
+  raises) while one received message is handled is caught in `_dispatch`, logged with the
+  message's summary (the first ten with a traceback, then one line per hundred, so one bug hit
+  by a flood cannot flood the log), counted (`stats["handler_errors"]`), and a request gets 500
+  if its server transaction can still answer; the next message is served. Cancellation (a
+  BaseException) is never caught.
 
 Randomness (tags, branches, Call-IDs, cnonces, the nonce key) comes from `token`, injectable.
 """
@@ -68,6 +78,7 @@ from sip.layer import LayerAction, RequestReceived, StrayResponse, TransactionLa
 from sip.message import Request, Response, make_response
 from sip.registrar import ContactSpec, NonceCheck, Registrar, RegistrarError, check_nonce, make_nonce
 from sip.resolver import SipResolver, is_ip_literal
+from sip.throttle import AuthGuard, DigestThrottle
 from sip.timers import TimerConfig
 from sip.transaction import (
     AckReceived,
@@ -87,12 +98,23 @@ log = logging.getLogger("sip.ua")
 
 T1 = 0.5  # RFC 3261 §17.1.1.1 RTT estimate
 T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
+HANDLER_ERROR_TRACEBACKS = 10  # handler errors logged with a traceback; then every 100th, one line
 
 
 _TxEvent = Response | Timeout | TransportFailed
 
 
 # --------------------------------------------------------------------------- the UA
+
+
+def _summary(message: Request | Response) -> str:
+    """One line naming a message for a log record (no body, no credentials)."""
+    try:
+        if isinstance(message, Request):
+            return f"{message.method} {message.uri} (Call-ID {message.call_id}, CSeq {message.cseq.seq})"
+        return f"{message.status} to {message.cseq.method} (Call-ID {message.call_id})"
+    except Exception:  # a header the accessors refuse: say what can be said
+        return f"a {type(message).__name__}"
 
 
 def _same_udp_address(a: Address, b: Address) -> bool:
@@ -115,7 +137,9 @@ class SipUA:
 
     `ha1_lookup(user, realm, algorithm)` returns the hex HA1 of an extension (RFC 7616 §3.4.2)
     or None for an unknown user. `on_invite(call)` handles accepted initial INVITEs (the echo
-    extension); without it every initial INVITE is refused with 403.
+    extension); without it every initial INVITE is refused with 403. `auth_guard` throttles
+    REGISTER digest guessing (default: a `DigestThrottle` of its own; pass the bridge's MCCP
+    `Authenticator` to share its lock-outs).
     """
 
     def __init__(
@@ -136,8 +160,10 @@ class SipUA:
         grace: float = 4.0,
         outbound_proxy: tuple[str, int, str] | None = None,
         resolver: SipResolver | None = None,
+        auth_guard: AuthGuard | None = None,
     ) -> None:
         self.transport = transport
+        self.auth_guard: AuthGuard = auth_guard if auth_guard is not None else DigestThrottle()
         self.outbound_proxy = outbound_proxy
         self._resolver = resolver
         self.host = public_host or local_host or transport.public_host
@@ -162,8 +188,10 @@ class SipUA:
         self._dialogs: dict[str, OutgoingCall | IncomingCall] = {}
         self._nursery: trio.Nursery | None = None
         self._warned_unchallenged = False
+        self._packet_source: Address | None = None  # where the message being dispatched came from
         self.stats: dict[str, int] = {
             "stray_responses": 0, "bad_requests": 0, "retransmissions": 0, "unwanted_2xx": 0,
+            "handler_errors": 0, "register_locked_out": 0, "register_lockouts": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------ lifecycle
@@ -491,6 +519,7 @@ class SipUA:
 
     async def _dispatch(self, inbound: Inbound) -> None:
         message, source = inbound.message, inbound.source
+        self._packet_source = inbound.source
         try:
             if isinstance(message, Request):
                 # The server transaction answers where RFC 3261 §18.2.2 / RFC 3581 say.
@@ -503,6 +532,30 @@ class SipUA:
             log.info("dropped a bad message from %s: %s", source, exc)
         except TransportError as exc:  # e.g. re-ACKing a retransmitted 2xx to a vanished peer
             log.info("cannot send while handling a message from %s: %s", source, exc)
+        except Exception:  # a bug: it must cost this message only, never the UA (nor the bridge)
+            self.stats["handler_errors"] += 1
+            count = self.stats["handler_errors"]
+            if count <= HANDLER_ERROR_TRACEBACKS:
+                log.exception("error while handling %s from %s", _summary(message), inbound.source)
+            elif count % 100 == 0:  # a flood of one bug must not flood the log
+                log.error(
+                    "%d errors while handling messages; now %s from %s",
+                    count,
+                    _summary(message),
+                    inbound.source,
+                )
+            self._wakeup.set()  # the actions not performed may have moved a deadline
+            if isinstance(message, Request) and message.method != "ACK":
+                await self._answer_500(message)
+        finally:
+            self._packet_source = None
+
+    async def _answer_500(self, request: Request) -> None:
+        """RFC 3261 §21.5.1: 500 on the request's server transaction, if it can still answer."""
+        try:
+            await self.respond(request, 500)
+        except Exception as exc:  # the request or the layer is what failed: give up quietly
+            log.info("no 500 for %s: %s", _summary(request), exc)
 
     async def _on_request(self, received: RequestReceived) -> None:
         request, source = received.request, received.source
@@ -569,6 +622,12 @@ class SipUA:
         if not user:
             await self.respond(request, 404)
             return
+        # Throttle by the IP the message really came from (a Via `received=` is the sender's word).
+        source_ip = (self._packet_source or source).host
+        if self.auth_guard.is_locked(source=source_ip, extension=user, now=now):
+            self.stats["register_locked_out"] += 1  # no digest is checked while locked out
+            await self.respond(request, 403)
+            return
         value = request.headers.get("Authorization")
         if value is None:
             await self._challenge(request, source, now, stale=False)
@@ -589,6 +648,14 @@ class SipUA:
             ha1 = self.ha1_lookup(creds.username, self.realm, algorithm)
         if ha1 is None or not verify(creds, "REGISTER", ha1):
             log.info("REGISTER for %s from %s: authentication failed", user, source)
+            self.auth_guard.record_failure(source=source_ip, extension=user, now=now)
+            if self.auth_guard.is_locked(source=source_ip, extension=user, now=now):
+                self.stats["register_lockouts"] += 1  # it was not locked before this check
+                log.warning(
+                    "REGISTER for %s from %s: too many failed digests, locked out (403 without a check)",
+                    user,
+                    source_ip,
+                )
             await self.respond(request, 403)
             return
         contacts: list[ContactSpec] = []
