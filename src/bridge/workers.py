@@ -28,7 +28,8 @@ BYE + MCCP hangup, as a single process does); the supervisor exits 0 when all ha
 the workers at once (exit 128+signal). SIGHUP is forwarded (extensions and certificate reloaded in
 every worker). A worker that fails to start stops the others, and the supervisor exits with that
 worker's status and one line naming it. A worker that dies later is logged and started again after
-`RESTART_DELAY` seconds (its port share is the same).
+`RESTART_DELAY` seconds (its port share is the same); the delay doubles, up to `MAX_RESTART_DELAY`,
+while it keeps dying within `STABLE_RUN` seconds (a worker that cannot start again says why).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ log = logging.getLogger("bridge.workers")
 READY_TIMEOUT = 60.0  # seconds a worker has to say `ready`
 STOP_MARGIN = 10.0  # seconds on top of shutdown_grace before the supervisor kills the workers
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
+MAX_RESTART_DELAY = 30.0  # the longest of those delays, for a worker that keeps dying
+STABLE_RUN = 60.0  # a worker that ran this long before dying gets the short delay again
 MIN_MEDIA_PORTS = 4  # one call: a browser port and an even/odd RTP/RTCP pair
 
 
@@ -221,13 +224,18 @@ class _Supervisor:
 
     async def _keep(self, worker: _Worker) -> None:
         """Run one worker; start it again if it dies after it was ready, until stopping."""
+        delay = RESTART_DELAY
         while True:
+            started = trio.current_time()
             await self._run_once(worker)
             if self._stopped():
                 return
+            if trio.current_time() - started >= STABLE_RUN:
+                delay = RESTART_DELAY
             log.error("worker %d died (%s); starting it again in %gs", worker.index,
-                      _describe(worker.status), RESTART_DELAY)  # fmt: skip
-            await trio.sleep(RESTART_DELAY)
+                      _describe(worker.status), delay)  # fmt: skip
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
             if self._stopped():
                 return
 
@@ -258,6 +266,8 @@ class _Supervisor:
                 worker.ready.set()
                 while await control.recv(4096):
                     pass
+            elif was_ready and line is not None and line.startswith("error "):
+                log.error("worker %d could not start again: %s", worker.index, line.split(" ", 2)[-1])
             await process.wait()
         worker.status = process.returncode
         if worker.ready.is_set() or self.stopping:

@@ -317,3 +317,45 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
             with trio.fail_after(5):
                 while any(_alive(pid) for pid in pids):
                     await trio.sleep(0.05)
+
+
+async def test_a_worker_that_cannot_start_again_says_why_and_backs_off(tmp_path: Path) -> None:
+    """Worker 1 is killed and its SIP port taken: each restart fails with the reason, twice as late;
+    once the port is free it comes back."""
+    data = _data_dir(tmp_path)
+    port = _free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        sip_port = probe.getsockname()[1] - 1
+    with trio.fail_after(60):
+        async with serving(
+            tmp_path, data, "--workers", "2", "--wss-port", str(port), "--sip-port", str(sip_port),
+            started=r"\[supervisor\] bridge\.workers: all 2 workers ready",
+        ) as bridge:  # fmt: skip
+            pid = int((await bridge.wait_for(r"\[supervisor\] .*worker 1 started, pid (\d+)"))[1])
+            start = len(bridge.log)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+                os.kill(pid, signal.SIGKILL)
+                await bridge.wait_for(
+                    r"worker 1 died \(signal SIGKILL\); starting it again in 1s", start=start
+                )
+                with trio.fail_after(2):
+                    while True:
+                        try:
+                            taken.bind(("127.0.0.1", sip_port + 1))
+                            break
+                        except OSError:  # the killed worker's socket is not closed yet
+                            await trio.sleep(0.01)
+                failed = await bridge.wait_for(
+                    r"worker 1 could not start again: (.*)$", start=start, timeout=20
+                )
+                assert failed[1].startswith("cannot serve: ")
+                assert "address already in use" in failed[1].lower()
+                await bridge.wait_for(
+                    r"worker 1 died \(exit status 1\); starting it again in 2s", start=start
+                )
+            await bridge.wait_for(r"worker 1 ready again", start=start, timeout=20)
+            await bridge.wait_for(_start_line(1, port), start=start)
+            bridge.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(8):
+                assert await bridge.process.wait() == 0
