@@ -1,6 +1,6 @@
 """Which source the SIP leg's media is taken from: symmetric RTP latching with strict learning.
 
-RFC 4961 §3 (symmetric RTP) lets the bridge send to wherever the SIP side's RTP really comes
+RFC 4961 (symmetric RTP) lets the bridge send to wherever the SIP side's RTP really comes
 from, which is what makes a phone behind NAT work. Latching onto the first datagram's source,
 though, lets anyone who sprays the media port range during call set-up capture the leg (the
 "RTP bleed" of Asterisk, CVE-2017-14099). `SourceLatch` decides per datagram, before the relay,
@@ -9,7 +9,7 @@ whether it is taken, following Asterisk's `strictrtp=yes` learning mode:
 * Nothing latches on a datagram that is not valid RTP (RFC 3550 §5.1 and A.1, `check_untrusted`)
   with a payload type of the SIP answer (`payload_types`). Such datagrams are refused (counted).
 * From the SDP's own IP address (c=), a valid packet latches at once, whatever its port (a NAT
-  that rewrites ports only; RFC 4961 §3 and RFC 3550 §8.2).
+  that rewrites ports only, RFC 4961).
 * From another IP, the source must first send a learning run of `learning_packets` consecutive
   valid packets (same SSRC, sequence numbers each one more than the last, RFC 3550 A.1's
   "probation" of `MIN_SEQUENTIAL`), and only while nothing valid from the SDP's IP has arrived.
@@ -124,7 +124,7 @@ class SourceLatch:
             return Verdict.INVALID
         ssrc, seq = header
         if _ip(src) == self._sdp_ip:
-            # RFC 4961 §3: from the address the SDP named (any port: a NAT rewriting ports).
+            # RFC 4961: from the address the SDP named (any port: a NAT rewriting ports).
             self._sdp_ip_seen = True
             self._candidates.clear()
             if self.rtp_source is not None and _ip(self.rtp_source) == self._sdp_ip:

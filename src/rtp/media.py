@@ -594,7 +594,7 @@ class MediaSession:
         return False
 
     def _on_latched(self, sip: SipRemote, latch: SourceLatch, before: Address | None, rtcp: bool) -> None:
-        """A source was (re)latched: media to SIP goes there from now on (RFC 4961 §3)."""
+        """A source was (re)latched: media to SIP goes there from now on (RFC 4961)."""
         rtp_to = latch.rtp_source or sip.rtp
         rtcp_to = latch.rtcp_source or sip.rtcp
         if (rtp_to, rtcp_to) == (sip.rtp, sip.rtcp):

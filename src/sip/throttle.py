@@ -1,8 +1,8 @@
 """Brute-force protection for the embedded registrar's digest checks. No I/O, no clock.
 
-RFC 3261 §22.4 and RFC 7616 leave guessing to the server ("a server MAY ... throttle");
-without it a registrar answers a wrong digest in microseconds, hundreds of guesses a second,
-and here the SIP password of an extension is also its MCCP password. `SipUA` therefore asks an
+Digest authentication (RFC 3261 §22.4, RFC 7616) does nothing against online guessing: a
+registrar answers a wrong digest in microseconds, hundreds of guesses a second, and here the SIP
+password of an extension is also its MCCP password. `SipUA` therefore asks an
 `AuthGuard` before it checks a REGISTER's credentials and tells it about every failed check:
 
 * `is_locked(source=ip, extension=user, now=)`: True -> the UA answers 403 at once, computes no
