@@ -593,10 +593,14 @@ def _stamp_via(request: Request, source: Address) -> Request:
         return request
     via = request.top_via
     new = via
-    if _host_differs(via.host, source.host):
+    # §18.2.1 asks for `received` when sent-by differs from the source; we also replace any
+    # `received` the sender wrote itself (even when sent-by matches), or a request could name
+    # another host as the target of its responses (a reflection).
+    if _host_differs(via.host, source.host) or via.received not in (None, source.host):
         new = new.with_param("received", source.host)
-    if via.has_rport and via.rport is None:
-        # RFC 3581 §4: fill rport with the source port, and add received even if equal.
+    if via.has_rport and via.rport != source.port:
+        # RFC 3581 §4: fill rport with the source port (a value sent by the client is replaced),
+        # and add received even if equal.
         new = new.with_param("rport", str(source.port)).with_param("received", source.host)
     if new is via:
         return request

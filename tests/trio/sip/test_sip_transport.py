@@ -191,3 +191,30 @@ async def test_icmp_port_unreachable_is_reported_with_its_destination() -> None:
             assert t.stats.send_errors == 0
             peer.close()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "via_params",
+    ["received=127.0.0.77", "received=127.0.0.77;rport=6000"],
+    ids=["received", "received+rport"],
+)
+async def test_a_request_cannot_choose_where_its_responses_go(via_params: str) -> None:
+    """`received` (and a filled-in `rport`) are the server's to write (RFC 3261 §18.2.1, RFC 3581 §4):
+    a sender that writes them itself must not get the responses reflected to another host."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            t = await _start(nursery)
+            peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            await peer.bind(("127.0.0.4", 0))
+            port = peer.getsockname()[1]
+            request = INVITE.replace(
+                b"Via: SIP/2.0/UDP 10.1.2.3:5999;branch=z9hG4bKabc;rport",
+                f"Via: SIP/2.0/UDP 127.0.0.4:{port};branch=z9hG4bKabc;{via_params}".encode(),
+            )
+            await peer.sendto(request, ("127.0.0.1", t.port))
+            inbound = await t.inbound.receive()
+            assert isinstance(inbound.message, Request)
+            dest = t.response_address(inbound.message, inbound.source)
+            assert dest.host == "127.0.0.4"
+            assert dest.port == port
+            nursery.cancel_scope.cancel()
