@@ -175,6 +175,9 @@ async def bridge_services(
             ha1_lookup=ha1 if ua_registrar is not None else None,
             realm=config.realm,
             t1=sip_t1,
+            # One brute-force throttle for both doors: the page's password and a phone's REGISTER
+            # digest are the same secret, so their failures count together (per source, per extension).
+            auth_guard=context.authenticator,
         )
         await nursery.start(ua.run)
         log.info(
