@@ -448,27 +448,46 @@ class MediaSession:
         started_at = trio.current_time()
         reported = False
         while True:
-            with trio.move_on_at(self._deadline(started_at)):
-                try:
-                    await trio.lowlevel.wait_readable(raw)
-                except trio.ClosedResourceError:
-                    raise MediaEnded("media session closed", 487) from None
-            now = trio.current_time()
-            for _ in range(DRAIN_CAP):
-                try:
-                    n, src = raw.recvfrom_into(buf)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:  # e.g. ECONNREFUSED queued by an ICMP error: not a datagram
-                    continue
-                self._on_browser_datagram(view[:n], _addr(src), now)
-            self.dtls.handle_timeout(now)
-            self._flush_dtls()
-            if not reported and self.keys_ready:
-                task_status.started()
-                reported = True
-            self._check_end(now, started_at)
+            # One cancel scope per timeout, not one per wake-up: entering `trio.move_on_at` costs about
+            # as much as relaying a packet (bench/README.md, profile). The deadline is only ever lowered
+            # in place; a deadline that moved later costs one early, harmless wake-up.
+            with trio.CancelScope(deadline=self._deadline(started_at)) as scope:
+                while True:
+                    try:
+                        await trio.lowlevel.wait_readable(raw)
+                    except trio.ClosedResourceError:
+                        raise MediaEnded("media session closed", 487) from None
+                    reported = self._serve_browser(buf, view, started_at, reported, task_status)
+                    scope.deadline = min(scope.deadline, self._deadline(started_at))
+            reported = self._serve_browser(buf, view, started_at, reported, task_status)
             await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _serve_browser(
+        self,
+        buf: bytearray,
+        view: memoryview,
+        started_at: float,
+        reported: bool,
+        task_status: trio.TaskStatus[None],
+    ) -> bool:
+        """Drain the browser port, run the DTLS timer and the end checks; True once keys are reported."""
+        raw = self._browser
+        now = trio.current_time()
+        for _ in range(DRAIN_CAP):
+            try:
+                n, src = raw.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # e.g. ECONNREFUSED queued by an ICMP error: not a datagram
+                continue
+            self._on_browser_datagram(view[:n], _addr(src), now)
+        self.dtls.handle_timeout(now)
+        self._flush_dtls()
+        if not reported and self.keys_ready:
+            task_status.started()
+            reported = True
+        self._check_end(now, started_at)
+        return reported
 
     def _on_browser_datagram(self, data: memoryview, src: Address, now: float) -> None:
         kind = classify(data)
