@@ -42,6 +42,13 @@ well-formed DTLS records are dropped and counted before OpenSSL sees them; recor
 cannot authenticate are discarded by OpenSSL itself (RFC 6347 4.1.2.7). The peer certificate is
 accepted only if its digest equals the SDP `a=fingerprint` (RFC 5763 section 5; RFC 8122), which
 is checked in the verify callback so that a mismatch aborts the handshake with an alert.
+
+Shared context. The `SSL.Context` (certificate, key, DTLS 1.2 only, SRTP profiles, the verify
+callback) is the same for every call, so it is built once per `DtlsCertificate` and kept on it
+(`DtlsCertificate.context()`); the per-call part of the check, the expected fingerprint and its
+outcome, is a `_PeerCheck` attached to each `SSL.Connection` with `set_app_data`, which the
+shared verify callback reads. The role is set per connection (`set_connect_state` /
+`set_accept_state`), so one context serves both roles.
 """
 
 from __future__ import annotations
@@ -139,6 +146,14 @@ class DtlsCertificate:
     certificate: x509.Certificate
     private_key: ec.EllipticCurvePrivateKey
     fingerprint_sha256: str
+    # The SSL.Context every DtlsEndpoint with this identity shares, built on first use.
+    _context: list[SSL.Context] = field(default_factory=list, init=False, compare=False, repr=False)
+
+    def context(self) -> SSL.Context:
+        """The DTLS-SRTP `SSL.Context` for this identity, built once and shared by every call."""
+        if not self._context:
+            self._context.append(_make_context(self))
+        return self._context[0]
 
     @classmethod
     def generate(cls, common_name: str = "mccp-bridge") -> DtlsCertificate:
@@ -191,6 +206,53 @@ def split_records_untrusted(data: bytes) -> list[bytes] | None:
     return records or None
 
 
+@dataclass(slots=True)
+class _PeerCheck:
+    """The per-connection half of the fingerprint check: what the peer's SDP announced and, once
+    the verify callback has run, whether the certificate matched (None: not checked yet)."""
+
+    alg: str
+    expected: str
+    ok: bool | None = None
+
+
+def _verify_peer(conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
+    # RFC 5763 section 5: the certificate is self-signed; it is authenticated by comparing its
+    # digest with the signalled fingerprint, nothing else.
+    if depth != 0:
+        return True
+    check = conn.get_app_data()
+    if not isinstance(check, _PeerCheck):  # a connection without its check: never accept
+        return False
+    # The fingerprint is a hash of the DER bytes (RFC 8122 section 5): hash them as they came,
+    # without parsing the certificate further (a peer's odd dates must not raise).
+    hasher = hashes.Hash(_HASHES[check.alg]())
+    hasher.update(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+    check.ok = format_fingerprint(hasher.finalize()) == check.expected
+    return check.ok
+
+
+def _make_context(identity: DtlsCertificate) -> SSL.Context:
+    ctx = SSL.Context(SSL.DTLS_METHOD)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
+    # The context lives as long as the process: a server-side session cache in it would keep
+    # every call's session (WebRTC never resumes one), and an established association needs no
+    # read/write buffer between records (about 7 KiB per call back).
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # RFC 8827 section 6.5: DTLS 1.2 (WebRTC's version; the record parsing here assumes its
+    # 13-byte headers, not DTLS 1.3's unified header).
+    ctx.set_min_proto_version(DTLS1_2_VERSION)
+    ctx.set_max_proto_version(DTLS1_2_VERSION)
+    ctx.use_certificate(identity.certificate)
+    ctx.use_privatekey(identity.private_key)
+    ctx.check_privatekey()
+    ctx.set_tlsext_use_srtp(SrtpProfile.dtls_offer())
+    # RFC 5763 section 5: both ends MUST present a certificate (the server requests one).
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_peer)
+    return ctx
+
+
 def _pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
     out: list[bytes] = []
     current = b""
@@ -226,38 +288,15 @@ class DtlsEndpoint:
     _final_resends: int = 0
     _deadline: float | None = None
     _rto: float = INITIAL_RTO
-    _fingerprint_ok: bool | None = None
+    _check: _PeerCheck = field(init=False, repr=False)
     _profile: SrtpProfile | None = None
 
     def __post_init__(self) -> None:
         alg, expected = _normalize_fingerprint(*self.remote_fingerprint)
         self.remote_fingerprint = (alg, expected)
-        ctx = SSL.Context(SSL.DTLS_METHOD)
-        ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
-        # RFC 8827 section 6.5: DTLS 1.2 (WebRTC's version; the record parsing here assumes its
-        # 13-byte headers, not DTLS 1.3's unified header).
-        ctx.set_min_proto_version(DTLS1_2_VERSION)
-        ctx.set_max_proto_version(DTLS1_2_VERSION)
-        ctx.use_certificate(self.certificate.certificate)
-        ctx.use_privatekey(self.certificate.private_key)
-        ctx.check_privatekey()
-        ctx.set_tlsext_use_srtp(SrtpProfile.dtls_offer())
-
-        def verify(_conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
-            # RFC 5763 section 5: the certificate is self-signed; it is authenticated by
-            # comparing its digest with the signalled fingerprint, nothing else.
-            if depth != 0:
-                return True
-            # The fingerprint is a hash of the DER bytes (RFC 8122 section 5): hash them as they
-            # came, without parsing the certificate further (a peer's odd dates must not raise).
-            hasher = hashes.Hash(_HASHES[alg]())
-            hasher.update(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
-            self._fingerprint_ok = format_fingerprint(hasher.finalize()) == expected
-            return self._fingerprint_ok
-
-        # RFC 5763 section 5: both ends MUST present a certificate (the server requests one).
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
-        self._conn = SSL.Connection(ctx, None)
+        self._check = _PeerCheck(alg, expected)
+        self._conn = SSL.Connection(self.certificate.context(), None)
+        self._conn.set_app_data(self._check)
         self._conn.set_ciphertext_mtu(self.mtu)
         if self.role is DtlsRole.CLIENT:
             self._conn.set_connect_state()
@@ -378,13 +417,13 @@ class DtlsEndpoint:
             return
         except SSL.Error as exc:
             self._collect(None)  # the alert OpenSSL queued, if any
-            if self._fingerprint_ok is False:
+            if self._check.ok is False:
                 self._fail("fingerprint mismatch")
             else:
                 self._fail(f"DTLS handshake failed: {exc}")
             return
         self._final_flight = self._collect(None)  # a server's final flight (CCS, Finished)
-        if self._fingerprint_ok is not True:
+        if self._check.ok is not True:
             # Cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT, but never trust an unchecked peer.
             self._fail("fingerprint mismatch")
             return

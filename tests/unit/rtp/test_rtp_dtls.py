@@ -185,6 +185,26 @@ def test_client_checks_server_fingerprint() -> None:
     assert server.state is DtlsState.FAILED
 
 
+def test_calls_share_one_context_but_not_the_fingerprint_check() -> None:
+    """One SSL.Context per certificate; each connection keeps its own expected fingerprint and
+    verdict, so a mismatching call interleaved with a good one fails alone."""
+    good_client, good_server = pair()
+    bad_client, bad_server = pair(server_expects=SERVER_CERT.fingerprint_sha256)
+    assert good_server._conn.get_context() is bad_server._conn.get_context() is SERVER_CERT.context()
+    for client in (good_client, bad_client):
+        client.start(0.0)
+    for _ in range(10):  # both handshakes in flight at once, one flight each in turn
+        for client, server in ((good_client, good_server), (bad_client, bad_server)):
+            for datagram in client.outgoing():
+                server.feed_untrusted(datagram, 0.0)
+            for datagram in server.outgoing():
+                client.feed_untrusted(datagram, 0.0)
+    assert good_client.state is good_server.state is DtlsState.CONNECTED
+    assert_keys_match(good_client, good_server)
+    assert bad_server.state is DtlsState.FAILED
+    assert bad_server.failure_reason == "fingerprint mismatch"
+
+
 def test_unsupported_fingerprint_hash_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported fingerprint hash"):
         DtlsEndpoint(DtlsRole.SERVER, SERVER_CERT, ("md5", "AA:BB"))
