@@ -52,18 +52,31 @@ def _is_loopback(host: str) -> bool:
     return host.startswith("127.") or host == "::1" or host == "localhost"
 
 
+# RFC 5737 TEST-NET-1: asking the kernel for the route to it picks the host's outgoing address.
+# `connect()` on a UDP socket sends nothing; it only consults the routing table.
+_ROUTE_PROBE = ("192.0.2.1", 9)
+
+
 def local_addresses() -> list[str]:
-    """The host's own non-loopback IPv4 addresses (best effort, no traffic sent)."""
+    """The host's own non-loopback IPv4 addresses (best effort, no traffic sent): the source address
+    of its default route first, then what its host name resolves to (Debian maps the host name to
+    127.0.1.1, so the route is the reliable one)."""
     found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(_ROUTE_PROBE)
+            found.append(str(probe.getsockname()[0]))
+        except OSError:  # no route (e.g. a loopback-only network namespace)
+            pass
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_DGRAM)
     except OSError:
-        return found
+        infos = []
     for info in infos:
         address = str(info[4][0])
-        if not _is_loopback(address) and address not in found:
+        if address not in found:
             found.append(address)
-    return found
+    return [address for address in found if not _is_loopback(address) and address != "0.0.0.0"]
 
 
 def media_addresses(config: Config) -> tuple[list[str], str]:
@@ -76,7 +89,13 @@ def media_addresses(config: Config) -> tuple[list[str], str]:
         return [config.public_address], config.public_address
     if config.listen not in ("0.0.0.0", "::"):
         return [config.listen], config.listen
-    hosts = local_addresses() or ["127.0.0.1"]
+    hosts = local_addresses()
+    if not hosts:
+        log.warning(
+            "no address but loopback found: only browsers on this host can reach the media; "
+            "set --public-address (or --listen) to the address browsers and phones should use"
+        )
+        hosts = ["127.0.0.1"]
     return hosts, hosts[0]
 
 
