@@ -85,10 +85,20 @@ class _Call:
     answered_at: float | None = None
     first_response_at: float | None = None
     page_gone: bool = False  # the page's socket is gone: nothing more can be sent to it
+    # The SIP side's media description last changed (answer, re-INVITE) at `sip_media_at`; the
+    # event is set then and replaced, so the silence task sleeps until a change or its deadline.
+    sip_media_at: float | None = None
+    sip_media_changed: trio.Event = field(default_factory=trio.Event)
 
     @property
     def answered(self) -> bool:
         return self.answered_at is not None
+
+    def sip_media_set(self, now: float) -> None:
+        """Record that the SIP side's media changed (answered, re-INVITE) and wake its watchers."""
+        self.sip_media_at = now
+        self.sip_media_changed.set()
+        self.sip_media_changed = trio.Event()
 
     def finish(self, code: int, reason: str, by: EndedBy) -> None:
         if self.end is None:
@@ -254,23 +264,31 @@ async def _media_task(run: Callable[[], Awaitable[None]], state: _Call) -> None:
 async def _sip_silence_task(state: _Call, media: MediaSession, limit: float) -> None:
     """End an answered call when the SIP side sends no RTP for `limit` seconds (rtp.media
     watches the browser side). Silence is expected, and not counted, while the SIP side's SDP says
-    it does not send (recvonly or inactive, RFC 3264 section 8.4)."""
-    period = min(1.0, limit / 4)
+    it does not send (recvonly or inactive, RFC 3264 section 8.4).
+
+    No polling: the task sleeps until the one deadline that matters, the last SIP-side packet (or
+    the moment the watch began) plus `limit`, and re-arms from the packet times when it passes; a
+    change of the SIP side's media (answer, re-INVITE to or from hold) wakes it early. An
+    established call with media flowing costs one wake-up per `limit` seconds.
+    """
     armed_at: float | None = None
     while True:
-        await trio.sleep(period)
-        now = trio.current_time()
+        changed = state.sip_media_changed
         negotiation = media.negotiation
         sip = negotiation.sip if negotiation is not None else None
         if state.answered_at is None or sip is None or not sip.direction.sends:
             armed_at = None
+            await changed.wait()  # nothing to watch until the SIP side's media changes
             continue
-        if armed_at is None:
-            armed_at = now
+        if armed_at is None:  # silence counts from when it became unexpected
+            armed_at = state.sip_media_at if state.sip_media_at is not None else trio.current_time()
         last = media.relay.to_browser.last_packet_time
-        if now - max(armed_at, last if last is not None else armed_at) >= limit:
+        deadline = max(armed_at, last if last is not None else armed_at) + limit
+        if trio.current_time() >= deadline:
             state.finish(408, f"no media from the SIP side for {limit:g} s", "media")
             return
+        with trio.move_on_at(deadline):
+            await changed.wait()
 
 
 async def _sip_task(
@@ -346,11 +364,13 @@ async def _on_sip_event(
                 if sdp:
                     media.set_sip_answer(sdp.decode("utf-8", "replace"))
                 state.answered_at = now
+                state.sip_media_set(now)
                 await conn.send(Answer(media.browser_answer))
                 clog.info("answered after %.0f ms", (now - state.started_at) * 1000)
                 return True
             case ReOffer(sdp=sdp):
                 answer = media.answer_sip_offer(sdp.decode("utf-8", "replace"))
+                state.sip_media_set(now)
                 await sip.accept_reoffer(answer.encode())
                 clog.info("re-INVITE from SIP answered")
                 return False
