@@ -3,8 +3,9 @@
 #   browsers: chromium (+driver), firefox-esr (+certutil)
 #   SIP:      kamailio (upstream proxy with digest auth), baresip (phone), sip-tester (SIPp)
 #   media:    rtpengine-daemon (benchmark yardstick)
+#   build:    gcc, libssl-dev (the benchmark's C packet blaster, also built by the CI smoke test)
 set -eu
-PKGS="chromium chromium-driver firefox-esr libnss3-tools kamailio kamailio-sqlite-modules sip-tester baresip rtpengine-daemon iproute2 sox"
+PKGS="chromium chromium-driver firefox-esr libnss3-tools kamailio kamailio-sqlite-modules sip-tester baresip rtpengine-daemon iproute2 sox gcc libssl-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
