@@ -20,8 +20,8 @@ Every WSS connection goes through `BridgeContext.handle_connection`:
 The seam for the per-call code is `services`: an async context manager factory
 `(BridgeContext) -> AsyncContextManager[CallHandler]`. It is entered once, before the listener starts,
 inside the bridge's nursery. It is the place to start the SIP UA, the registrar and the echo extension
-and to yield the handler that runs one call (`bridge.call`). The default, `no_call_services`, answers
-every authenticated call with `hangup` 503 "calls not available yet". It is a placeholder, not a feature.
+and to yield the handler that runs one call: `bridge.services.bridge_services` yields `bridge.call.run_call`
+(`serve` passes it; tests pass scripted services).
 
 Signals (trio.open_signal_receiver): SIGHUP re-reads extensions.toml and the certificate (reloaded into
 the same SSLContext, so new connections get it). SIGTERM/SIGINT stop gracefully: new connections are
@@ -44,8 +44,8 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn, assert_never
@@ -108,23 +108,6 @@ class AuthenticatedCall:
 
 CallHandler = Callable[[MccpConnection, AuthenticatedCall], Awaitable[None]]
 Services = Callable[["BridgeContext"], AbstractAsyncContextManager[CallHandler]]
-
-
-async def calls_unavailable(conn: MccpConnection, call: AuthenticatedCall) -> None:
-    """The placeholder call handler: `hangup` 503 "calls not available yet" (bridge.call replaces it)."""
-    call.log.info("call from %s to %s: calls not available yet (503)", call.caller, call.callee)
-    await conn.send(Hangup(503, "calls not available yet"))
-
-
-@asynccontextmanager
-async def no_call_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
-    """Services that start nothing and yield `calls_unavailable`.
-
-    The lead's replacement starts the SIP UA (sip.ua), the registrar and the echo extension
-    (`context.config.echo_extension`) in the bridge nursery here, and yields the `bridge.call` handler.
-    """
-    del context
-    yield calls_unavailable
 
 
 @dataclass(slots=True)
@@ -220,7 +203,7 @@ class BridgeContext:
         self._connections = 0
         self._no_connections = trio.Event()
         self._auth_limiter = trio.CapacityLimiter(AUTH_THREADS)
-        self._call_handler: CallHandler = calls_unavailable
+        self._call_handler: CallHandler | None = None  # the services' handler, set before listening
         # Extra GET paths on the HTTPS port (e.g. /metrics), filled by the services before listening.
         self.routes: dict[str, RouteHandler] = {}
 
@@ -371,6 +354,7 @@ class BridgeContext:
         self.stats.calls_accepted += 1
         self._calls += 1
         try:
+            assert self._call_handler is not None, "connections are served only after the services start"
             await self._call_handler(conn, accepted)
         finally:
             self._calls -= 1
@@ -509,7 +493,7 @@ def serve_blocking(
     config: Config,
     *,
     on_started: Callable[[BridgeContext], None],
-    services: Services = no_call_services,
+    services: Services,
     worker: WorkerSlot = SINGLE,
 ) -> None:
     """`trio.run` the bridge (with signal handling) until it stops; `on_started` once it listens.
@@ -530,7 +514,7 @@ def serve_blocking(
 async def run_bridge(
     config: Config,
     *,
-    services: Services = no_call_services,
+    services: Services,
     handle_signals: bool = True,
     force_exit: Callable[[int], object] = _hard_exit,
     worker: WorkerSlot = SINGLE,

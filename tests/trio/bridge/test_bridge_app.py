@@ -21,7 +21,7 @@ import pytest
 import trio_websocket
 
 import trio
-from bridge.app import AuthenticatedCall, BridgeContext, CallHandler, Services, no_call_services, run_bridge
+from bridge.app import AuthenticatedCall, BridgeContext, CallHandler, Services, run_bridge
 from bridge.auth import AuthOutcome
 from bridge.certs import generate_self_signed
 from bridge.config import Config, Upstream
@@ -32,6 +32,18 @@ from mccp.server import MccpConnection
 
 FAST = 2**4
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+
+
+async def answer_503(conn: MccpConnection, call: AuthenticatedCall) -> None:
+    """A scripted call handler: every authenticated call gets `hangup` 503."""
+    await conn.send(Hangup(503, "calls not available yet"))
+
+
+@asynccontextmanager
+async def no_call_services(context: BridgeContext) -> AsyncIterator[CallHandler]:
+    """Scripted services that start nothing: the app's own behaviour is what these tests check."""
+    del context
+    yield answer_503
 
 
 def _config(tmp_path: Path, **overrides: object) -> Config:
@@ -276,7 +288,9 @@ async def test_stop_ends_pages_that_have_not_called_without_waiting_for_the_grac
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             config = _config(tmp_path, shutdown_grace=5.0)
-            context: BridgeContext = await nursery.start(partial(run_bridge, config, handle_signals=False))
+            context: BridgeContext = await nursery.start(
+                partial(run_bridge, config, services=no_call_services, handle_signals=False)
+            )
             client = ssl.create_default_context(cafile=str(config.cert_dir / "server.crt"))
             async with page(context, client) as ws:
                 await trio.sleep(0.2)  # connected, no call sent
