@@ -12,7 +12,7 @@ from tests.support.audio import write_tone_wav
 from tests.support.browsers import BrowserPage, launch_chromium, launch_firefox
 
 import trio
-from bridge.app import BridgeContext, run_bridge
+from bridge.app import BridgeContext, Services, run_bridge
 from bridge.config import load_config
 from bridge.extensions import ExtensionTable, make_extension, save_extensions
 from bridge.services import bridge_services
@@ -76,9 +76,10 @@ def assert_media_ports_free() -> None:
 
 @asynccontextmanager
 async def running_bridge(
-    tmp_path: Path, extensions: Mapping[str, str], **settings: str
+    tmp_path: Path, extensions: Mapping[str, str], *, services: Services = bridge_services, **settings: str
 ) -> AsyncIterator[BridgeContext]:
-    """Run `bridge.app.run_bridge` with the real call services on 127.0.0.1 until the block ends."""
+    """Run `bridge.app.run_bridge` with the real call services (or `services`) on 127.0.0.1 until the
+    block ends, then stop it gracefully. `settings` are config flags over the test defaults."""
     data = tmp_path / "bridge-data"
     data.mkdir(exist_ok=True)
     flags = {
@@ -97,7 +98,7 @@ async def running_bridge(
     async with trio.open_nursery() as nursery:
         context: BridgeContext = await nursery.start(
             lambda task_status: run_bridge(
-                config, services=bridge_services, handle_signals=False, task_status=task_status
+                config, services=services, handle_signals=False, task_status=task_status
             )
         )
         try:

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from tests.e2e.conftest import running_bridge
 from tests.support.sip_peers import SIPP_PORT, SippUas
 from tests.support.synthetic_browser import SyntheticBrowser, open_synthetic_browser
 
 import trio
-from bridge.app import BridgeContext, Services, run_bridge
-from bridge.config import load_config
-from bridge.extensions import ExtensionTable, make_extension, save_extensions
+from bridge.app import BridgeContext, Services
 from bridge.services import bridge_services
 
 HERE = Path(__file__).resolve().parent
@@ -101,14 +100,9 @@ async def call_bridge(
     services: Services = bridge_services,
     **settings: str,
 ) -> AsyncIterator[BridgeContext]:
-    """The whole bridge on 127.0.0.1 until the block ends (then a graceful stop)."""
-    data = tmp_path / "bridge-data"
-    data.mkdir(exist_ok=True)
+    """The whole bridge on 127.0.0.1 until the block ends (then a graceful stop): upstream mode towards
+    SIPp unless `upstream=""`, this suite's media range, a short shutdown grace."""
     flags = {
-        "data_dir": str(data),
-        "listen": "127.0.0.1",
-        "wss_port": "0",
-        "sip_port": "0",
         "rtp_ports": f"{MEDIA_LOW}-{MEDIA_HIGH}",
         "upstream": UPSTREAM,
         "shutdown_grace": "3",
@@ -116,21 +110,8 @@ async def call_bridge(
     }
     if not flags["upstream"]:
         del flags["upstream"]
-    config = load_config(flags=flags, env={}, home=tmp_path)
-    table = ExtensionTable(())
-    for number, password in extensions.items():
-        table = table.with_extension(make_extension(number, password, realm=config.realm, n=2**10))
-    save_extensions(config.extensions_file, table)
-    async with trio.open_nursery() as nursery:
-        context: BridgeContext = await nursery.start(
-            lambda task_status: run_bridge(
-                config, services=services, handle_signals=False, task_status=task_status
-            )
-        )
-        try:
-            yield context
-        finally:
-            context.stop()
+    async with running_bridge(tmp_path, extensions, services=services, **flags) as context:
+        yield context
 
 
 @asynccontextmanager
