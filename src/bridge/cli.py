@@ -44,14 +44,13 @@ from bridge.extensions import (
     random_password,
     save_extensions,
 )
+from bridge.logs import setup_logging
 
 if TYPE_CHECKING:
     from bridge.app import BridgeContext
 
 PROG = "mccp-bridge"
 EXIT_USAGE = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [{label}] %(name)s: %(message)s"
 # Options every subcommand (and the top level) accepts, besides those of its own.
 COMMON_KEYS = ("data_dir", "log_level")
 
@@ -260,18 +259,14 @@ def welcome_text(config: Config, first: FirstStart, wss_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _setup_logging(config: Config, stream: TextIO, label: str | None = None) -> None:
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        logging.Formatter(LOG_FORMAT if label is None else WORKER_LOG_FORMAT.format(label=label))
-    )
-    root.addHandler(handler)
-    root.setLevel(config.log_level.value.upper())
-    # trio-websocket logs every frame at DEBUG; keep it at INFO unless asked through its own logger.
-    logging.getLogger("trio-websocket").setLevel(max(root.level, logging.INFO))
+def _setup_logging(config: Config, stderr: TextIO, label: str | None = None) -> bool:
+    """`bridge.logs.setup_logging`; False (the reason on stderr) when the log file cannot be opened."""
+    try:
+        setup_logging(config, stderr, label)
+    except OSError as exc:
+        stderr.write(f"{PROG}: cannot open the log file: {exc}\n")
+        return False
+    return True
 
 
 def _raise_open_files_limit() -> None:
@@ -298,7 +293,8 @@ def _cmd_serve(
     count = config.worker_count
     if count > 1:
         return _supervise(config, argv, count, stdout, stderr)
-    _setup_logging(config, stderr)
+    if not _setup_logging(config, stderr):
+        return 1
     _raise_open_files_limit()
     first = first_start(config)
     if first is not None:
@@ -342,7 +338,8 @@ def _serve_worker(config: Config, args: argparse.Namespace, stderr: TextIO) -> i
     from bridge.workers import WorkerSlot
 
     worker = WorkerSlot(args.worker_index, config.worker_count, args.worker_control)
-    _setup_logging(config, stderr, worker.label)
+    if not _setup_logging(config, stderr, worker.label):
+        return 1
     _raise_open_files_limit()
     status, message = _serve(
         lambda: serve_blocking(config, on_started=lambda _: None, services=bridge_services, worker=worker)
@@ -362,7 +359,8 @@ def _supervise(config: Config, argv: Sequence[str], count: int, stdout: TextIO, 
     """Check what every worker needs, then run `count` of them (`bridge.workers.supervise`)."""
     from bridge.workers import StartFailed, reserve_port, split_port_range, supervise, worker_sip_port
 
-    _setup_logging(config, stderr, "supervisor")
+    if not _setup_logging(config, stderr, "supervisor"):
+        return 1
     try:
         split_port_range(*config.rtp_ports, count)
         worker_sip_port(config.sip_port, count - 1)

@@ -93,6 +93,7 @@ class Config:
     upstream: Upstream | None = None
     public_address: str | None = None
     log_level: LogLevel = LogLevel.INFO
+    log_file: Path | None = None
     ring_timeout: float = 60.0
     media_timeout: float = 30.0
     echo_extension: str = "600"
@@ -210,6 +211,13 @@ def _path(value: object) -> Path:
     text = _text(value)
     if not text.strip():
         raise _Bad(f"must be a directory path, {_got(value)}")
+    return Path(text).expanduser()
+
+
+def _optional_file(value: object) -> Path | None:
+    text = _text(value)
+    if not text.strip():
+        return None
     return Path(text).expanduser()
 
 
@@ -350,6 +358,12 @@ SETTINGS: tuple[Setting, ...] = (
         "public_address", _optional_host, "address announced in SDP/SIP and put in the certificate", "HOST"
     ),
     Setting("log_level", _choice(LogLevel), "debug, info, warning or error", "LEVEL"),
+    Setting(
+        "log_file",
+        _optional_file,
+        "append the log to this file (empty: stderr); reopened after logrotate",
+        "FILE",
+    ),
     Setting("ring_timeout", _seconds(1, 3600), "seconds a call may ring before it is given up", "SECONDS"),
     Setting("media_timeout", _seconds(1, 3600), "seconds without media before a call is ended", "SECONDS"),
     Setting("echo_extension", extension_number, "number of the built-in echo extension", "NUMBER"),
