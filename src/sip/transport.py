@@ -17,6 +17,14 @@ Theory of operation:
   (inbound ones too: a response goes back over the connection its request arrived on, §18.2.2),
   written under one lock each, and closed after `tcp_idle_timeout` without traffic.
   Failures raise `TransportError`, which a UA maps to 503 (RFC 3261 §8.1.3.1).
+* Caps on inbound TCP/TLS connections (RFC 3261 §26.1 leaves denial of service to the
+  implementation; Asterisk's `tcpauthlimit`/`tcpauthtimeout` are the model): at most
+  `max_tcp_connections` connections in all (ours included) and `max_tcp_per_address` accepted from
+  one source IP; one over a cap is closed at once (counted, the first logged). A message must be
+  complete (head and body) within `tcp_head_timeout` of its first byte, and an accepted connection
+  must deliver its first message within `tcp_head_timeout` of the accept (TLS handshake included):
+  a trickled head or a silent connection no longer holds a descriptor for `tcp_idle_timeout`,
+  which every received byte restarts.
 * ICMP errors for our datagrams (RFC 3261 §18.4): the UDP socket has IP_RECVERR / IPV6_RECVERR
   (Linux), so an ICMP error is queued with the destination of the datagram that caused it. The
   reader drains that queue when the socket reports the error and sends `Unreachable(dest)` on
@@ -37,6 +45,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket
 import ssl
@@ -156,7 +165,9 @@ class TransportStats:
     tcp_accepted: int = 0
     tcp_connected: int = 0
     tcp_closed: int = 0
-    tcp_refused: int = 0
+    tcp_refused: int = 0  # over max_tcp_connections
+    tcp_refused_per_address: int = 0  # over max_tcp_per_address
+    tcp_head_timeouts: int = 0  # a message (or the first one) not complete within tcp_head_timeout
     tls_failures: int = 0
     icmp_errors: int = 0
 
@@ -168,6 +179,7 @@ class _Conn:
     last_used: float
     lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
     closed: bool = False
+    inbound: bool = False  # accepted (counted per source IP), not opened by us
 
 
 class SipTransport:
@@ -194,6 +206,8 @@ class SipTransport:
         tcp_idle_timeout: float = 120.0,
         connect_timeout: float = 5.0,
         max_tcp_connections: int = 512,
+        max_tcp_per_address: int = 64,
+        tcp_head_timeout: float = 30.0,
         inbound_queue: int = 256,
         tls_server_context: ssl.SSLContext | None = None,
         tls_client_context: ssl.SSLContext | None = None,
@@ -211,6 +225,10 @@ class SipTransport:
         self.tcp_idle_timeout = tcp_idle_timeout
         self.connect_timeout = connect_timeout
         self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_per_address = max_tcp_per_address
+        self.tcp_head_timeout = tcp_head_timeout
+        self._per_address: dict[str, int] = {}  # source IP -> accepted connections open
+        self._cap_logged: set[str] = set()  # which caps were logged (each once)
         self.stats = TransportStats()
         self._send_inbound, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
         self._udp: trio.socket.SocketType | None = None
@@ -410,13 +428,22 @@ class SipTransport:
                 log.warning("TCP accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            if len(self._conns) >= self.max_tcp_connections:
-                self.stats.tcp_refused += 1
-                await trio.aclose_forcefully(stream)
-                continue
             try:
                 peer = stream.socket.getpeername()
             except OSError:  # reset before we looked
+                await trio.aclose_forcefully(stream)
+                continue
+            if len(self._conns) >= self.max_tcp_connections:
+                self.stats.tcp_refused += 1
+                self._log_cap("total", f"{self.max_tcp_connections} SIP TCP connections open: refusing more")
+                await trio.aclose_forcefully(stream)
+                continue
+            host = str(peer[0])
+            if self._per_address.get(host, 0) >= self.max_tcp_per_address:
+                self.stats.tcp_refused_per_address += 1
+                self._log_cap(
+                    "address", f"{self.max_tcp_per_address} SIP TCP connections from {host}: refusing more"
+                )
                 await trio.aclose_forcefully(stream)
                 continue
             wrapped: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
@@ -424,21 +451,34 @@ class SipTransport:
                 assert self.tls_server_context is not None
                 # The handshake runs on the first read, in the reader task (bounded by its idle timer).
                 wrapped = trio.SSLStream(stream, self.tls_server_context, server_side=True)
-            conn = _Conn(wrapped, Address(peer[0], peer[1], transport), trio.current_time())
+            conn = _Conn(wrapped, Address(host, peer[1], transport), trio.current_time(), inbound=True)
             key = (conn.peer.host, conn.peer.port, transport)
             old = self._conns.get(key)
             if old is not None:
                 await self._close(old)
             self._conns[key] = conn
+            self._per_address[host] = self._per_address.get(host, 0) + 1
             self.stats.tcp_accepted += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._tcp_reader, conn)
 
+    def _log_cap(self, which: str, text: str) -> None:
+        """The first refusal by each cap is logged; the rest are counted (stats)."""
+        if which not in self._cap_logged:
+            self._cap_logged.add(which)
+            log.warning("%s (logged once; see the transport's counters)", text)
+
     async def _tcp_reader(self, conn: _Conn) -> None:
         parser = StreamParser()
+        # When the message being received began (an accepted connection: its accept, until its
+        # first message); None while nothing is pending. Bounds trickled heads and silent peers.
+        started: float | None = conn.last_used if conn.inbound else None
+        first = conn.inbound
         try:
             while not conn.closed:
-                with trio.move_on_at(conn.last_used + self.tcp_idle_timeout) as idle:
+                idle_at = conn.last_used + self.tcp_idle_timeout
+                head_at = math.inf if started is None else started + self.tcp_head_timeout
+                with trio.move_on_at(min(idle_at, head_at)) as timer:
                     try:
                         data = await conn.stream.receive_some(65536)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -446,15 +486,22 @@ class SipTransport:
                             self.stats.tls_failures += 1
                             log.info("TLS with %s failed: %s", conn.peer, exc.__cause__)
                         return
-                if idle.cancelled_caught:
-                    if conn.last_used + self.tcp_idle_timeout <= trio.current_time():
+                if timer.cancelled_caught:
+                    now = trio.current_time()
+                    if head_at <= now:
+                        self.stats.tcp_head_timeouts += 1
+                        log.debug("closing %s: no complete message in %gs", conn.peer, self.tcp_head_timeout)
+                        return
+                    if conn.last_used + self.tcp_idle_timeout <= now:
                         log.debug("closing idle connection %s", conn.peer)
                         return
                     continue
                 if not data:
                     return  # EOF
-                conn.last_used = trio.current_time()
+                conn.last_used = now = trio.current_time()
                 parser.feed(bytes(data))
+                if started is None:
+                    started = now
                 while (event := parser.next_event()) is not None:
                     match event:
                         case KeepAlive(ping=ping):
@@ -470,7 +517,11 @@ class SipTransport:
                             if fatal:
                                 return  # the stream is out of sync: close it
                         case Request() | Response():
+                            first = False
+                            started = now  # the next message's clock starts here
                             await self._deliver(event, conn.peer)
+                if parser.buffered == 0 and not first:
+                    started = None  # nothing pending: only the idle timer runs
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
@@ -566,6 +617,12 @@ class SipTransport:
         key = (conn.peer.host, conn.peer.port, conn.peer.transport)
         if self._conns.get(key) is conn:
             del self._conns[key]
+        if conn.inbound:
+            left = self._per_address.get(conn.peer.host, 0) - 1
+            if left > 0:
+                self._per_address[conn.peer.host] = left
+            else:
+                self._per_address.pop(conn.peer.host, None)
         self.stats.tcp_closed += 1
         await trio.aclose_forcefully(conn.stream)
 
