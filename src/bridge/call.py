@@ -156,6 +156,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             advertise_hosts=services.advertise_hosts,
             sip_host=services.sip_media_host,
             certificate=services.certificate,
+            plane=services.plane,
             handshake_timeout=services.handshake_timeout,
             media_timeout=config.media_timeout,
             logger=clog,

@@ -10,6 +10,7 @@ WSS listener starts. In one nursery it starts:
   worker 0 answers REGISTER, the others route calls from `bindings.json` (re-read when it changed);
 * the echo extension (`config.echo_extension`, on its own loopback SIP port), when there is no upstream;
 * the media port allocator over `config.rtp_ports`, and the DTLS certificate (one per process);
+* the media plane (`rtp.plane`): one epoll and one task that read every call's media sockets;
 * the process's Prometheus metrics (`bridge.metrics`), served at `/metrics` on the HTTPS port.
 
 It yields the call handler (`bridge.call.run_call` bound to these services); calls are routed by
@@ -36,6 +37,7 @@ from bridge.routing import NoRoute, Route, route_call
 from bridge.workers import split_port_range, worker_sip_port
 from rtp.dtls import DtlsCertificate
 from rtp.media import HANDSHAKE_TIMEOUT
+from rtp.plane import MediaPlane
 from rtp.ports import PortAllocator
 from sip.registrar import Registrar
 from sip.transport import SipTransport
@@ -101,13 +103,14 @@ def media_addresses(config: Config) -> tuple[list[str], str]:
 
 @dataclass(slots=True)
 class CallServices:
-    """What a call needs from the process: config, SIP UA, ports, certificate, routing."""
+    """What a call needs from the process: config, SIP UA, ports, certificate, media plane, routing."""
 
     context: BridgeContext
     ua: SipUA
     registrar: Registrar | None
     ports: PortAllocator
     certificate: DtlsCertificate
+    plane: MediaPlane
     echo: EchoExtension | None
     advertise_hosts: list[str]
     sip_media_host: str
@@ -221,6 +224,8 @@ async def bridge_services(
         context.routes["/metrics"] = metrics.scrape
         media_bind = config.listen
         ports = PortAllocator(low, high, media_bind)
+        plane = MediaPlane()
+        await nursery.start(plane.run)
         share = (
             f" (slice {worker.index + 1} of {worker.count} of {config.rtp_ports[0]}-{config.rtp_ports[1]})"
         )
@@ -238,6 +243,7 @@ async def bridge_services(
             registrar=registrar,
             ports=ports,
             certificate=DtlsCertificate.generate(),
+            plane=plane,
             echo=echo,
             advertise_hosts=advertise,
             sip_media_host=sip_media_host,

@@ -2,13 +2,14 @@
 
 This is the Trio edge of `rtp`: it owns the call's three UDP sockets and runs the pure cores
 (`ice_lite`, `dtls`, `demux`, `srtp`, `relay`) on the datagrams it reads. Nothing else here
-knows a protocol.
+knows a protocol. The sockets are read by the worker's one `rtp.plane.MediaPlane`, not by tasks
+of the call.
 
 API (what `bridge.call` composes into the call nursery)
 -----------------------------------------------------
 
     async with open_media(ports, browser_offer, advertise_hosts=["192.0.2.10"],
-                          sip_host="192.0.2.10", certificate=cert) as media:
+                          sip_host="192.0.2.10", certificate=cert, plane=plane) as media:
         page.send(answer=media.browser_answer)      # ICE-lite answer: candidate, fingerprint
         invite(body=media.sip_offer)                # RTP/AVP offer for the INVITE
         async with trio.open_nursery() as call:
@@ -20,17 +21,20 @@ API (what `bridge.call` composes into the call nursery)
             final = media.confirm_browser_answer()  # optional: answer naming the SIP codec only
     # leaving the block sends DTLS close_notify and gives the three ports back
 
-`MediaSession(...)` can also be built directly from three bound sockets, an `IceLiteAgent` and a
-`DtlsEndpoint`, and pointed at the SIP side with `set_sip_remote(SipRemote(...))`; the loopback
-tests do that. Call `close()` when done.
+`MediaSession(...)` can also be built directly from three bound sockets, an `IceLiteAgent`, a
+`DtlsEndpoint` and a running `MediaPlane` (`rtp.plane.open_media_plane`), and pointed at the
+SIP side with `set_sip_remote(SipRemote(...))`; the loopback tests do that. Call `close()` when done.
 
-Tasks and sockets (STYLE.md 2.3): each socket has exactly one reader. `run_ice_dtls` reads the
-browser port for the whole call: it classifies each datagram (RFC 7983), answers STUN inline,
-feeds DTLS under the endpoint's retransmission deadline, and relays SRTP/SRTCP to the SIP leg
-inline (unprotect, rewrite, send). `run_relay` reads the SIP leg's RTP and RTCP sockets (one
-task each) and sends SRTP/SRTCP to the browser's nominated address. Readers wait with
-`trio.lowlevel.wait_readable` and then drain with non-blocking `recvfrom_into` into one buffer
-(the perf recipe); sends are non-blocking `sendto`, and a full socket buffer drops (counted).
+Tasks and sockets (STYLE.md 2.3): each socket has exactly one reader, the worker's media plane
+(`rtp.plane`: one epoll, one task, a synchronous handler per socket that drains it with
+non-blocking `recvfrom_into`, the perf recipe). The call keeps its two tasks, which only hold the
+registrations and the timers. While `run_ice_dtls` runs, the plane serves the browser port: each
+datagram is classified (RFC 7983), STUN answered inline, DTLS fed and its flight sent, and
+SRTP/SRTCP relayed to the SIP leg inline (unprotect, rewrite, send); the task itself sleeps until
+its earliest deadline (handshake, DTLS retransmission, consent, no media) or until a STUN/DTLS
+datagram wakes it (never SRTP). While `run_relay` runs, the plane serves the SIP leg's RTP and
+RTCP sockets and sends SRTP/SRTCP to the browser's nominated address. Sends are non-blocking
+`sendto`; a full socket buffer drops (counted).
 
 Ending: `run_ice_dtls` raises `MediaEnded` when ICE+DTLS do not complete within
 `handshake_timeout`, when DTLS fails (including a fingerprint mismatch), when the peer closes
@@ -60,6 +64,7 @@ from rtp.dtls import DtlsCertificate, DtlsCounters, DtlsEndpoint, DtlsRole, Dtls
 from rtp.errors import LocalProtocolError
 from rtp.ice_lite import CONSENT_TIMEOUT, IceCounters, IceLiteAgent
 from rtp.latch import LEARNING_PACKETS, SourceLatch, Verdict
+from rtp.plane import ErrorHandler, MediaPlane
 from rtp.relay import CodecMap, LegCounters, Relay
 from rtp.sdp_answer import (
     BrowserNegotiation,
@@ -206,6 +211,7 @@ class MediaSession:
         sip_rtcp_sock: _Socket,
         ice: IceLiteAgent,
         dtls: DtlsEndpoint,
+        plane: MediaPlane,
         relay: Relay | None = None,
         browser_answer: str = "",
         sip_offer: str = "",
@@ -231,9 +237,14 @@ class MediaSession:
         self.edge = EdgeCounters()
         self.log = logger or log
         self.negotiation = negotiation
+        self._plane = plane
         self._browser = _raw_socket(browser_sock)
         self._sip_rtp = _raw_socket(sip_rtp_sock)
         self._sip_rtcp = _raw_socket(sip_rtcp_sock)
+        # One receive buffer for the three sockets: their handlers run one at a time, and
+        # each datagram is done with (copied or sent) before the next is read.
+        self._buf = bytearray(BUFSIZE)
+        self._view = memoryview(self._buf)
         self._sip: SipRemote | None = None  # where SIP media goes (the latched sources)
         self._sip_sdp: SipRemote | None = None  # what the SIP answer's SDP said
         self._latch: SourceLatch | None = None
@@ -241,8 +252,12 @@ class MediaSession:
         self._dtls_peer: Address | None = None
         self._last_validated: Address | None = None
         self._last_browser_media: float | None = None
-        self._keys_ready = trio.Event()
+        self._keyed = False  # DTLS connected and SRTP keyed
         self._closed = False
+        self._wakeup = trio.Event()  # run_ice_dtls sleeps on it (STUN, DTLS, close, failure)
+        self._relay_wakeup = trio.Event()  # run_relay sleeps on it (close, failure)
+        self._browser_failure: BaseException | None = None
+        self._sip_failure: BaseException | None = None
 
     # --- control (called from other tasks of the call) -------------------------------------
 
@@ -340,7 +355,7 @@ class MediaSession:
     @property
     def keys_ready(self) -> bool:
         """True once DTLS has connected and SRTP is keyed."""
-        return self._keys_ready.is_set()
+        return self._keyed
 
     @property
     def browser_address(self) -> Address | None:
@@ -361,20 +376,23 @@ class MediaSession:
         )
 
     def close(self) -> None:
-        """Send DTLS close_notify (best effort) and close our socket descriptors. Idempotent;
-        call it after the media tasks have ended (`open_media` does)."""
+        """Send DTLS close_notify (best effort), stop serving and close our socket descriptors.
+        Idempotent; call it after the media tasks have ended (`open_media` does). Tasks still
+        running are woken: `run_ice_dtls` raises MediaEnded (487), `run_relay` returns."""
         if self._closed:
             return
         self._closed = True
+        for raw in (self._browser, self._sip_rtp, self._sip_rtcp):
+            self._plane.unregister(raw)  # before close: the epoll keys on the open file
         self.dtls.close()
         dest = self._dtls_peer or self.browser_address
         for datagram in self.dtls.outgoing():
             if dest is not None:
                 self._send(self._browser, datagram, dest)
         for raw in (self._browser, self._sip_rtp, self._sip_rtcp):
-            # Wake any reader still parked on the descriptor before it goes away.
-            trio.lowlevel.notify_closing(raw)
             raw.close()
+        self._wakeup.set()
+        self._relay_wakeup.set()
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -393,7 +411,7 @@ class MediaSession:
 
     def _deadline(self, started_at: float) -> float:
         deadlines = [trio.current_time() + 3600.0]
-        if not self.keys_ready:
+        if not self._keyed:
             deadlines.append(started_at + self.handshake_timeout)
         dtls_deadline = self.dtls.next_deadline()
         if dtls_deadline is not None:
@@ -401,7 +419,7 @@ class MediaSession:
         consent = self.ice.consent_expires_at
         if consent is not None:
             deadlines.append(consent)
-        if self.keys_ready and self.media_timeout is not None and self._last_browser_media is not None:
+        if self._keyed and self.media_timeout is not None and self._last_browser_media is not None:
             deadlines.append(self._last_browser_media + self.media_timeout)
         return min(deadlines)
 
@@ -413,83 +431,141 @@ class MediaSession:
                 raise MediaEnded(self.dtls.failure_reason or "DTLS closed", 487)
             case DtlsState.HANDSHAKING | DtlsState.CONNECTED:
                 pass
-        if not self.keys_ready and now >= started_at + self.handshake_timeout:
+        if not self._keyed and now >= started_at + self.handshake_timeout:
             what = "ICE" if self.browser_address is None else "DTLS"
             raise MediaEnded(f"{what} did not complete within {self.handshake_timeout:g} s", 408)
         if self.ice.consent_expired(now):
             raise MediaEnded("ICE consent expired (RFC 7675)", 408)
         if (
-            self.keys_ready
+            self._keyed
             and self.media_timeout is not None
             and self._last_browser_media is not None
             and now >= self._last_browser_media + self.media_timeout
         ):
             raise MediaEnded(f"no media from the browser for {self.media_timeout:g} s", 408)
 
-    def _start_srtp(self) -> None:
+    def _start_srtp(self, now: float) -> None:
         profile = self.dtls.srtp_profile
         tx, rx = keys_from_dtls(profile, self.dtls.keying_material(), self.dtls.is_client)
         self.relay.start_srtp(SrtpTx(profile, tx), SrtpRx(profile, rx))
-        self._last_browser_media = trio.current_time()
-        self._keys_ready.set()
+        self._last_browser_media = now
+        self._keyed = True
         self.log.info("DTLS connected (%s), SRTP keyed", profile.name)
+
+    def _register(self, raw: socket.socket, handler: Callable[[float], None], on_error: ErrorHandler) -> bool:
+        """Serve `raw` from the plane; False if the plane or this session is already closed."""
+        if self._closed:
+            return False
+        try:
+            self._plane.register(raw, handler, on_error)
+        except trio.ClosedResourceError:
+            return False
+        return True
+
+    def _unregister(self, raw: socket.socket) -> None:
+        if not self._closed:  # close() unregistered everything, and the descriptor may be reused
+            self._plane.unregister(raw)
 
     # --- the browser port -------------------------------------------------------------------
 
     async def run_ice_dtls(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the browser port for the whole call (STUN, DTLS, SRTP, SRTCP).
+        """Serve the browser port for the whole call (STUN, DTLS, SRTP, SRTCP); the leg's timers.
 
+        The plane runs `_on_browser_readable` for every datagram; this task only sleeps until
+        the earliest deadline (handshake timeout, DTLS retransmission, ICE consent per RFC 7675,
+        no browser media) or until the handler wakes it (a STUN or DTLS datagram, never SRTP).
         Calls `task_status.started()` once DTLS is connected and SRTP is keyed; raises
         `MediaEnded` when the media plane must end the call. Never returns otherwise.
         """
-        raw = self._browser
-        buf = bytearray(BUFSIZE)
-        view = memoryview(buf)
         started_at = trio.current_time()
+        if not self._register(self._browser, self._on_browser_readable, self._on_browser_error):
+            if self._closed:
+                raise MediaEnded("media session closed", 487)
+            raise MediaEnded("media plane closed", 503)
         reported = False
-        while True:
-            # One cancel scope per timeout, not one per wake-up: entering `trio.move_on_at` costs about
-            # as much as relaying a packet (bench/README.md, profile). The deadline is only ever lowered
-            # in place; a deadline that moved later costs one early, harmless wake-up.
-            with trio.CancelScope(deadline=self._deadline(started_at)) as scope:
-                while True:
-                    try:
-                        await trio.lowlevel.wait_readable(raw)
-                    except trio.ClosedResourceError:
-                        raise MediaEnded("media session closed", 487) from None
-                    reported = self._serve_browser(buf, view, started_at, reported, task_status)
-                    scope.deadline = min(scope.deadline, self._deadline(started_at))
-            reported = self._serve_browser(buf, view, started_at, reported, task_status)
-            await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            while True:
+                if self._browser_failure is not None:
+                    raise self._browser_failure  # a bug in the handler: this call ends (500)
+                if self._closed:
+                    raise MediaEnded("media session closed", 487)
+                now = trio.current_time()
+                self.dtls.handle_timeout(now)
+                self._flush_dtls()
+                if not reported and self._keyed:
+                    task_status.started()
+                    reported = True
+                self._check_end(now, started_at)
+                # A deadline that moved later (consent refreshed, media arrived) costs one
+                # early wake-up and a recompute; SRTP never wakes this task.
+                wakeup = self._wakeup = trio.Event()
+                with trio.move_on_at(self._deadline(started_at)):
+                    await wakeup.wait()
+        finally:
+            self._unregister(self._browser)
 
-    def _serve_browser(
-        self,
-        buf: bytearray,
-        view: memoryview,
-        started_at: float,
-        reported: bool,
-        task_status: trio.TaskStatus[None],
-    ) -> bool:
-        """Drain the browser port, run the DTLS timer and the end checks; True once keys are reported."""
-        raw = self._browser
-        now = trio.current_time()
+    def _on_browser_error(self, exc: BaseException) -> None:
+        self._browser_failure = exc
+        self._wakeup.set()
+
+    def _on_browser_readable(self, now: float) -> None:
+        """The plane's handler for the browser port: drain it (up to DRAIN_CAP) and relay inline."""
+        recv = self._browser.recvfrom_into
+        buf, view = self._buf, self._view
+        demux, edge, relay, validated = self.demux, self.edge, self.relay, self.ice.is_validated
+        signalling = False
         for _ in range(DRAIN_CAP):
             try:
-                n, src = raw.recvfrom_into(buf)
+                n, src = recv(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # e.g. ECONNREFUSED queued by an ICMP error: not a datagram
                 continue
-            self._on_browser_datagram(view[:n], _addr(src), now)
-        self.dtls.handle_timeout(now)
-        self._flush_dtls()
-        if not reported and self.keys_ready:
-            task_status.started()
-            reported = True
-        self._check_end(now, started_at)
-        return reported
+            if len(src) != 2:
+                src = _addr(src)
+            first = buf[0] if n else 0xFF
+            if not 127 < first < 192 or n < 2:
+                signalling |= self._on_browser_signalling(view[:n], src, now)
+                continue
+            # RTP or RTCP (RFC 7983 §7), told apart by the packet type (RFC 5761 §4).
+            rtcp = 64 <= buf[1] & 0x7F <= 95
+            if rtcp:
+                demux.rtcp += 1
+            else:
+                demux.rtp += 1
+            if not validated(src):
+                edge.not_validated += 1
+                continue
+            if not self._keyed:
+                edge.before_keys += 1
+                continue
+            self._last_browser_media = now
+            sip = self._sip
+            if sip is None:  # still ringing: no codec map, no address (not a relay drop)
+                edge.no_sip_address += 1
+                continue
+            data = view[:n].tobytes()
+            if rtcp:
+                out = relay.browser_rtcp(data, now)
+                dest, sock = sip.rtcp, self._sip_rtcp
+            else:
+                out = relay.browser_rtp(data, now)
+                dest, sock = sip.rtp, self._sip_rtp
+            if out is None:
+                continue
+            if not sip.may_send:  # still unprotected above, so SRTP's rollover stays in step
+                edge.on_hold += 1
+                continue
+            try:
+                sock.sendto(out, dest)
+            except OSError:  # BlockingIOError (full buffer), ECONNREFUSED from an ICMP error...
+                edge.send_failed += 1
+        if signalling:
+            self._flush_dtls()  # DTLS flights and our ClientHello go out in this pass
+            self._wakeup.set()  # the timer task recomputes its deadline, sees a state change
 
-    def _on_browser_datagram(self, data: memoryview, src: Address, now: float) -> None:
+    def _on_browser_signalling(self, data: memoryview, src: Address, now: float) -> bool:
+        """A datagram that is not RTP/RTCP: STUN, DTLS or unknown. True if it was STUN or DTLS."""
         kind = classify(data)
         self.demux.count(kind)
         match kind:
@@ -505,84 +581,104 @@ class MediaSession:
                     if self.dtls.role is DtlsRole.CLIENT and self._dtls_peer is None:
                         self._dtls_peer = src
                         self.dtls.start(now)
+                return True
             case PacketKind.DTLS:
                 if not self.ice.is_validated(src):
                     self.edge.not_validated += 1
-                    return
+                    return False
                 if self.dtls.role is DtlsRole.SERVER:
                     self._dtls_peer = src
                 self.dtls.feed_untrusted(bytes(data), now)
-                if self.dtls.state is DtlsState.CONNECTED and not self.keys_ready:
+                if self.dtls.state is DtlsState.CONNECTED and not self._keyed:
                     # Key SRTP at once: the peer's first SRTP may follow in this same batch.
-                    self._start_srtp()
-            case PacketKind.RTP | PacketKind.RTCP:
-                if not self.ice.is_validated(src):
-                    self.edge.not_validated += 1
-                    return
-                if not self.keys_ready:
-                    self.edge.before_keys += 1
-                    return
-                self._last_browser_media = now
-                sip = self._sip
-                if sip is None:  # still ringing: no codec map, no address (not a relay drop)
-                    self.edge.no_sip_address += 1
-                    return
-                out = self.relay.browser_packet(bytes(data), now)
-                if out is None:
-                    return
-                if not sip.may_send:  # still unprotected above, so SRTP's rollover stays in step
-                    self.edge.on_hold += 1
-                    return
-                is_rtcp, datagram = out
-                if is_rtcp:
-                    self._send(self._sip_rtcp, datagram, sip.rtcp)
-                else:
-                    self._send(self._sip_rtp, datagram, sip.rtp)
-            case PacketKind.UNKNOWN:
-                pass
+                    self._start_srtp(now)
+                return True
+            case PacketKind.RTP | PacketKind.RTCP | PacketKind.UNKNOWN:
+                return False  # RTP/RTCP too short to relay (the caller handles the others)
 
     # --- the SIP leg ------------------------------------------------------------------------
 
     async def run_relay(self) -> None:
-        """Read the SIP leg's RTP and RTCP sockets for the whole call; SRTP/SRTCP to the browser.
+        """Serve the SIP leg's RTP and RTCP sockets for the whole call; SRTP/SRTCP to the browser.
 
-        Symmetric RTP (RFC 4961) with strict learning (`rtp.latch`): after each new SIP answer
-        the leg latches onto a validated source (the SDP's IP at once, another IP after a learning
-        run) and media to SIP goes there; other sources are dropped and counted. Never returns;
-        never raises on input.
+        The plane runs `_on_sip_rtp_readable` / `_on_sip_rtcp_readable` for every datagram; this
+        task only holds the registration for its lifetime (cancellation ends it; so does
+        `close()`, and then it returns). Symmetric RTP (RFC 4961) with strict learning
+        (`rtp.latch`): after each new SIP answer the leg latches onto a validated source (the
+        SDP's IP at once, another IP after a learning run) and media to SIP goes there; other
+        sources are dropped and counted. Never raises on input.
         """
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sip_reader, self._sip_rtp, False)
-            nursery.start_soon(self._sip_reader, self._sip_rtcp, True)
-
-    async def _sip_reader(self, raw: socket.socket, rtcp: bool) -> None:
-        buf = bytearray(BUFSIZE)
-        view = memoryview(buf)
-        relay = self.relay
-        while True:
+        if not self._register(self._sip_rtp, self._on_sip_rtp_readable, self._on_sip_error):
+            return
+        try:
+            if not self._register(self._sip_rtcp, self._on_sip_rtcp_readable, self._on_sip_error):
+                return
             try:
-                await trio.lowlevel.wait_readable(raw)
-            except trio.ClosedResourceError:
-                return  # close() was called: the call is over
-            now = trio.current_time()
-            for _ in range(DRAIN_CAP):
+                await self._relay_wakeup.wait()
+                if self._sip_failure is not None:
+                    raise self._sip_failure  # a bug in the handler: this call ends (500)
+            finally:
+                self._unregister(self._sip_rtcp)
+        finally:
+            self._unregister(self._sip_rtp)
+
+    def _on_sip_error(self, exc: BaseException) -> None:
+        self._sip_failure = exc
+        self._relay_wakeup.set()
+
+    def _on_sip_rtp_readable(self, now: float) -> None:
+        """The plane's handler for the SIP RTP socket: drain it and relay to the browser inline."""
+        recv = self._sip_rtp.recvfrom_into
+        send = self._browser.sendto
+        buf, view = self._buf, self._view
+        relay, ice, edge = self.relay, self.ice, self.edge
+        for _ in range(DRAIN_CAP):
+            try:
+                n, src = recv(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            sip, latch = self._sip, self._latch
+            # The hot path: from the latched source (IPv4 sources already come as (host, port)).
+            if sip is None or latch is None or src != sip.rtp or src != latch.rtp_source:
+                if len(src) != 2:
+                    src = _addr(src)
+                if not self._accept_sip_source(view[:n], src, False):
+                    continue
+            dest = ice.selected or self._last_validated
+            if dest is None:
+                edge.no_browser_address += 1
+                continue
+            out = relay.sip_rtp(view[:n], now)
+            if out is not None:
                 try:
-                    n, src_raw = raw.recvfrom_into(buf)
-                except (BlockingIOError, InterruptedError):
-                    break
+                    send(out, dest)
                 except OSError:
-                    continue
-                src = _addr(src_raw)
-                if not self._accept_sip_source(view[:n], src, rtcp):
-                    continue
-                dest = self.browser_address
-                if dest is None:
-                    self.edge.no_browser_address += 1
-                    continue
-                out = relay.sip_rtcp(view[:n], now) if rtcp else relay.sip_rtp(view[:n], now)
-                if out is not None:
-                    self._send(self._browser, out, dest)
-            await trio.lowlevel.checkpoint_if_cancelled()
+                    edge.send_failed += 1
+
+    def _on_sip_rtcp_readable(self, now: float) -> None:
+        """The plane's handler for the SIP RTCP socket."""
+        raw = self._sip_rtcp
+        buf, view = self._buf, self._view
+        for _ in range(DRAIN_CAP):
+            try:
+                n, src = raw.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            if len(src) != 2:
+                src = _addr(src)
+            if not self._accept_sip_source(view[:n], src, True):
+                continue
+            dest = self.browser_address
+            if dest is None:
+                self.edge.no_browser_address += 1
+                continue
+            out = self.relay.sip_rtcp(view[:n], now)
+            if out is not None:
+                self._send(self._browser, out, dest)
 
     def _accept_sip_source(self, data: memoryview, src: Address, rtcp: bool) -> bool:
         sip, latch = self._sip, self._latch
@@ -638,6 +734,7 @@ async def open_media(
     advertise_hosts: Sequence[str],
     sip_host: str,
     certificate: DtlsCertificate,
+    plane: MediaPlane,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     media_timeout: float | None = MEDIA_TIMEOUT,
     consent_timeout: float = CONSENT_TIMEOUT,
@@ -685,6 +782,7 @@ async def open_media(
             sip_rtcp_sock=rtcp_sock,
             ice=IceLiteAgent(ufrag, pwd, browser.ice_ufrag, browser.ice_pwd, consent_timeout),
             dtls=DtlsEndpoint(role, certificate, (browser.fingerprint.algorithm, browser.fingerprint.value)),
+            plane=plane,
             relay=relay,
             browser_answer=answer,
             sip_offer=sip_offer,

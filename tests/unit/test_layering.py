@@ -24,6 +24,7 @@ EDGE_MODULES = {
     "sip.calls",
     "sip.resolver",
     "rtp.media",
+    "rtp.plane",
     "rtp.ports",
 }
 FORBIDDEN_IN_PURE = {

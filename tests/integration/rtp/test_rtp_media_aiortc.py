@@ -26,6 +26,7 @@ import trio
 from rtp import g711
 from rtp.dtls import DtlsCertificate
 from rtp.media import open_media
+from rtp.plane import open_media_plane
 from rtp.ports import PortAllocator
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(40)]
@@ -119,6 +120,7 @@ async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -
         with phone, phone_rtcp:
             args = ("--tone", "440", "--seconds", str(seconds), "--codec", browser_codec)
             async with (
+                open_media_plane() as plane,
                 webrtc_peer(*args) as (proc, out),
                 trio.open_nursery() as call,
             ):
@@ -131,6 +133,7 @@ async def test_aiortc_call_audio_both_ways(browser_codec: str, sip_codec: str) -
                     advertise_hosts=["127.0.0.1"],
                     sip_host="127.0.0.1",
                     certificate=CERT,
+                    plane=plane,
                 ) as media:
                     assert "a=ice-lite" in media.browser_answer
                     assert "RTP/AVP" in media.sip_offer

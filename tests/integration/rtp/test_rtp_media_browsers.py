@@ -23,6 +23,7 @@ import trio
 from rtp import g711
 from rtp.dtls import DtlsCertificate
 from rtp.media import open_media
+from rtp.plane import open_media_plane
 from rtp.ports import PortAllocator
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
@@ -110,13 +111,18 @@ async def test_browser_call_audio_both_ways(browser: str) -> None:
     with trio.fail_after(45):
         phone = await udp()
         with phone:
-            async with launch() as page:
+            async with open_media_plane() as plane, launch() as page:
                 await page.goto("about:blank")
                 offer = await page.evaluate(MAKE_OFFER)
                 t0 = trio.current_time()
                 async with (
                     open_media(
-                        ports, offer, advertise_hosts=["127.0.0.1"], sip_host="127.0.0.1", certificate=CERT
+                        ports,
+                        offer,
+                        advertise_hosts=["127.0.0.1"],
+                        sip_host="127.0.0.1",
+                        certificate=CERT,
+                        plane=plane,
                     ) as media,
                     trio.open_nursery() as call,
                 ):

@@ -18,6 +18,7 @@ from rtp.errors import NegotiationError
 from rtp.ice_lite import CONSENT_TIMEOUT, IceLiteAgent
 from rtp.latch import LEARNING_PACKETS
 from rtp.media import MediaEnded, MediaSession, SipRemote, open_media
+from rtp.plane import MediaPlane, open_media_plane
 from rtp.ports import PortAllocator
 from rtp.relay import CodecMap, PtRoute
 from rtp.sdp import SessionDescription
@@ -117,30 +118,42 @@ async def rig(
 ) -> AsyncIterator[Rig]:
     bsock, srtp_sock, srtcp_sock = await udp(), await udp(), await udp()
     browser_sock, phone, phone_rtcp = await udp(), await udp(), await udp()
-    with bsock, srtp_sock, srtcp_sock, browser_sock, phone, phone_rtcp:
-        media = MediaSession(
-            browser_sock=bsock,
-            sip_rtp_sock=srtp_sock,
-            sip_rtcp_sock=srtcp_sock,
-            ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG, RPWD, consent_timeout),
-            dtls=DtlsEndpoint(
-                DtlsRole.SERVER, BRIDGE_CERT, ("sha-256", bridge_expects or BROWSER_CERT.fingerprint_sha256)
-            ),
-            **kwargs,  # type: ignore[arg-type]
-        )
-        browser = FakeBrowser(
-            browser_sock,
-            bsock.getsockname(),
-            DtlsEndpoint(
-                DtlsRole.CLIENT, BROWSER_CERT, ("sha-256", browser_expects or BRIDGE_CERT.fingerprint_sha256)
-            ),
-        )
-        try:
-            yield Rig(
-                media, browser, phone, phone_rtcp, srtp_sock.getsockname()[1], srtcp_sock.getsockname()[1]
+    async with open_media_plane() as plane:
+        with bsock, srtp_sock, srtcp_sock, browser_sock, phone, phone_rtcp:
+            media = MediaSession(
+                browser_sock=bsock,
+                sip_rtp_sock=srtp_sock,
+                sip_rtcp_sock=srtcp_sock,
+                ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG, RPWD, consent_timeout),
+                dtls=DtlsEndpoint(
+                    DtlsRole.SERVER,
+                    BRIDGE_CERT,
+                    ("sha-256", bridge_expects or BROWSER_CERT.fingerprint_sha256),
+                ),
+                plane=plane,
+                **kwargs,  # type: ignore[arg-type]
             )
-        finally:
-            media.close()
+            browser = FakeBrowser(
+                browser_sock,
+                bsock.getsockname(),
+                DtlsEndpoint(
+                    DtlsRole.CLIENT,
+                    BROWSER_CERT,
+                    ("sha-256", browser_expects or BRIDGE_CERT.fingerprint_sha256),
+                ),
+            )
+            try:
+                yield Rig(
+                    media, browser, phone, phone_rtcp, srtp_sock.getsockname()[1], srtcp_sock.getsockname()[1]
+                )
+            finally:
+                media.close()
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[MediaPlane]:
+    async with open_media_plane() as running:
+        yield running
 
 
 async def connect(r: Rig, nursery: trio.Nursery) -> None:
@@ -511,7 +524,7 @@ def answer_params(answer: str) -> tuple[int, str, str, str, str]:
     )
 
 
-async def test_open_media_call_with_early_media_and_hold() -> None:
+async def test_open_media_call_with_early_media_and_hold(plane: MediaPlane) -> None:
     ports = LoopbackPorts()
     with trio.fail_after(10):
         phone = await udp()
@@ -522,6 +535,7 @@ async def test_open_media_call_with_early_media_and_hold() -> None:
                 advertise_hosts=["127.0.0.1"],
                 sip_host="127.0.0.1",
                 certificate=BRIDGE_CERT,
+                plane=plane,
             ) as media:
                 assert ports.open == 3
                 port, ufrag, pwd, fingerprint, setup = answer_params(media.browser_answer)
@@ -582,25 +596,35 @@ async def test_open_media_call_with_early_media_and_hold() -> None:
         assert ports.open == 0
 
 
-async def test_open_media_passes_the_consent_timeout() -> None:
+async def test_open_media_passes_the_consent_timeout(plane: MediaPlane) -> None:
     ports = LoopbackPorts()
     hosts = ["127.0.0.1"]
     async with open_media(
-        ports, browser_offer(), advertise_hosts=hosts, sip_host="127.0.0.1", certificate=BRIDGE_CERT
+        ports,
+        browser_offer(),
+        advertise_hosts=hosts,
+        sip_host="127.0.0.1",
+        certificate=BRIDGE_CERT,
+        plane=plane,
     ) as media:
         assert media.ice.consent_timeout == 30.0  # RFC 7675 section 5.1
     async with open_media(
         ports, browser_offer(), advertise_hosts=hosts, sip_host="127.0.0.1", certificate=BRIDGE_CERT,
-        consent_timeout=2.5,
+        plane=plane, consent_timeout=2.5,
     ) as media:  # fmt: skip
         assert media.ice.consent_timeout == 2.5
     assert ports.open == 0
 
 
-async def test_open_media_confirms_the_sip_codec() -> None:
+async def test_open_media_confirms_the_sip_codec(plane: MediaPlane) -> None:
     ports = LoopbackPorts()
     async with open_media(
-        ports, browser_offer(), advertise_hosts=["127.0.0.1"], sip_host="127.0.0.1", certificate=BRIDGE_CERT
+        ports,
+        browser_offer(),
+        advertise_hosts=["127.0.0.1"],
+        sip_host="127.0.0.1",
+        certificate=BRIDGE_CERT,
+        plane=plane,
     ) as media:
         first = SessionDescription.parse_untrusted(media.browser_answer)
         assert first.media[0].payload_types[:2] == (0, 8)
@@ -612,7 +636,7 @@ async def test_open_media_confirms_the_sip_codec() -> None:
         assert media.relay.codec_map.to_sip[8].out_pt == 8
 
 
-async def test_open_media_refuses_a_bad_offer_and_releases_ports() -> None:
+async def test_open_media_refuses_a_bad_offer_and_releases_ports(plane: MediaPlane) -> None:
     ports = LoopbackPorts()
     with pytest.raises(NegotiationError, match="rtcp-mux"):
         async with open_media(
@@ -621,18 +645,24 @@ async def test_open_media_refuses_a_bad_offer_and_releases_ports() -> None:
             advertise_hosts=["127.0.0.1"],
             sip_host="127.0.0.1",
             certificate=BRIDGE_CERT,
+            plane=plane,
         ):
             pytest.fail("unreachable")
     assert ports.leased == 3
     assert ports.open == 0
     async with open_media(
-        ports, browser_offer(), advertise_hosts=["127.0.0.1"], sip_host="127.0.0.1", certificate=BRIDGE_CERT
+        ports,
+        browser_offer(),
+        advertise_hosts=["127.0.0.1"],
+        sip_host="127.0.0.1",
+        certificate=BRIDGE_CERT,
+        plane=plane,
     ) as media:
         with pytest.raises(NegotiationError):
             media.set_sip_answer(phone_sdp(4000).replace("RTP/AVP 0 101", "RTP/AVP 18"))
 
 
-async def test_open_media_as_dtls_client() -> None:
+async def test_open_media_as_dtls_client(plane: MediaPlane) -> None:
     """An offer with a=setup:passive makes us the DTLS client: our ClientHello goes out once a
     connectivity check has validated the browser's address."""
     ports = LoopbackPorts()
@@ -643,6 +673,7 @@ async def test_open_media_as_dtls_client() -> None:
             advertise_hosts=["127.0.0.1"],
             sip_host="127.0.0.1",
             certificate=BRIDGE_CERT,
+            plane=plane,
         ) as media:
             port, ufrag, pwd, fingerprint, setup = answer_params(media.browser_answer)
             assert setup == "active"
@@ -664,7 +695,7 @@ async def test_open_media_as_dtls_client() -> None:
                     nursery.cancel_scope.cancel()
 
 
-async def test_ipv6_loopback() -> None:
+async def test_ipv6_loopback(plane: MediaPlane) -> None:
     """The browser leg on ::1: sources arrive as 4-tuples and are keyed on (host, port)."""
 
     async def udp6() -> trio.socket.SocketType:
@@ -681,6 +712,7 @@ async def test_ipv6_loopback() -> None:
                 sip_rtcp_sock=s2,
                 ice=IceLiteAgent(LUFRAG, LPWD, RUFRAG),
                 dtls=DtlsEndpoint(DtlsRole.SERVER, BRIDGE_CERT, ("sha-256", BROWSER_CERT.fingerprint_sha256)),
+                plane=plane,
             )
             browser = FakeBrowser(
                 browser_sock,
@@ -701,7 +733,7 @@ async def test_ipv6_loopback() -> None:
 
 
 @pytest.mark.parametrize("phase", ["before-check", "mid-handshake", "connected"])
-async def test_cancel_at_every_phase_releases_everything(phase: str) -> None:
+async def test_cancel_at_every_phase_releases_everything(phase: str, plane: MediaPlane) -> None:
     ports = PortAllocator(42000, 42099, "127.0.0.1")
     fds = len(os.listdir("/proc/self/fd"))
     with trio.fail_after(10):
@@ -711,6 +743,7 @@ async def test_cancel_at_every_phase_releases_everything(phase: str) -> None:
             advertise_hosts=["127.0.0.1"],
             sip_host="127.0.0.1",
             certificate=BRIDGE_CERT,
+            plane=plane,
         ) as media:
             assert len(ports.in_use) == 3
             port, ufrag, pwd, fingerprint, _ = answer_params(media.browser_answer)

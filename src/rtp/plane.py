@@ -1,0 +1,156 @@
+"""One media plane per worker process (Trio edge): every media socket of every call read by one task.
+
+Why: a Trio task per socket costs a reschedule, an `outcome` and an `epoll_ctl` re-arm (Trio arms
+EPOLLONESHOT) for every packet of every socket; at 50 packets/s per call nothing amortises that
+(bench/README.md, profile; shared/recipes/perf: a plain `select.epoll` drain loop ran at 0.92x
+rtpengine's CPU per packet, per-socket Trio readers at 1.44x).
+
+How: `MediaPlane` owns one level-triggered `select.epoll` and a registry fd -> handler. A handler
+is a plain synchronous callable `handler(now)`: it drains its own non-blocking socket with
+`recvfrom_into` up to a cap and processes the datagrams inline. `MediaPlane.run` is one task::
+
+    while True:
+        await trio.lowlevel.wait_readable(epoll)     # Trio waits on the epoll fd: one re-arm per pass
+        for fd, _ in epoll.poll(0, max_events):      # every ready socket, with one `now`
+            handlers[fd](now)
+
+Level-triggered: a socket left with data (its handler hit its cap) is reported again next pass, so
+no datagram is stranded, and the kernel rotates its ready list, so `max_events` bounds a pass
+fairly. Each pass ends at `wait_readable`, a schedule point: signalling tasks (WebSocket pings,
+SIP, call timers) run between passes however heavy the media load (bench/README.md suggestion 5).
+
+Registration and unregistration are plain synchronous calls, safe at any time, including from a
+handler during a pass (a handler may end a call): a descriptor unregistered during a pass is not
+served for the rest of it. Unregister a descriptor BEFORE closing it: the epoll keys on the open
+file, so a closed duplicate of a still-open socket would otherwise stay registered.
+
+A handler that raises (a bug: bad input is the handler's to drop and count) is unregistered, the
+error counted and logged, and its `on_error` callback told; the plane and the other calls go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+__all__ = ["MAX_EVENTS", "ErrorHandler", "Handler", "MediaPlane", "PlaneCounters", "open_media_plane"]
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 256  # ready sockets served per pass (the rest are reported again next pass)
+
+Handler = Callable[[float], None]
+ErrorHandler = Callable[[BaseException], None]
+
+
+class _FileLike(Protocol):
+    def fileno(self) -> int: ...
+
+
+@dataclass(slots=True)
+class PlaneCounters:
+    """What the plane did: passes (wake-ups), handler calls, handlers that raised."""
+
+    passes: int = 0
+    handler_calls: int = 0
+    handler_errors: int = 0
+
+
+class MediaPlane:
+    """One epoll for all the media sockets of a worker; `run` is its only task (module docstring)."""
+
+    def __init__(self, *, max_events: int = MAX_EVENTS) -> None:
+        self.max_events = max_events
+        self.counters = PlaneCounters()
+        self._epoll = select.epoll()
+        self._handlers: dict[int, tuple[Handler, ErrorHandler | None]] = {}
+        self._closed = False
+
+    def __len__(self) -> int:
+        """The number of registered descriptors."""
+        return len(self._handlers)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def register(self, sock: _FileLike, handler: Handler, on_error: ErrorHandler | None = None) -> None:
+        """Serve `sock` with `handler(now)` whenever it is readable, from the next pass on.
+
+        `sock` must be non-blocking and stay open until `unregister`. Raises
+        `trio.ClosedResourceError` once the plane is closed, ValueError if already registered.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the media plane is closed")
+        fd = sock.fileno()
+        if fd in self._handlers:
+            raise ValueError(f"descriptor {fd} is already registered")
+        self._epoll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = (handler, on_error)
+
+    def unregister(self, sock: _FileLike | int) -> None:
+        """Stop serving `sock` (before closing it). Idempotent; safe during a pass."""
+        fd = sock if isinstance(sock, int) else sock.fileno()
+        if self._handlers.pop(fd, None) is None or self._closed:
+            return
+        with suppress(OSError):
+            self._epoll.unregister(fd)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the registered sockets until cancelled; the epoll is closed on the way out."""
+        epoll, handlers, counters = self._epoll, self._handlers, self.counters
+        task_status.started()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                now = trio.current_time()
+                events = epoll.poll(0, self.max_events)
+                counters.passes += 1
+                counters.handler_calls += len(events)
+                for fd, _mask in events:
+                    entry = handlers.get(fd)
+                    if entry is None:  # unregistered earlier in this pass
+                        continue
+                    try:
+                        entry[0](now)
+                    except Exception as exc:  # a bug in one call's handler: that call only
+                        self._failed(fd, entry, exc)
+        finally:
+            self.close()
+
+    def _failed(self, fd: int, entry: tuple[Handler, ErrorHandler | None], exc: Exception) -> None:
+        self.counters.handler_errors += 1
+        log.error("media handler for descriptor %d failed; unregistered", fd, exc_info=exc)
+        if self._handlers.get(fd) is entry:
+            self.unregister(fd)
+        on_error = entry[1]
+        if on_error is not None:
+            on_error(exc)
+
+    def close(self) -> None:
+        """Close the epoll (the sockets stay their owners'). Idempotent; `run` does it on exit."""
+        if self._closed:
+            return
+        self._closed = True
+        self._handlers.clear()
+        trio.lowlevel.notify_closing(self._epoll)
+        self._epoll.close()
+
+
+@asynccontextmanager
+async def open_media_plane(*, max_events: int = MAX_EVENTS) -> AsyncIterator[MediaPlane]:
+    """A running `MediaPlane` for the block (its task in a nursery of its own); closed on exit."""
+    plane = MediaPlane(max_events=max_events)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            yield plane
+            nursery.cancel_scope.cancel()
+    finally:
+        plane.close()
