@@ -43,6 +43,26 @@ cannot authenticate are discarded by OpenSSL itself (RFC 6347 4.1.2.7). The peer
 accepted only if its digest equals the SDP `a=fingerprint` (RFC 5763 section 5; RFC 8122), which
 is checked in the verify callback so that a mismatch aborts the handshake with an alert.
 
+Release after the handshake (RFC 6347 4.2.4). Once SRTP is keyed, the `SSL.Connection` (about
+75 KiB of OpenSSL state per call: the SSL object, its handshake buffers and transcript, the
+peer's certificate, the record layer's cipher contexts) has little left to do: WebRTC audio
+carries no DTLS application data, renegotiation is off. What remains is small and kept as
+bytes: (1) RFC 6347 4.2.4 says that the endpoint that sent the last flight MUST answer a
+retransmission of the peer's last flight with its own last flight for at least twice the TCP
+MSL: our final flight (CCS, Finished, at most one datagram at our MTU) is stored as sent and
+re-sent as is (MAX_FINAL_RESENDS times) when handshake records arrive, the peer has never seen
+those records since it is asking again; (2) the exported SRTP keying material; (3) our
+close_notify: it is encoded by OpenSSL at release time (`SSL_shutdown` into the memory BIO) and
+kept until `close()` sends it, which is valid because we send no other record after the
+handshake, so its epoch-1 sequence number is still the next one. So `release_after` seconds
+after the handshake (RELEASE_AFTER, 2 s: two of the peer's initial retransmission timeouts, in
+which a peer that lost our final flight is answered by OpenSSL itself) the OpenSSL objects are
+freed on the next `handle_timeout` or `feed_untrusted` (`release_at` says when). What we give up
+is authenticating the peer's records: a close_notify or other alert after the release cannot be
+told from a forgery (RFC 6347 4.1.2.7: invalid records are silently discarded), so every
+datagram from the peer after the release is dropped and counted (`counters.after_release`); the
+call still ends by its signalling, ICE consent (RFC 7675) or the media timeout.
+
 Shared context. The `SSL.Context` (certificate, key, DTLS 1.2 only, SRTP profiles, the verify
 callback) is the same for every call, so it is built once per `DtlsCertificate` and kept on it
 (`DtlsCertificate.context()`); the per-call part of the check, the expected fingerprint and its
@@ -71,6 +91,7 @@ from rtp.srtp import EXPORTER_LABEL, SrtpProfile
 
 __all__ = [
     "MTU",
+    "RELEASE_AFTER",
     "DtlsCertificate",
     "DtlsCounters",
     "DtlsEndpoint",
@@ -89,6 +110,7 @@ TIMER_SLACK = 0.005  # fire just after OpenSSL's wall-clock timer, never just be
 RECORD_HEADER = 13
 DTLS1_2_VERSION = 0xFEFD
 MAX_FINAL_RESENDS = 10
+RELEASE_AFTER = 2 * INITIAL_RTO  # seconds from the handshake to the release of OpenSSL's objects
 # RFC 6347 4.1: content types change_cipher_spec(20), alert(21), handshake(22), application_data(23)
 RECORD_TYPES = range(20, 24)
 
@@ -186,6 +208,7 @@ class DtlsCounters:
     after_end: int = 0
     datagrams_out: int = 0
     retransmits: int = 0
+    after_release: int = 0  # from the peer once OpenSSL was released: unauthenticated, dropped
 
 
 def split_records_untrusted(data: bytes) -> list[bytes] | None:
@@ -271,7 +294,8 @@ class DtlsEndpoint:
     """One DTLS-SRTP association over memory BIOs (see the module docstring).
 
     `remote_fingerprint` is `(hash name, value)` from the peer's SDP `a=fingerprint` line, e.g.
-    `("sha-256", "AB:CD:...")`.
+    `("sha-256", "AB:CD:...")`. `release_after` is how long after the handshake OpenSSL's objects
+    are kept (None: for the association's life).
     """
 
     role: DtlsRole
@@ -281,7 +305,8 @@ class DtlsEndpoint:
     state: DtlsState = DtlsState.HANDSHAKING
     failure_reason: str | None = None
     counters: DtlsCounters = field(default_factory=DtlsCounters)
-    _conn: SSL.Connection = field(init=False, repr=False)
+    release_after: float | None = RELEASE_AFTER
+    _conn: SSL.Connection | None = field(init=False, repr=False)
     _out: list[bytes] = field(default_factory=list, repr=False)
     _flight: list[bytes] = field(default_factory=list, repr=False)
     _final_flight: list[bytes] = field(default_factory=list, repr=False)
@@ -290,18 +315,23 @@ class DtlsEndpoint:
     _rto: float = INITIAL_RTO
     _check: _PeerCheck = field(init=False, repr=False)
     _profile: SrtpProfile | None = None
+    _connected_at: float | None = None
+    # What outlives the SSL.Connection once it is released (see the module docstring).
+    _keying_material: bytes = field(default=b"", repr=False)
+    _close_notify: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         alg, expected = _normalize_fingerprint(*self.remote_fingerprint)
         self.remote_fingerprint = (alg, expected)
         self._check = _PeerCheck(alg, expected)
-        self._conn = SSL.Connection(self.certificate.context(), None)
-        self._conn.set_app_data(self._check)
-        self._conn.set_ciphertext_mtu(self.mtu)
+        conn = SSL.Connection(self.certificate.context(), None)
+        conn.set_app_data(self._check)
+        conn.set_ciphertext_mtu(self.mtu)
         if self.role is DtlsRole.CLIENT:
-            self._conn.set_connect_state()
+            conn.set_connect_state()
         else:
-            self._conn.set_accept_state()
+            conn.set_accept_state()
+        self._conn = conn
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -331,18 +361,37 @@ class DtlsEndpoint:
             self._final_resends += 1
             self.counters.retransmits += 1
             self._out.extend(self._final_flight)
-        self._conn.bio_write(datagram)
+        conn = self._conn
+        if conn is None:  # released: nothing here can authenticate the record any more
+            self.counters.after_release += 1
+            return
+        conn.bio_write(datagram)
         if self.state is DtlsState.HANDSHAKING:
             self._handshake(now)
         if self.state is DtlsState.CONNECTED:
-            self._read_after_handshake()
+            self._read_after_handshake(conn)
+            self._release_if_due(now)
 
     def next_deadline(self) -> float | None:
         """When `handle_timeout` must next be called (our retransmission timer), or None."""
         return self._deadline if self.state is DtlsState.HANDSHAKING else None
 
+    @property
+    def release_at(self) -> float | None:
+        """When OpenSSL's objects may be released (a `handle_timeout` at or after it does it), or
+        None (not connected yet, already released, or never)."""
+        if self._conn is None or self._connected_at is None or self.release_after is None:
+            return None
+        return self._connected_at + self.release_after
+
+    @property
+    def released(self) -> bool:
+        """True once the OpenSSL objects were released (only a few stored bytes are left)."""
+        return self._conn is None
+
     def handle_timeout(self, now: float) -> None:
-        """Re-send the last flight if its timer has expired (RFC 6347 4.2.4) and back off.
+        """Re-send the last flight if its timer has expired (RFC 6347 4.2.4) and back off; once
+        connected, release OpenSSL's objects when `release_at` has passed.
 
         OpenSSL is asked first (`DTLSv1_handle_timeout`): its retransmission re-encodes the
         flight under fresh record sequence numbers, which the peer accepts even when it has
@@ -350,11 +399,20 @@ class DtlsEndpoint:
         before it) some of the first copy. Only if OpenSSL's wall-clock timer has not expired
         (a test's fake clock, a wall-clock step) do we re-send the remembered bytes.
         """
-        if self.state is not DtlsState.HANDSHAKING or self._deadline is None or now < self._deadline:
+        if self.state is DtlsState.CONNECTED:
+            self._release_if_due(now)
+            return
+        conn = self._conn
+        if (
+            self.state is not DtlsState.HANDSHAKING
+            or conn is None
+            or self._deadline is None
+            or now < self._deadline
+        ):
             return
         self.counters.retransmits += 1
         try:
-            self._conn.DTLSv1_handle_timeout()
+            conn.DTLSv1_handle_timeout()
         except SSL.Error as exc:
             self._collect(None)
             self._fail(f"DTLS retransmission failed: {exc}")
@@ -371,11 +429,15 @@ class DtlsEndpoint:
     def close(self) -> None:
         """Send close_notify (if connected) and end; `outgoing()` then holds the alert."""
         if self.state is DtlsState.CONNECTED:
-            with contextlib.suppress(SSL.Error):
-                self._conn.shutdown()
-            self._collect(None)
+            if self._conn is not None:
+                with contextlib.suppress(SSL.Error):
+                    self._conn.shutdown()
+                self._collect(None)
+            else:
+                self._out.extend(self._close_notify)
         if self.state in (DtlsState.HANDSHAKING, DtlsState.CONNECTED):
             self.state = DtlsState.CLOSED
+        self._close_notify = []
 
     # --- outputs --------------------------------------------------------------------------
 
@@ -395,6 +457,8 @@ class DtlsEndpoint:
     def keying_material(self) -> bytes:
         """The exported SRTP keying material (RFC 5764 4.2), `srtp.keys_from_dtls` splits it."""
         profile = self.srtp_profile
+        if self._conn is None:
+            return self._keying_material
         return bytes(self._conn.export_keying_material(EXPORTER_LABEL, profile.keying_material_length))
 
     @property
@@ -410,8 +474,10 @@ class DtlsEndpoint:
         self._deadline = None
 
     def _handshake(self, now: float) -> None:
+        conn = self._conn
+        assert conn is not None  # released only once connected
         try:
-            self._conn.do_handshake()
+            conn.do_handshake()
         except SSL.WantReadError:
             self._collect(now)
             return
@@ -427,7 +493,7 @@ class DtlsEndpoint:
             # Cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT, but never trust an unchecked peer.
             self._fail("fingerprint mismatch")
             return
-        selected = self._conn.get_selected_srtp_profile()
+        selected = conn.get_selected_srtp_profile()
         try:
             self._profile = SrtpProfile.from_dtls_name(selected)
         except ValueError:
@@ -436,11 +502,13 @@ class DtlsEndpoint:
             return
         self.state = DtlsState.CONNECTED
         self._deadline = None
+        self._flight = []  # our earlier flights (the certificate among them) are never re-sent now
+        self._connected_at = now
 
-    def _read_after_handshake(self) -> None:
+    def _read_after_handshake(self, conn: SSL.Connection) -> None:
         while True:
             try:
-                self._conn.recv(2048)  # WebRTC audio carries no DTLS application data: discard
+                conn.recv(2048)  # WebRTC audio carries no DTLS application data: discard
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -452,18 +520,34 @@ class DtlsEndpoint:
                 break
         self._collect(None)  # e.g. a re-sent final flight answering the peer's retransmission
 
+    def _release_if_due(self, now: float) -> None:
+        """Free the SSL.Connection once `release_at` has passed, keeping the keying material and
+        an encoded close_notify (see the module docstring)."""
+        release_at = self.release_at
+        conn = self._conn
+        if conn is None or release_at is None or now < release_at or self.state is not DtlsState.CONNECTED:
+            return
+        self._collect(None)  # anything OpenSSL still had to say goes out first
+        self._keying_material = self.keying_material()
+        with contextlib.suppress(SSL.Error):
+            conn.shutdown()  # our close_notify, encoded now, sent by close()
+        self._close_notify = self._read_bio(conn)
+        conn.set_app_data(None)
+        self._conn = None
+
     def _timer(self, fallback: float) -> float:
         """Seconds until the retransmission: OpenSSL's own timer if it runs (so that its
         `DTLSv1_handle_timeout` finds it expired), plus a little slack, else `fallback`."""
+        assert self._conn is not None  # only while handshaking
         remaining = self._conn.DTLSv1_get_timeout()
         return fallback if remaining is None else remaining + TIMER_SLACK
 
-    def _collect(self, now: float | None) -> list[bytes]:
-        """Move what OpenSSL wrote into datagrams; with `now`, it is a new flight to time."""
+    def _read_bio(self, conn: SSL.Connection) -> list[bytes]:
+        """What OpenSSL wrote, as datagrams of whole records under the MTU."""
         chunks: list[bytes] = []
         while True:
             try:
-                chunks.append(self._conn.bio_read(65536))
+                chunks.append(conn.bio_read(65536))
             except SSL.WantReadError:
                 break
         if not chunks:
@@ -471,9 +555,17 @@ class DtlsEndpoint:
         records = split_records_untrusted(b"".join(chunks))
         if records is None:  # OpenSSL wrote something that is not records: cannot happen
             raise LocalProtocolError("OpenSSL produced a malformed DTLS record stream")
-        datagrams = _pack_datagrams(records, self.mtu)
+        return _pack_datagrams(records, self.mtu)
+
+    def _collect(self, now: float | None) -> list[bytes]:
+        """Move what OpenSSL wrote into datagrams; with `now`, it is a new flight to time."""
+        if self._conn is None:
+            return []
+        datagrams = self._read_bio(self._conn)
+        if not datagrams:
+            return []
         self._out.extend(datagrams)
-        only_alerts = all(r[0] == 21 for r in records)
+        only_alerts = all(r[0] == 21 for d in datagrams for r in split_records_untrusted(d) or ())
         if now is not None and self.state is DtlsState.HANDSHAKING and not only_alerts:
             # A new flight (an alert alone is sent once, never retransmitted).
             self._flight = datagrams
