@@ -46,13 +46,18 @@ Theory of operation:
   message's summary (the first ten with a traceback, then one line per hundred, so one bug hit
   by a flood cannot flood the log), counted (`stats["handler_errors"]`), and a request gets 500
   if its server transaction can still answer; the next message is served. Cancellation (a
-  BaseException) is never caught.
+  BaseException) is never caught. The same holds for the UA's own tasks, per event: an exception
+  while due timers are handled (`_timer_loop`), while an ICMP error fails its transactions
+  (`_unreachable_loop`), or in a 2xx retransmitter or the BYE of an unwanted answer is logged
+  (same rate limit), counted (`stats["task_errors"]`), and the task goes on (the timer task
+  backs off a little while the same deadline keeps failing, so a bug cannot spin the CPU).
 
 Randomness (tags, branches, Call-IDs, cnonces, the nonce key) comes from `token`, injectable.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -99,6 +104,7 @@ log = logging.getLogger("sip.ua")
 T1 = 0.5  # RFC 3261 §17.1.1.1 RTT estimate
 T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
 HANDLER_ERROR_TRACEBACKS = 10  # handler errors logged with a traceback; then every 100th, one line
+TIMER_ERROR_BACKOFF = (0.01, 1.0)  # the timer task's pause after a failure: doubling, up to (s)
 
 
 _TxEvent = Response | Timeout | TransportFailed
@@ -191,7 +197,7 @@ class SipUA:
         self._packet_source: Address | None = None  # where the message being dispatched came from
         self.stats: dict[str, int] = {
             "stray_responses": 0, "bad_requests": 0, "retransmissions": 0, "unwanted_2xx": 0,
-            "handler_errors": 0, "register_locked_out": 0, "register_lockouts": 0,
+            "handler_errors": 0, "register_locked_out": 0, "register_lockouts": 0, "task_errors": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------ lifecycle
@@ -398,7 +404,8 @@ class SipUA:
         acked = trio.Event()
         key = (request.call_id, request.cseq.seq)
         self._awaiting_ack[key] = acked
-        self._nursery.start_soon(self._retransmit_2xx, server_key(request), key, acked, response)
+        retransmit = functools.partial(self._retransmit_2xx, server_key(request), key, acked, response)
+        self._nursery.start_soon(self._guarded, f"the 2xx retransmission of {_summary(request)}", retransmit)
 
     async def _retransmit_2xx(
         self, tx: TransactionKey, key: tuple[str, int], acked: trio.Event, response: Response
@@ -434,7 +441,10 @@ class SipUA:
         transactions as a transport error (§17.1.1.2 / §17.1.2.2: the transaction terminates and
         the TU is told), so a dead upstream costs one round trip instead of Timer B (64*T1)."""
         async for event in self.transport.unreachable:
-            await self._fail_unreachable(event)
+            try:
+                await self._fail_unreachable(event)
+            except Exception:  # a bug: it costs this event only
+                self._task_error(f"an ICMP error for {event.dest}")
 
     async def _fail_unreachable(self, event: Unreachable) -> None:
         keys = [key for key, dest in self._unanswered.items() if _same_udp_address(dest, event.dest)]
@@ -445,6 +455,7 @@ class SipUA:
 
     async def _timer_loop(self) -> None:
         """Sleep until the layer's next deadline (or a wake-up), then fire due timers."""
+        pause = 0.0  # after a failure: a short, doubling pause before the next attempt
         while True:
             deadline = self._layer.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
@@ -452,8 +463,32 @@ class SipUA:
             self._wakeup = trio.Event()
             now = trio.current_time()
             due = self._layer.next_deadline()
-            if due is not None and due <= now:
+            if due is None or due > now:
+                continue
+            try:
                 await self._perform(self._layer.handle_timeout(now))
+            except Exception:  # a bug: it costs these timers only, never the UA
+                self._task_error("due transaction timers")
+                pause = min(max(pause * 2, TIMER_ERROR_BACKOFF[0]), TIMER_ERROR_BACKOFF[1])
+                await trio.sleep(pause)
+            else:
+                pause = 0.0
+
+    async def _guarded(self, what: str, task: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the UA's background tasks; an exception in it ends that task only."""
+        try:
+            await task()
+        except Exception:
+            self._task_error(what)
+
+    def _task_error(self, what: str) -> None:
+        """Log (rate-limited like `_dispatch`) and count an exception in one of the UA's tasks."""
+        self.stats["task_errors"] += 1
+        count = self.stats["task_errors"]
+        if count <= HANDLER_ERROR_TRACEBACKS:
+            log.exception("error while handling %s", what)
+        elif count % 100 == 0:
+            log.error("%d errors in the UA's tasks; now while handling %s", count, what)
 
     async def _perform(self, actions: list[LayerAction]) -> None:
         """Carry out the layer's actions; new requests for the TU are handled last, so that an
@@ -511,7 +546,8 @@ class SipUA:
                 self.stats["unwanted_2xx"] += 1
                 dialog = await end_unwanted_answer_ack(self, invite, response, transport)
                 if dialog is not None:
-                    self._nursery.start_soon(end_unwanted_answer_bye, self, dialog, transport)
+                    bye = functools.partial(end_unwanted_answer_bye, self, dialog, transport)
+                    self._nursery.start_soon(self._guarded, f"the BYE after {_summary(response)}", bye)
                 return
         self.stats["stray_responses"] += 1
 
@@ -592,7 +628,8 @@ class SipUA:
             return
         call = IncomingCall(self, request, source)
         self._dialogs[call.call_id] = call
-        self._nursery.start_soon(self._run_incoming, call)
+        run = functools.partial(self._run_incoming, call)
+        self._nursery.start_soon(self._guarded, f"the incoming call {call.call_id}", run)
 
     async def _run_incoming(self, call: IncomingCall) -> None:
         assert self.on_invite is not None
