@@ -1,7 +1,8 @@
 """Call set-up benchmark: set-up latency and calls per second through the real bridge.
 
     .venv/bin/python -m bench.setup [--serial 50] [--rates 5,10,20,40] [--seconds 5]
-                                    [--scrypt-n 1024,16384] [--out bench/results/x.json]
+                                    [--scrypt-n 1024,16384] [--callers warm,cold] [--profile]
+                                    [--log-level warning] [--out bench/results/x.json]
 
 Each call goes through the whole real signalling (bench.calls): MCCP `call` over WSS -> the caller's
 password checked (scrypt) -> SIP INVITE at the phone registered to the bridge -> 200 OK/ACK ->
@@ -13,22 +14,38 @@ until it arrives as plain RTP at the phone: "first packet relayed". Then the pag
   reports the achieved set-up rate (calls completed per second), latency percentiles and failures.
 
 Both for each `--scrypt-n`: the bridge's default cost (2**14, ~60 ms of CPU per login, run in worker
-threads) dominates a set-up, so the run also shows what the rest costs with a cheap hash (2**10).
-The bridge runs on CPU 1, the harness on CPU 0, as in bench.relay.
+threads) dominates a cold login, so the run also shows what the rest costs with a cheap hash (2**10).
+And both for each kind of `--callers`:
+
+* warm: every call from the same extension and password (a softphone that redials, a page reloaded):
+  after the first call the bridge's verified-credentials cache answers without scrypt;
+* cold: every call from another extension (COLD_CALLERS extensions added to the bridge's table, then
+  SIGHUP): every login costs one scrypt.
+
+`--profile` samples the bridge with py-spy during the serial calls (first kind of callers): the
+record gets the top functions in ms of CPU per call (own and inclusive), and the collapsed stacks are
+kept beside the JSON. The bridge runs on CPU 1, the harness on CPU 0, as in
+bench.relay.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
+import re
+import signal
 import struct
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
+from bench import browser_leg
 from bench.browser_leg import BrowserCall, BrowserSocket, CallFailed, run_call
 from bench.phone_leg import Phone
 from bench.processes import (
@@ -41,7 +58,12 @@ from bench.processes import (
     run_bridge,
 )
 from bench.relay import RESULTS, machine, percentile
+from bridge.extensions import Extension, ExtensionTable, digest_ha1, make_extension, save_extensions
 from rtp.srtp import SrtpTx
+
+COLD_FIRST = 100_000  # cold callers are extensions 100000, 100001, ... (all with CALLER_PASSWORD)
+PROFILE_RATE = 250  # py-spy samples per second: one sample is 4 ms of a thread's CPU
+FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
 
 
 @dataclass
@@ -84,12 +106,12 @@ def _ms(t: float | None, t0: float) -> float | None:
 
 
 async def one_call(
-    wss_port: int, bsock: BrowserSocket, phone: Phone, firsts: FirstPackets, number: int
+    wss_port: int, bsock: BrowserSocket, phone: Phone, firsts: FirstPackets, number: int, caller: str = CALLER
 ) -> Setup:
     call = BrowserCall(number, ssrc=int.from_bytes(os.urandom(4), "big"))
     async with trio.open_nursery() as nursery:
         try:
-            await nursery.start(run_call, bsock, call, wss_port, CALLER, CALLER_PASSWORD, PHONE)
+            await nursery.start(run_call, bsock, call, wss_port, caller, CALLER_PASSWORD, PHONE)
             leg = await phone.wait_leg(call.session_id, timeout=5)
             assert call.profile is not None
             rtp = struct.pack("!BBHII", 0x80, 0, 1, 160, call.ssrc) + b"\xd5" * 160
@@ -131,57 +153,178 @@ def summary(setups: list[Setup], elapsed: float, offered: float | None) -> dict[
     return out
 
 
-async def run_one_bridge(args: argparse.Namespace, scrypt_n: int) -> dict[str, Any]:
+class Callers:
+    """Who places the next call: always CALLER (warm), or a fresh extension each time (cold)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.next = COLD_FIRST
+
+    def __call__(self) -> str:
+        if self.kind == "warm":
+            return CALLER
+        self.next += 1
+        return str(self.next - 1)
+
+
+def cold_count(args: argparse.Namespace) -> int:
+    """How many distinct callers one cold pass uses (warm-up, serial, every open-loop step)."""
+    return int(1 + args.serial + sum(max(1, round(rate * args.seconds)) for rate in args.rates))
+
+
+def bench_table(scrypt_n: int, cold: int) -> ExtensionTable:
+    """CALLER, PHONE and `cold` callers sharing CALLER_PASSWORD (one scrypt computed, not `cold`)."""
+    realm = "mccp-bridge"
+    caller = make_extension(CALLER, CALLER_PASSWORD, realm=realm, n=scrypt_n)
+    entries = [caller, make_extension(PHONE, PHONE_PASSWORD, realm=realm, n=scrypt_n)]
+    for k in range(cold):
+        number = str(COLD_FIRST + k)
+        ha1 = {a: digest_ha1(a, number, realm, CALLER_PASSWORD) for a in ("MD5", "SHA-256")}
+        entries.append(Extension(number, caller.scrypt, realm, ha1["MD5"], ha1["SHA-256"]))
+    table = ExtensionTable()
+    for entry in entries:
+        table = table.with_extension(entry)
+    return table
+
+
+async def start_profile(pid: int, out: Path) -> trio.Process:
+    """py-spy (sampling, non-blocking, idle threads left out) on the bridge until SIGINT; stacks to `out`."""
+    exe = Path(sys.executable).parent / "py-spy"
+    cmd = [str(exe) if exe.exists() else "py-spy", "record", "--nonblocking", "--format", "raw"]
+    cmd += ["-r", str(PROFILE_RATE), "-p", str(pid), "-o", str(out)]
+    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await trio.sleep(1.0)  # py-spy attaches
+    return proc
+
+
+async def finish_profile(proc: trio.Process, out: Path, calls: int) -> dict[str, Any]:
+    """Stop py-spy; top functions in ms of CPU per completed call: own samples and inclusive samples."""
+    proc.send_signal(signal.SIGINT)
+    with trio.move_on_after(30):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        lines = out.read_text().splitlines()
+    except OSError:
+        return {"error": "no py-spy output"}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [FRAME.sub(r"\1 (\2)", f.strip()) for f in stack.split(";") if f.strip()]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+    per_call = 1000 / PROFILE_RATE / max(1, calls)
+
+    def top(table: dict[str, int], n: int) -> list[tuple[str, float]]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:n]
+        return [(k, round(v * per_call, 3)) for k, v in ranked]
+
+    return {
+        "stacks": out.name,
+        "calls": calls,
+        "samples": total,
+        "cpu_ms_per_call": round(total * per_call, 2),
+        "own_ms_per_call": top(own, 40),
+        "inclusive_ms_per_call": top(incl, 80),
+    }
+
+
+async def run_kind(
+    args: argparse.Namespace,
+    bridge: Any,
+    bsock: BrowserSocket,
+    phone: Phone,
+    firsts: FirstPackets,
+    kind: str,
+    profile: Path | None,
+) -> dict[str, Any]:
+    """Warm-up, the serial calls, then the open-loop steps, for one kind of callers."""
+    callers = Callers(kind)
+    label = f"scrypt n={args.current_n} {kind}"
+    result: dict[str, Any] = {"callers": kind}
+    # warm-up: the first call pays for imports and caches (and, warm, fills the credentials cache)
+    await one_call(bridge.wss_port, bsock, phone, firsts, -1, callers())
+    setups: list[Setup] = []
+    profiler = await start_profile(bridge.pid, profile) if profile is not None else None
+    t0 = trio.current_time()
+    cpu0 = cpu_seconds(bridge.pid)
+    for i in range(args.serial):
+        setups.append(await one_call(bridge.wss_port, bsock, phone, firsts, i, callers()))
+    result["serial"] = summary(setups, trio.current_time() - t0, None)
+    # The bridge's CPU per call (set-up, one packet, hang-up), all threads (scrypt runs in
+    # worker threads): 1000 / this is the calls/s one core could sustain.
+    result["serial"]["bridge_cpu_ms_per_call"] = round(
+        1000 * (cpu_seconds(bridge.pid) - cpu0) / max(1, args.serial), 2
+    )
+    if profiler is not None and profile is not None:
+        result["serial"]["profile"] = await finish_profile(profiler, profile, args.serial)
+    shown = {k: v for k, v in result["serial"].items() if k != "profile"}
+    print(f"{label} serial: {json.dumps(shown)}", flush=True)
+    result["open_loop"] = []
+    for rate in args.rates:
+        cpu0 = cpu_seconds(bridge.pid)
+        own0 = cpu_seconds(os.getpid())
+        setups = []
+        number = 0
+        t0 = trio.current_time()
+        async with trio.open_nursery() as load:
+
+            async def place(n: int, caller: str, setups: list[Setup] = setups) -> None:
+                setups.append(await one_call(bridge.wss_port, bsock, phone, firsts, n, caller))
+
+            count = max(1, round(rate * args.seconds))
+            for k in range(count):
+                await trio.sleep_until(t0 + k / rate)
+                load.start_soon(place, number, callers())
+                number += 1
+        elapsed = trio.current_time() - t0
+        row = summary(setups, elapsed, rate)
+        bridge_cpu = cpu_seconds(bridge.pid) - cpu0
+        row["bridge_cpu_pct"] = round(100 * bridge_cpu / elapsed, 1)
+        row["bridge_cpu_ms_per_call"] = round(1000 * bridge_cpu / max(1, len(setups) - row["failed"]), 2)
+        row["harness_cpu_pct"] = round(100 * (cpu_seconds(os.getpid()) - own0) / elapsed, 1)
+        result["open_loop"].append(row)
+        print(f"{label} offered {rate}/s: {json.dumps(row)}", flush=True)
+        await trio.sleep(1.0)
+    return result
+
+
+async def run_one_bridge(args: argparse.Namespace, scrypt_n: int, stamp: str) -> dict[str, Any]:
+    args.current_n = scrypt_n
     bsock = await BrowserSocket.open()
     phone_rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await phone_rtp.bind(("127.0.0.1", 0))
     phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
     firsts = FirstPackets(phone_rtp)
-    result: dict[str, Any] = {"scrypt_n": scrypt_n}
+    result: dict[str, Any] = {"scrypt_n": scrypt_n, "kinds": []}
+    cold = cold_count(args) if "cold" in args.callers else 0
     async with trio.open_nursery() as root:
         root.start_soon(bsock.run)
         root.start_soon(firsts.run)
-        async with run_bridge(scrypt_n=scrypt_n, nice=args.nice) as bridge:
+        async with run_bridge(scrypt_n=scrypt_n, nice=args.nice, log_level=args.log_level) as bridge:
+            if cold:
+                # the cold callers: the bridge re-reads its extensions on SIGHUP
+                save_extensions(bridge.log.parent / "extensions.toml", bench_table(scrypt_n, cold))
+                bridge.proc.send_signal(signal.SIGHUP)
+                await trio.sleep(1.0)
             await phone.register(("127.0.0.1", bridge.sip_port), PHONE_PASSWORD)
             root.start_soon(phone.serve)
-            # warm-up: the first call pays for imports and caches
-            await one_call(bridge.wss_port, bsock, phone, firsts, -1)
-            setups: list[Setup] = []
-            t0 = trio.current_time()
-            cpu0 = cpu_seconds(bridge.pid)
-            for i in range(args.serial):
-                setups.append(await one_call(bridge.wss_port, bsock, phone, firsts, i))
-            result["serial"] = summary(setups, trio.current_time() - t0, None)
-            # The bridge's CPU per call (set-up, one packet, hang-up), all threads (scrypt runs in
-            # worker threads): 1000 / this is the calls/s one core could sustain.
-            result["serial"]["bridge_cpu_ms_per_call"] = round(
-                1000 * (cpu_seconds(bridge.pid) - cpu0) / max(1, args.serial), 2
-            )
-            print(f"scrypt n={scrypt_n} serial: {json.dumps(result['serial'])}", flush=True)
-            result["open_loop"] = []
-            for rate in args.rates:
-                cpu0 = cpu_seconds(bridge.pid)
-                own0 = cpu_seconds(os.getpid())
-                setups = []
-                number = 0
-                t0 = trio.current_time()
-                async with trio.open_nursery() as load:
-
-                    async def place(n: int, setups: list[Setup] = setups) -> None:
-                        setups.append(await one_call(bridge.wss_port, bsock, phone, firsts, n))
-
-                    count = max(1, round(rate * args.seconds))
-                    for k in range(count):
-                        await trio.sleep_until(t0 + k / rate)
-                        load.start_soon(place, number)
-                        number += 1
-                elapsed = trio.current_time() - t0
-                row = summary(setups, elapsed, rate)
-                row["bridge_cpu_pct"] = round(100 * (cpu_seconds(bridge.pid) - cpu0) / elapsed, 1)
-                row["harness_cpu_pct"] = round(100 * (cpu_seconds(os.getpid()) - own0) / elapsed, 1)
-                result["open_loop"].append(row)
-                print(f"scrypt n={scrypt_n} offered {rate}/s: {json.dumps(row)}", flush=True)
-                await trio.sleep(1.0)
+            for i, kind in enumerate(args.callers):
+                profile = None
+                if args.profile and i == 0:
+                    profile = RESULTS / f"setup-{stamp}-n{scrypt_n}-{kind}.pyspy.txt"
+                    profile.parent.mkdir(parents=True, exist_ok=True)
+                result["kinds"].append(await run_kind(args, bridge, bsock, phone, firsts, kind, profile))
         root.cancel_scope.cancel()
     for sock in (bsock.sock, phone_rtp, phone.sock):
         sock.close()
@@ -195,11 +338,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "setup",
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": host,
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "stamp", "current_n")},
         "bridges": [],
     }
     for n in args.scrypt_n:
-        record["bridges"].append(await run_one_bridge(args, n))
+        record["bridges"].append(await run_one_bridge(args, n, args.stamp))
     return record
 
 
@@ -209,18 +352,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[5, 10, 20, 40])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--scrypt-n", type=lambda s: [int(x) for x in s.split(",")], default=[2**10, 2**14])
+    ap.add_argument(
+        "--callers",
+        type=lambda s: s.split(","),
+        default=["warm", "cold"],
+        help="warm: one caller redials (credentials cache); cold: a new caller per call (scrypt each)",
+    )
+    ap.add_argument("--profile", action="store_true", help="py-spy the bridge during the serial calls")
+    ap.add_argument("--log-level", default="warning", help="the bridge's --log-level (info: per-call logs)")
     ap.add_argument("--nice", type=int, default=-20)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if not (0 <= args.serial <= 1000 and 0 < args.seconds <= 30 and all(0 < r <= 500 for r in args.rates)):
         ap.error("bounds: serial <= 1000, seconds <= 30, rates <= 500/s")
+    if not args.callers or not set(args.callers) <= {"warm", "cold"}:
+        ap.error("--callers: warm, cold or warm,cold")
+    args.stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     return args
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    # browser_leg builds a client SSLContext per call, which loads the system CA store: ~100 ms of the
+    # harness's CPU per call (more than the bridge's whole set-up), the open loop's limit. A browser
+    # does not do that: one context for every call.
+    browser_leg.client_ssl_context = functools.cache(browser_leg.client_ssl_context)
     record = trio.run(run, args)
-    out = args.out or RESULTS / f"setup-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out = args.out or RESULTS / f"setup-{args.stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"written {out}")
