@@ -9,6 +9,12 @@ pylibsrtp facts this wrapper is built around (see shared/recipes/perf/README.md)
   count per cause; a packet is refused, never the session. `allow_repeat_tx` stays off: the relay
   never sends the same index twice (it rewrites sequence numbers to be continuous).
 
+Memory: each `pylibsrtp.Session` allocates its own 1500-byte work buffer, which `protect` and
+`unprotect` fill, run libsrtp on, and copy out of before returning (nothing refers to it between
+calls). The sessions made on one thread share one such buffer instead (`_share_buffer`), about
+3 KiB less per call; a session must then be used on the thread that made it (the Trio thread:
+two threads inside libsrtp at once, which cffi allows, would write the same buffer).
+
 Key export (RFC 5764 §4.2): after the DTLS handshake both ends export
 `2 * (key_length + salt_length)` bytes with the label "EXTRACTOR-dtls_srtp" and no context, laid
 out as client_write_key | server_write_key | client_write_salt | server_write_salt. Each side
@@ -18,6 +24,7 @@ protects with its own write key and unprotects with the peer's.
 from __future__ import annotations
 
 import enum
+import threading
 
 import pylibsrtp
 
@@ -120,7 +127,24 @@ def _session(profile: SrtpProfile, key_salt: bytes, ssrc_type: int) -> pylibsrtp
     if len(key_salt) != need:
         raise ValueError(f"{profile.name} needs a {need}-byte master key+salt, got {len(key_salt)}")
     policy = pylibsrtp.Policy(key=bytes(key_salt), ssrc_type=ssrc_type, srtp_profile=profile._libsrtp_profile)
-    return pylibsrtp.Session(policy=policy)
+    return _share_buffer(pylibsrtp.Session(policy=policy))
+
+
+_per_thread = threading.local()
+
+
+def _share_buffer(session: pylibsrtp.Session) -> pylibsrtp.Session:
+    """Give `session` this thread's shared work buffer in place of its own (see the module
+    docstring). pylibsrtp 1.0 keeps the buffer in `_cdata` and a view of it in `_buffer`; a
+    version without them keeps its own buffer."""
+    if not (hasattr(session, "_cdata") and hasattr(session, "_buffer")):
+        return session
+    shared = getattr(_per_thread, "buffer", None)
+    if shared is None:
+        _per_thread.buffer = (session._cdata, session._buffer)
+    else:
+        session._cdata, session._buffer = shared
+    return session
 
 
 def _error(exc: Exception) -> SrtpError:
