@@ -163,13 +163,16 @@ class ExtensionTable:
     """An immutable set of extensions, keyed by number. Changes return a new table."""
 
     entries: tuple[Extension, ...] = ()
+    # number -> entry: every MCCP login and SIP REGISTER looks a number up (thousands of entries)
+    _index: dict[str, Extension] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        # reversed: with a repeated number the first entry wins, as a scan would find it
+        object.__setattr__(self, "_index", {e.number: e for e in reversed(self.entries)})
 
     def get(self, number: str) -> Extension | None:
         """The extension with this number, or None."""
-        for entry in self.entries:
-            if entry.number == number:
-                return entry
-        return None
+        return self._index.get(number)
 
     def __contains__(self, number: object) -> bool:
         return isinstance(number, str) and self.get(number) is not None
