@@ -12,7 +12,9 @@
  *
  * Build: gcc -O2 -Wall -o blast blast.c -lcrypto
  * Usage: blast -F FLOWFILE -B BROWSER_FD -H PHONE_FD -r PPS_PER_DIRECTION -t SECONDS
- *              [-p RELAY_PID] [-c RELAY_CPU] [-w DRAIN_MS] [-o INDEX_BASE] [-d both|b2p|p2b]
+ *              [-p RELAY_PID[,PID...]] [-c RELAY_CPU] [-w DRAIN_MS] [-o INDEX_BASE] [-d both|b2p|p2b]
+ *   -p: the relay's processes (a multi-worker bridge: supervisor and workers), CPU summed over all;
+ *   -c -1: the relay is not pinned, "foreign" load is counted over every CPU.
  *   The two sockets are inherited, already bound (the harness did ICE/DTLS and SIP on them).
  *   FLOWFILE, one line per call:
  *     RELAY_BROWSER_PORT RELAY_PHONE_PORT SSRC_B SSRC_P TXPROF TXKEY TXSALT TXAUTH RXPROF RXKEY RXSALT RXAUTH
@@ -175,7 +177,10 @@ static int srtp_unprotect(keys_t *k, uint8_t *pkt, int len, uint32_t ssrc, uint3
     return clen;
 }
 
-static long long proc_ticks(int pid) {
+#define MAXPIDS 64
+static int relay_pids[MAXPIDS], nrelay_pids;
+
+static long long proc_ticks1(int pid) {
     char path[64], buf[4096];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
@@ -194,7 +199,7 @@ static long long proc_ticks(int pid) {
    summed into runq_wait_ns */
 static long long runq_wait_ns = 0;
 
-static long long proc_sched_ns(int pid) {
+static long long proc_sched_ns1(int pid) {
     char path[320], buf[256];
     snprintf(path, sizeof path, "/proc/%d/task", pid);
     DIR *d = opendir(path);
@@ -217,13 +222,33 @@ static long long proc_sched_ns(int pid) {
     return total;
 }
 
+/* summed over relay_pids; a process that is gone counts 0 */
+static long long proc_ticks(void) {
+    long long total = 0;
+    for (int i = 0; i < nrelay_pids; i++) {
+        long long v = proc_ticks1(relay_pids[i]);
+        if (v > 0) total += v;
+    }
+    return total;
+}
+
+static long long proc_sched_ns(void) {
+    long long total = 0;
+    for (int i = 0; i < nrelay_pids; i++) {
+        long long v = proc_sched_ns1(relay_pids[i]);
+        if (v > 0) total += v;
+    }
+    return total;
+}
+
 static long long cpu_softirq_ticks = 0;
 
 static long long cpu_busy_ticks(int cpu) {
     FILE *f = fopen("/proc/stat", "r");
     if (!f) return -1;
     char line[512], name[16];
-    snprintf(name, sizeof name, "cpu%d ", cpu);
+    if (cpu < 0) snprintf(name, sizeof name, "cpu  ");
+    else snprintf(name, sizeof name, "cpu%d ", cpu);
     long long res = -1;
     while (fgets(line, sizeof line, f)) {
         if (strncmp(line, name, strlen(name)) == 0) {
@@ -289,7 +314,12 @@ int main(int argc, char **argv) {
         case 'H': pfd = atoi(optarg); break;
         case 'r': rate = atof(optarg); break;
         case 't': dur = atof(optarg); break;
-        case 'p': relay_pid = atoi(optarg); break;
+        case 'p': {
+            char *save = NULL, *tok = strtok_r(optarg, ",", &save);
+            for (; tok && nrelay_pids < MAXPIDS; tok = strtok_r(NULL, ",", &save)) relay_pids[nrelay_pids++] = atoi(tok);
+            relay_pid = nrelay_pids ? relay_pids[0] : 0;
+            break;
+        }
         case 'c': relay_cpu = atoi(optarg); break;
         case 'w': drain_ms = atoi(optarg); break;
         case 'o': index_base = atoll(optarg); break;
@@ -369,7 +399,7 @@ int main(int argc, char **argv) {
     }
 
     long long sent = 0, sent_b = 0, sent_p = 0, sendfail = 0;
-    long long tk0 = relay_pid ? proc_ticks(relay_pid) : 0, ns0 = relay_pid ? proc_sched_ns(relay_pid) : 0;
+    long long tk0 = relay_pid ? proc_ticks() : 0, ns0 = relay_pid ? proc_sched_ns() : 0;
     long long rq0 = runq_wait_ns;
     long long cb0 = cpu_busy_ticks(relay_cpu), sirq0 = cpu_softirq_ticks;
     struct rusage ru0, ru1;
@@ -510,7 +540,7 @@ int main(int argc, char **argv) {
     int64_t t1 = now_ns();
     getrusage(RUSAGE_SELF, &ru1);
     runq_wait_ns = 0;
-    long long tk1 = relay_pid ? proc_ticks(relay_pid) : 0, ns1 = relay_pid ? proc_sched_ns(relay_pid) : 0;
+    long long tk1 = relay_pid ? proc_ticks() : 0, ns1 = relay_pid ? proc_sched_ns() : 0;
     long long rq1 = runq_wait_ns;
     long long cb1 = cpu_busy_ticks(relay_cpu), sirq1 = cpu_softirq_ticks;
     double wall = (t1 - t0) * 1e-9, send_span = (tlast_send - t0) * 1e-9;

@@ -54,12 +54,15 @@ async def blast(
     phone_fd: int,
     rate: float,
     seconds: float,
-    relay_pid: int,
+    relay_pids: list[int],
     relay_cpu: int,
     index_base: int,
     drain_ms: int = 500,
 ) -> dict[str, Any]:
-    """Run one step: `rate` packets/s in EACH direction spread over the flows for `seconds`."""
+    """Run one step: `rate` packets/s in EACH direction spread over the flows for `seconds`.
+
+    The relay's CPU is summed over `relay_pids`; `relay_cpu` -1: it is not pinned (the load of
+    every CPU is read)."""
     binary = build()
     with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as f:
         f.write("\n".join(flow.line() for flow in flows) + "\n")
@@ -78,7 +81,7 @@ async def blast(
             "-t",
             str(seconds),
             "-p",
-            str(relay_pid),
+            ",".join(str(pid) for pid in relay_pids),
             "-c",
             str(relay_cpu),
             "-w",

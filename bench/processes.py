@@ -1,7 +1,11 @@
 """The relays under test as subprocesses: `mccp-bridge serve` and rtpengine, pinned and bounded.
 
-Both run on RELAY_CPU (the harness pins itself to HARNESS_CPU), at the same `nice`, loopback only,
-and are stopped (SIGTERM, then SIGKILL after a few seconds) when their context manager exits.
+With one worker (thread) each, both run on RELAY_CPU (the harness pins itself to HARNESS_CPU); with
+several (`mccp-bridge serve --workers N`, `rtpengine --num-threads N`) they are not pinned: on a
+2-core machine relay and harness then share both CPUs. Same `nice`, loopback only; stopped
+(SIGTERM, then SIGKILL after a few seconds) when their context manager exits. A multi-worker
+bridge is a supervisor and its N worker processes: `Bridge.pids()` lists them all, and CPU, RSS
+and descriptors are summed over them (`cpu_seconds_all`, `rss_kib_all`, `fd_count_all`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +28,8 @@ from bridge.extensions import ExtensionTable, make_extension, save_extensions
 REPO = Path(__file__).resolve().parent.parent
 RELAY_CPU = 1
 HARNESS_CPU = 0
-BRIDGE_RTP_PORTS = (20000, 23999)
-RTPE_PORTS = (24000, 29999)
+BRIDGE_RTP_PORTS = (14000, 23999)  # 3 ports per call: 1,000 calls over 2 workers fit with room
+RTPE_PORTS = (24000, 29999)  # 4 ports per call
 CALLER, CALLER_PASSWORD = "100", "bench-caller-secret"
 PHONE, PHONE_PASSWORD = "200", "bench-phone-secret"
 
@@ -39,9 +43,9 @@ def two_cpus() -> bool:
     return {RELAY_CPU, HARNESS_CPU} <= ALLOWED_CPUS
 
 
-def pin_prefix(nice: int) -> list[str]:
-    """taskset to RELAY_CPU; with `nice`, a session of its own (see `boost`) and `nice -n`."""
-    prefix = ["taskset", "-c", str(RELAY_CPU)] if two_cpus() else []
+def pin_prefix(nice: int, *, pin: bool = True) -> list[str]:
+    """taskset to RELAY_CPU (with `pin`); with `nice`, a session of its own (see `boost`) and `nice -n`."""
+    prefix = ["taskset", "-c", str(RELAY_CPU)] if pin and two_cpus() else []
     if nice and os.geteuid() == 0:
         prefix += ["setsid", "nice", "-n", str(nice)]
     return prefix
@@ -57,9 +61,9 @@ def boost(pid: int, nice: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
-def pin_harness(nice: int) -> None:
-    """Put the harness (and the blaster it starts) on HARNESS_CPU, at `nice`."""
-    if two_cpus():
+def pin_harness(nice: int, *, pin: bool = True) -> None:
+    """Put the harness (and the blaster it starts) on HARNESS_CPU (with `pin`), at `nice`."""
+    if pin and two_cpus():
         os.sched_setaffinity(0, {HARNESS_CPU})
     if nice and os.geteuid() == 0:
         os.nice(nice)
@@ -85,6 +89,72 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (/proc/PID/task/*/children, else a scan of /proc)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with suppress(OSError):
+                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        if found:
+            return sorted(set(found))
+    except OSError:
+        return []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with suppress(OSError, IndexError, ValueError):
+                if int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry))
+    return sorted(found)
+
+
+def _alive(pids: list[int], measure: Callable[[int], float]) -> float:
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError, ValueError):  # a process that exited meanwhile counts nothing
+            total += measure(pid)
+    return total
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def cpu_seconds_all(pids: list[int]) -> float:
+    return _alive(pids, cpu_seconds)
+
+
+def rss_kib_all(pids: list[int]) -> int:
+    return int(_alive(pids, rss_kib))
+
+
+def fd_count_all(pids: list[int]) -> int:
+    return int(_alive(pids, fd_count))
+
+
+def listening(port: int) -> int:
+    """How many TCP sockets of this network namespace listen on `port` (SO_REUSEPORT: one per worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def udp_ports_bound(low: int, high: int) -> int:
+    """How many UDP sockets of this network namespace are bound to a port in `low`..`high`."""
+    count = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                if low <= int(line.split()[1].rsplit(":", 1)[1], 16) <= high:
+                    count += 1
+    return count
 
 
 async def _stop(proc: trio.Process) -> None:
@@ -120,10 +190,20 @@ class Bridge:
     sip_port: int
     log: Path
     gc_log: Path | None = None
+    workers: int = 1
 
     @property
     def pid(self) -> int:
         return int(self.proc.pid)
+
+    def pids(self) -> list[int]:
+        """The bridge's processes: the single process, or the supervisor and its workers (asked
+        again each time: a worker that died is started again with a new pid)."""
+        return [self.pid] if self.workers == 1 else [self.pid, *children(self.pid)]
+
+    def sip_ports(self) -> list[int]:
+        """Each worker's SIP port (`sip_port + i`)."""
+        return [self.sip_port + i for i in range(self.workers)]
 
     @property
     def wss_url(self) -> str:
@@ -132,11 +212,18 @@ class Bridge:
 
 @asynccontextmanager
 async def run_bridge(
-    *, scrypt_n: int, nice: int, log_level: str = "warning", gc_mode: str | None = None
+    *,
+    scrypt_n: int,
+    nice: int,
+    log_level: str = "warning",
+    gc_mode: str | None = None,
+    workers: int = 1,
+    media_timeout: float = 300,
 ) -> AsyncIterator[Bridge]:
-    """Start the bridge with a caller and a phone extension; yield once it listens.
+    """Start the bridge with a caller and a phone extension; yield once it listens (every worker).
 
     With `gc_mode` (probe, freeze, off) it runs under bench.gcprobe, which times the collector.
+    One worker is pinned to RELAY_CPU; several are not (they need every CPU).
     """
     data = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     try:
@@ -145,10 +232,10 @@ async def run_bridge(
             table = table.with_extension(make_extension(number, password, realm="mccp-bridge", n=scrypt_n))
         save_extensions(data / "extensions.toml", table)
         (data / "config.toml").write_text("")
-        wss_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+        wss_port, sip_port = free_port(), _free_udp_run(workers)
         low, high = BRIDGE_RTP_PORTS
         cmd = [
-            *pin_prefix(nice),
+            *pin_prefix(nice, pin=workers == 1),
             *(
                 [sys.executable, "-m", "bench.gcprobe"]
                 if gc_mode
@@ -168,13 +255,13 @@ async def run_bridge(
             "--log-level",
             log_level,
             "--media-timeout",
-            "300",
+            str(media_timeout),
             "--ring-timeout",
             "30",
-            # One worker process (the default is one per core): the figures are per worker, and
-            # its CPU is the process's own.
+            # One worker process by default (the product's default is one per core): the figures
+            # are per worker, and its CPU is the process's own.
             "--workers",
-            "1",
+            str(workers),
         ]
         log = data / "bridge.log"
         gc_log = Path(tempfile.gettempdir()) / f"bench-gc-{wss_port}.json" if gc_mode else None
@@ -187,7 +274,15 @@ async def run_bridge(
             await trio.sleep(0.05)
             boost(proc.pid, nice)
             await _wait_tcp(wss_port, proc, 30)
-            yield Bridge(proc, wss_port, sip_port, log, gc_log)
+            with trio.fail_after(60):
+                while listening(wss_port) < workers:
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"bridge exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                    await trio.sleep(0.05)
+            bridge = Bridge(proc, wss_port, sip_port, log, gc_log, workers)
+            for pid in bridge.pids()[1:]:
+                boost(pid, nice)  # workers run in sessions of their own
+            yield bridge
         finally:
             with trio.CancelScope(shield=True):
                 await _stop(proc)
@@ -195,9 +290,30 @@ async def run_bridge(
         shutil.rmtree(data, ignore_errors=True)
 
 
+def _free_udp_run(count: int) -> int:
+    """A UDP port P such that P..P+count-1 are free now (worker i's SIP port is P+i)."""
+    for _ in range(100):
+        port = free_port(socket.SOCK_DGRAM)
+        if port + count - 1 > 65535:
+            continue
+        socks = []
+        try:
+            for i in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port + i))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no run of {count} free UDP ports")
+
+
 @dataclass
 class Rtpengine:
-    """A running rtpengine (userspace forwarding, one worker thread)."""
+    """A running rtpengine (userspace forwarding, `--num-threads` worker threads)."""
 
     proc: trio.Process
     ng_port: int
@@ -218,14 +334,15 @@ def rtpengine_available() -> bool:
 
 
 @asynccontextmanager
-async def run_rtpengine(*, nice: int) -> AsyncIterator[Rtpengine]:
-    """Start rtpengine like the perf recipe: --table=-1, --num-threads=1, loopback only."""
+async def run_rtpengine(*, nice: int, threads: int = 1) -> AsyncIterator[Rtpengine]:
+    """Start rtpengine like the perf recipe: --table=-1, --num-threads=`threads` (pinned to
+    RELAY_CPU when 1), loopback only."""
     work = Path(tempfile.mkdtemp(prefix="bench-rtpe-"))
     try:
         ng_port = free_port(socket.SOCK_DGRAM)
         low, high = RTPE_PORTS
         cmd = [
-            *pin_prefix(nice),
+            *pin_prefix(nice, pin=threads == 1),
             "rtpengine",
             "--foreground",
             "--table=-1",
@@ -235,7 +352,7 @@ async def run_rtpengine(*, nice: int) -> AsyncIterator[Rtpengine]:
             f"--port-max={high}",
             "--log-stderr",
             "--log-level=5",
-            "--num-threads=1",
+            f"--num-threads={threads}",
             "--delete-delay=0",
             "--timeout=300",
             f"--pidfile={work / 'rtpe.pid'}",

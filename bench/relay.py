@@ -1,10 +1,15 @@
 """Relay benchmark: N concurrent calls through the real bridge and through rtpengine, interleaved.
 
     .venv/bin/python -m bench.relay [--calls 500] [--rates 25000] [--seconds 10] [--reps 3]
-                                    [--no-rtpengine] [--scrypt-n 1024] [--out bench/results/x.json]
+                                    [--workers 1] [--no-rtpengine] [--scrypt-n 1024] [--out x.json]
 
 The bridge runs as a `mccp-bridge serve` subprocess on CPU 1; the harness (this Trio process and
-the C blaster it starts) on CPU 0; rtpengine (userspace, one worker thread) on CPU 1 too. Bridge
+the C blaster it starts) on CPU 0; rtpengine (userspace, one worker thread) on CPU 1 too. With
+`--workers N` > 1 the bridge runs N worker processes (SO_REUSEPORT spreads the WebSocket
+connections over them; the phone registers to worker 0, whose bindings the others read) against
+rtpengine `--num-threads N`, and nothing is pinned: relay and harness share the CPUs, so the record
+also has the harness's own CPU (this process and the blaster) per step. CPU and RSS of the bridge
+are summed over the supervisor and all its workers. Bridge
 calls are set up once through their real signalling (bench.calls) and carry every step; rtpengine
 gets fresh calls per step (its receive-queue guard kills a stream for good after an overload).
 Steps alternate bridge / rtpengine (the order flips every repetition), so their figures are ratios
@@ -42,9 +47,11 @@ from bench.processes import (
     PHONE,
     PHONE_PASSWORD,
     RELAY_CPU,
-    cpu_seconds,
+    Bridge,
+    cpu_seconds_all,
     pin_harness,
     rss_kib,
+    rss_kib_all,
     rtpengine_available,
     run_bridge,
     run_rtpengine,
@@ -132,22 +139,31 @@ async def _step(
     *,
     rate: float,
     seconds: float,
-    pid: int,
+    pids: list[int],
+    pinned: bool,
     index_base: int,
 ) -> dict[str, Any]:
     bsock.pause()
     waited = await _wait_quiet([bsock.sock, phone_rtp])
     try:
+        own0, t0 = os.times(), trio.current_time()
         result = await blast(
             flows,
             browser_fd=bsock.sock.fileno(),
             phone_fd=phone_rtp.fileno(),
             rate=rate,
             seconds=seconds,
-            relay_pid=pid,
-            relay_cpu=RELAY_CPU,
+            relay_pids=pids,
+            relay_cpu=RELAY_CPU if pinned else -1,
             index_base=index_base,
         )
+        own1, wall = os.times(), trio.current_time() - t0
+        # This Trio process (WebSockets, consent checks) during the step; the blaster's own is
+        # result["harness_cpu_pct"].
+        result["harness_py_cpu_pct"] = round(
+            100 * ((own1.user - own0.user) + (own1.system - own0.system)) / max(wall, 1e-9), 1
+        )
+        result["relay_processes"] = len(pids)
         result["quiet_wait_s"] = waited
         return result
     finally:
@@ -164,13 +180,15 @@ def _summarise_step(target: str, rep: int, rate: float, result: dict[str, Any]) 
         f"p99 {b2p['latency_us']['p99']:.0f}/{p2b['latency_us']['p99']:.0f} us  "
         f"CPU {result['relay_cpu_pct']:.1f}% {result['relay_us_per_pkt']:.2f} us/pkt  "
         f"foreign {result['foreign_pct']:.0f}% (irq {result['relay_cpu_irq_pct']:.0f}%) "
-        f"relay waited for CPU {result['relay_runqueue_wait_pct']:.0f}%"
+        f"relay waited for CPU {result['relay_runqueue_wait_pct']:.0f}%  "
+        f"harness CPU {result['harness_cpu_pct']:.0f}% (blaster) + {result.get('harness_py_cpu_pct', 0):.0f}%"
     )
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     host = machine()
-    pin_harness(args.nice)
+    pinned = args.workers == 1
+    pin_harness(args.nice, pin=pinned)
     build()
     use_rtpe = args.rtpengine and rtpengine_available()
     record: dict[str, Any] = {
@@ -184,6 +202,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "reps": args.reps,
             "scrypt_n": args.scrypt_n,
             "nice": args.nice,
+            "workers": args.workers,
+            "rtpengine_threads": args.workers,
+            "pinned": pinned,
             "rtpengine": use_rtpe,
             "srtp_profile": "AEAD_AES_128_GCM",
         },
@@ -195,29 +216,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
     async with trio.open_nursery() as root:
         root.start_soon(bsock.run)
-        async with run_bridge(scrypt_n=args.scrypt_n, nice=args.nice, gc_mode=args.gc_mode) as bridge:
+        async with run_bridge(
+            scrypt_n=args.scrypt_n, nice=args.nice, gc_mode=args.gc_mode, workers=args.workers
+        ) as bridge:
             await phone.register(("127.0.0.1", bridge.sip_port), PHONE_PASSWORD)
             root.start_soon(phone.serve)
             await trio.sleep(0.5)
-            rss_before = rss_kib(bridge.pid)
-            t0 = trio.current_time()
+            rss_before = rss_kib_all(bridge.pids())
+            t0, own0 = trio.current_time(), os.times()
             async with bridge_calls(
                 bridge.wss_port, bsock, phone, args.calls, concurrency=args.concurrency
             ) as calls:
                 setup_s = trio.current_time() - t0
+                own1 = os.times()
+                setup_harness_cpu = (own1.user - own0.user) + (own1.system - own0.system)
                 # Let the set-up storm settle, and Trio's idle worker threads (scrypt ran in them)
                 # exit (10 s): a thread that exits during a step takes its CPU time out of the
                 # schedstat sum the blaster reads.
                 await trio.sleep(args.settle)
-                rss_after = rss_kib(bridge.pid)
+                rss_after = rss_kib_all(bridge.pids())
                 # The established calls' own cost with no media: WebSocket pings, STUN consent
                 # checks every 5 s per call, timers.
-                idle0, t_idle = cpu_seconds(bridge.pid), trio.current_time()
+                idle0, t_idle = cpu_seconds_all(bridge.pids()), trio.current_time()
                 await trio.sleep(args.idle)
-                idle_pct = 100 * (cpu_seconds(bridge.pid) - idle0) / (trio.current_time() - t_idle)
+                idle_pct = 100 * (cpu_seconds_all(bridge.pids()) - idle0) / (trio.current_time() - t_idle)
                 record["bridge"] = {
                     "setup": setup_summary(calls.records),
                     "setup_seconds": round(setup_s, 3),
+                    "setup_harness_cpu_s": round(setup_harness_cpu, 2),
+                    "processes": len(bridge.pids()),
                     "rss_kib_before": rss_before,
                     "rss_kib_after": rss_after,
                     "rss_kib_per_call": round((rss_after - rss_before) / max(1, len(calls.flows)), 2),
@@ -230,10 +257,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
                 if use_rtpe:
-                    async with run_rtpengine(nice=args.nice) as rtpe:
-                        await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, rtpe)
+                    async with run_rtpengine(nice=args.nice, threads=args.workers) as rtpe:
+                        await _steps(args, record, calls, bsock, phone_rtp, bridge, rtpe)
                 else:
-                    await _steps(args, record, calls, bsock, phone_rtp, bridge.pid, None)
+                    await _steps(args, record, calls, bsock, phone_rtp, bridge, None)
                 bsock.pause()
                 await _wait_quiet([bsock.sock, phone_rtp])  # the hang-ups queue behind any backlog
                 bsock.resume()
@@ -259,10 +286,11 @@ async def _steps(
     calls: CallSet,
     bsock: BrowserSocket,
     phone_rtp: trio.socket.SocketType,
-    bridge_pid: int,
+    bridge: Bridge,
     rtpe: Any,
 ) -> None:
     index_base = 0
+    pinned = args.workers == 1
     for rep in range(args.reps):
         for rate in args.rates:
             targets = ["bridge", "rtpengine"] if rtpe is not None else ["bridge"]
@@ -272,7 +300,7 @@ async def _steps(
                 if target == "bridge":
                     profiler = None
                     if args.profile and not record.get("profile") and rate == max(args.rates):
-                        profiler = await start_profile(bridge_pid, args.seconds)
+                        profiler = await start_profile(bridge.pids()[-1], args.seconds)
                     result = await _step(
                         target,
                         calls.flows,
@@ -280,7 +308,8 @@ async def _steps(
                         phone_rtp,
                         rate=rate,
                         seconds=args.seconds,
-                        pid=bridge_pid,
+                        pids=bridge.pids(),
+                        pinned=pinned,
                         index_base=index_base,
                     )
                     index_base += math.ceil(rate * args.seconds / max(1, len(calls.flows))) + 16
@@ -301,7 +330,8 @@ async def _steps(
                             phone_rtp,
                             rate=rate,
                             seconds=args.seconds,
-                            pid=rtpe.pid,
+                            pids=[rtpe.pid],
+                            pinned=pinned,
                             index_base=0,
                         )
                     extra = {
@@ -339,6 +369,7 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
             },
             "jitter_us_mean": {d: med(lambda r, d=d: r["directions"][d]["jitter_us"]["mean"]) for d in dirs},
             "foreign_pct": med(lambda r: r["foreign_pct"]),
+            "harness_cpu_pct": med(lambda r: r["harness_cpu_pct"] + r.get("harness_py_cpu_pct", 0)),
         }
     for rate, targets in out.items():
         if "bridge" in targets and "rtpengine" in targets:
@@ -437,6 +468,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16, help="call set-ups in flight")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="bridge worker processes (and rtpengine threads); 1 is pinned to CPU 1, more are not",
+    )
     ap.add_argument("--settle", type=float, default=12.0, help="seconds between set-up and load")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds the idle calls' CPU is measured")
     ap.add_argument(
@@ -462,6 +499,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rates = [50.0 * args.calls]
     if not (1 <= args.calls <= 2000 and 0 < args.seconds <= 60 and 1 <= args.reps <= 10):
         ap.error("bounds: 1 <= calls <= 2000, 0 < seconds <= 60, 1 <= reps <= 10")
+    if not 1 <= args.workers <= 16:
+        ap.error("bounds: 1 <= workers <= 16")
     return args
 
 
