@@ -16,7 +16,13 @@ Public API — `TransactionLayer(config=TimerConfig(), trying=True)`:
   transaction it targets (§9.2), or is None (the TU answers 481).
 * `respond(key, response, now) -> actions` — a response from the TU on a server transaction.
 * `next_deadline()`, `handle_timeout(now)`, `transport_error(key, now)`.
-* `get(key)` and `__len__` for inspection.
+* `get(key)` and `__len__` for inspection (a transaction is changed only through the layer).
+
+Deadlines are kept in a heap of (deadline, sequence, key) entries, so that `next_deadline()` (asked
+at every wake-up of the edge's timer task) does not scan every live transaction. Each input to a
+transaction pushes its new deadline when it changed; the entry of a moved or ended deadline stays
+in the heap, is skipped when it reaches the top (it no longer equals the transaction's scheduled
+deadline), and the heap is rebuilt when such stale entries outnumber the live ones.
 
 All outputs are `sip.transaction` actions plus `RequestReceived` and `StrayResponse`; the layer
 drops a transaction when it emits `Terminated`. Requests without an RFC 3261 branch (no
@@ -26,6 +32,8 @@ drops a transaction when it emits `Terminated`. Requests without an RFC 3261 bra
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass
 
 from sip.errors import LocalProtocolError, SipParseError
@@ -104,6 +112,10 @@ class TransactionLayer:
         self.trying = trying
         self._clients: dict[TransactionKey, ClientTransaction] = {}
         self._servers: dict[TransactionKey, ServerTransaction] = {}
+        # the deadline each transaction has in the heap; heap entries not matching it are stale
+        self._scheduled: dict[TransactionKey, float] = {}
+        self._heap: list[tuple[float, int, TransactionKey]] = []
+        self._sequence = itertools.count()  # heap tie-break: keys are not ordered
 
     def __len__(self) -> int:
         return len(self._clients) + len(self._servers)
@@ -127,7 +139,7 @@ class TransactionLayer:
         else:
             tx = NonInviteClientTransaction(key, request, dest, reliable, self.config)
         self._clients[key] = tx
-        return key, self._collect(tx.start(now))
+        return key, self._collect(tx.start(now), tx)
 
     def receive(
         self, message: Request | Response, source: Destination, now: float, reliable: bool
@@ -146,7 +158,7 @@ class TransactionLayer:
         tx = self._clients.get(client_key(response))
         if tx is None:
             return [StrayResponse(response, source)]
-        return self._collect(tx.receive(response, now))
+        return self._collect(tx.receive(response, now), tx)
 
     def _receive_request(
         self, request: Request, source: Destination, now: float, reliable: bool
@@ -156,18 +168,20 @@ class TransactionLayer:
         if request.method == "ACK":
             if tx is None:
                 return [AckReceived(None, request)]  # ACK for a 2xx: the dialog's business
-            return self._collect(tx.receive_request(request, now))
+            return self._collect(tx.receive_request(request, now), tx)
         if tx is not None:
-            return self._collect(tx.receive_request(request, now))
+            return self._collect(tx.receive_request(request, now), tx)
         out: list[LayerAction] = []
         if request.method == "INVITE":
             invite = InviteServerTransaction(key, request, source, reliable, self.config)
             self._servers[key] = invite
             out.append(RequestReceived(key, request, source))
             trying = make_response(request, 100) if self.trying else None
-            out += self._collect(invite.start(now, trying))
+            out += self._collect(invite.start(now, trying), invite)
             return out
-        self._servers[key] = NonInviteServerTransaction(key, request, source, reliable, self.config)
+        server = NonInviteServerTransaction(key, request, source, reliable, self.config)
+        self._servers[key] = server
+        self._schedule(server)
         cancels: TransactionKey | None = None
         if request.method == "CANCEL":
             # §9.2: the CANCEL matches the INVITE transaction with the same branch and sent-by.
@@ -182,36 +196,61 @@ class TransactionLayer:
         tx = self._servers.get(key)
         if tx is None:
             raise LocalProtocolError(f"no server transaction {key.method} {key.branch!r}")
-        return self._collect(tx.respond(response, now))
+        return self._collect(tx.respond(response, now), tx)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of all transactions, or None."""
-        deadlines = [
-            d
-            for tx in (*self._clients.values(), *self._servers.values())
-            if (d := tx.next_deadline()) is not None
-        ]
-        return min(deadlines, default=None)
+        heap = self._heap
+        while heap:
+            deadline, _, key = heap[0]
+            if self._scheduled.get(key) == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: that deadline moved or its transaction ended
+        return None
 
     def handle_timeout(self, now: float) -> list[LayerAction]:
-        """Fire due timers of every transaction."""
+        """Fire the due timers of every transaction, earliest deadline first."""
         out: list[LayerAction] = []
-        for tx in (*self._clients.values(), *self._servers.values()):
-            deadline = tx.next_deadline()
-            if deadline is not None and deadline <= now:
-                out += self._collect(tx.handle_timeout(now))
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, key = heapq.heappop(heap)
+            if self._scheduled.get(key) != deadline:
+                continue
+            del self._scheduled[key]
+            tx = self.get(key)
+            if tx is not None:
+                out += self._collect(tx.handle_timeout(now), tx)
         return out
 
     def transport_error(self, key: TransactionKey, now: float) -> list[LayerAction]:
         """The edge could not send for transaction `key`."""
         tx = self.get(key)
-        return self._collect(tx.transport_error(now)) if tx is not None else []
+        return self._collect(tx.transport_error(now), tx) if tx is not None else []
 
-    def _collect(self, actions: list[TxAction]) -> list[LayerAction]:
+    def _collect(
+        self, actions: list[TxAction], tx: ClientTransaction | ServerTransaction
+    ) -> list[LayerAction]:
         for action in actions:
             if isinstance(action, Terminated):
                 if action.key.server:
                     self._servers.pop(action.key, None)
                 else:
                     self._clients.pop(action.key, None)
+        self._schedule(tx)
         return list(actions)
+
+    def _schedule(self, tx: ClientTransaction | ServerTransaction) -> None:
+        """Put `tx`'s deadline in the heap after an input changed it (or drop it: tx ended)."""
+        key = tx.key
+        live = self._servers.get(key) if key.server else self._clients.get(key)
+        deadline = tx.next_deadline() if live is tx else None
+        if deadline == self._scheduled.get(key):
+            return
+        if deadline is None:
+            del self._scheduled[key]
+            return
+        self._scheduled[key] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._sequence), key))
+        if len(self._heap) > 2 * len(self._scheduled) + 64:
+            self._heap = [(d, next(self._sequence), k) for k, d in self._scheduled.items()]
+            heapq.heapify(self._heap)
