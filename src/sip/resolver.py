@@ -9,9 +9,14 @@
   choice is replaced by a stable order, highest weight first), and each target is resolved to
   A/AAAA records; without SRV records the host itself is resolved, port 5060 (§4.2).
 
-Every failure (NXDOMAIN, no answer, timeout, no nameserver reachable) ends as `TransportError`
-("unresolvable"), which the UA turns into 503. `nameservers`/`port` let tests and odd setups
-point the resolver at a given server; by default the system configuration is used.
+Every failure (NXDOMAIN, no answer, timeout, no nameserver reachable) ends as `ResolveError`, a
+`TransportError` whose text says what failed ("DNS lookup of pbx.example.com failed: no such
+domain"), which the UA turns into 503 (RFC 3261 §8.1.3.1: a transport failure is treated as a
+503). Each failed `locate()` is logged once (a warning), never each query. Nothing is cached: the
+next call looks the name up again, so a DNS outage ends with the outage. The whole lookup is
+bounded by twice the per-query `timeout`. `nameservers`/`port` let tests and odd setups point the
+resolver at a given server; by default the system configuration is used (with none, or an
+unreadable one, lookups fail as above and the bridge still starts).
 """
 
 from __future__ import annotations
@@ -32,11 +37,37 @@ import trio
 from sip.transport import Address, Transport, TransportError
 from sip.uri import SipUri
 
-__all__ = ["SipResolver", "is_ip_literal"]
+__all__ = ["ResolveError", "SipResolver", "is_ip_literal"]
 
 log = logging.getLogger("sip.resolver")
 
 _SRV_PREFIX = {Transport.UDP: "_sip._udp.", Transport.TCP: "_sip._tcp.", Transport.TLS: "_sips._tcp."}
+
+
+class ResolveError(TransportError):
+    """A SIP server's name could not be resolved; `str()` is one line naming the host and why."""
+
+    def __init__(self, host: str, why: str) -> None:
+        super().__init__(f"DNS lookup of {host} failed: {why}")
+        self.host = host
+        self.why = why
+
+
+def _why(exc: Exception) -> str:
+    """A short reason for one failed query."""
+    match exc:
+        case dns.resolver.NXDOMAIN():
+            return "no such domain"
+        case dns.exception.Timeout():
+            return "timed out"
+        case dns.resolver.NoNameservers():
+            return "no name server answered"
+        case dns.resolver.NoResolverConfiguration():
+            return "no name server configured"
+        case OSError():
+            return f"name server unreachable ({exc.strerror or exc})"
+        case _:
+            return str(exc) or type(exc).__name__
 
 
 def is_ip_literal(host: str) -> bool:
@@ -76,27 +107,37 @@ class SipResolver:
         default_port = 5061 if transport is Transport.TLS else 5060
         if is_ip_literal(host):
             return [Address(host.strip("[]"), uri.port or default_port, transport)]
+        errors: list[str] = []  # why the address queries failed, in order
+        found: list[Address] = []
         with trio.move_on_after(self.timeout * 2) as scope:
             if uri.port is not None:
-                found = [Address(ip, uri.port, transport) for ip in await self._addresses(host)]
+                found = [Address(ip, uri.port, transport) for ip in await self._addresses(host, errors)]
             else:
                 candidates = (
                     [transport] if forced else [transport, *(t for t in Transport if t is not transport)]
                 )
-                found = []
                 for t in candidates:
-                    found = await self._srv(host, t)
+                    found = await self._srv(host, t, errors)
                     if found:
                         break
                 if not found:
-                    found = [Address(ip, default_port, transport) for ip in await self._addresses(host)]
-        if scope.cancelled_caught or not found:
-            raise TransportError(f"cannot resolve {host}")
+                    errors.clear()  # a missing SRV record is no failure: the A/AAAA lookup says why
+                    found = [
+                        Address(ip, default_port, transport) for ip in await self._addresses(host, errors)
+                    ]
+        if not found:
+            if scope.cancelled_caught:
+                why = f"timed out after {self.timeout * 2:g} s"
+            else:
+                why = errors[-1] if errors else "no address (A/AAAA) record"
+            error = ResolveError(host, why)
+            log.warning("%s", error)
+            raise error
         log.debug("%s -> %s", uri, ", ".join(map(str, found)))
         return found
 
-    async def _srv(self, host: str, transport: Transport) -> list[Address]:
-        answer = await self._query(_SRV_PREFIX[transport] + host, "SRV")
+    async def _srv(self, host: str, transport: Transport, errors: list[str]) -> list[Address]:
+        answer = await self._query(_SRV_PREFIX[transport] + host, "SRV", [])
         records = sorted(
             (
                 (r.priority, -r.weight, str(r.target).rstrip("."), r.port)
@@ -109,20 +150,23 @@ class SipResolver:
         for _prio, _weight, target, port in records:
             if target == "":  # RFC 2782: "." means the service is not available here
                 continue
-            for ip in await self._addresses(target):
+            for ip in await self._addresses(target, errors):
                 out.append(Address(ip, port, transport))
         return out
 
-    async def _addresses(self, host: str) -> list[str]:
+    async def _addresses(self, host: str, errors: list[str]) -> list[str]:
         out: list[str] = []
         for rdtype in ("A", "AAAA"):
-            out += [str(r.address) for r in await self._query(host, rdtype) if isinstance(r, A | AAAA)]
+            records = await self._query(host, rdtype, errors)
+            out += [str(r.address) for r in records if isinstance(r, A | AAAA)]
         return out
 
-    async def _query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+    async def _query(self, name: str, rdtype: str, errors: list[str]) -> list[dns.rdata.Rdata]:
+        """The records of one query; a failure is noted in `errors` and gives none."""
         try:
             answer = await self._resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except (dns.exception.DNSException, OSError) as exc:
             log.debug("DNS %s %s: %s", rdtype, name, exc)
+            errors.append(_why(exc))
             return []
         return list(answer.rrset) if answer.rrset is not None else []

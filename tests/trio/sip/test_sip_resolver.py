@@ -19,7 +19,7 @@ import trio
 from sip.calls import Ended
 from sip.message import Request, make_response
 from sip.parser import parse_datagram_untrusted
-from sip.resolver import SipResolver, is_ip_literal
+from sip.resolver import ResolveError, SipResolver, is_ip_literal
 from sip.transport import Address, SipTransport, Transport, TransportError
 from sip.ua import SipUA
 from sip.uri import parse_sip_uri
@@ -126,3 +126,67 @@ async def test_ua_calls_a_domain_through_srv_and_unresolvable_is_503(nursery: tr
             async with ua.call("sip:600@nowhere.test", caller="100", sdp=b"v=0\r\n") as call:
                 assert [e async for e in call.events] == [Ended(503, "Service Unavailable", "local")]
         peer.close()
+
+
+async def test_failures_say_why_once_and_are_not_cached(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that does not exist: one warning naming it and why, 503 for the call; once the name
+    exists, the next call looks it up again and reaches the peer (no negative caching)."""
+    with trio.fail_after(10):
+        peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await peer.bind(("127.0.0.1", 0))
+        zone: Zone = {}
+        async with dns_server(zone) as (resolver, queries):
+            with pytest.raises(ResolveError) as caught:
+                await resolver.locate(parse_sip_uri("sip:600@pbx.test:5060"))
+            assert str(caught.value) == "DNS lookup of pbx.test failed: no such domain"
+            assert isinstance(caught.value, TransportError)  # the UA's 503 (RFC 3261 §8.1.3.1)
+            transport = SipTransport("127.0.0.1", 0)
+            await nursery.start(transport.run)
+            ua = SipUA(transport, resolver=resolver)
+            await nursery.start(ua.run)
+            caplog.clear()
+            async with ua.call("sip:600@pbx.test", caller="100", sdp=b"v=0\r\n") as call:
+                assert [e async for e in call.events] == [Ended(503, "Service Unavailable", "local")]
+            warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+            assert warnings == ["DNS lookup of pbx.test failed: no such domain"]
+            asked = len(queries)
+            zone[("pbx.test.", "A")] = ["127.0.0.1"]
+            zone[("_sip._udp.pbx.test.", "SRV")] = [f"10 10 {peer.getsockname()[1]} pbx.test."]
+            async with ua.call("sip:600@pbx.test", caller="100", sdp=b"v=0\r\n") as call:
+                data, addr = await peer.recvfrom(65535)
+                invite = parse_datagram_untrusted(data)
+                assert isinstance(invite, Request)
+                await peer.sendto(bytes(make_response(invite, 486, to_tag="x")), addr)
+                assert [e async for e in call.events] == [Ended(486, "Busy Here", "remote")]
+            assert len(queries) > asked
+        peer.close()
+
+
+async def test_a_silent_name_server_times_out_within_the_bound(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))  # bound, never answers
+        with sock:
+            resolver = SipResolver(nameservers=["127.0.0.1"], port=sock.getsockname()[1], timeout=0.2)
+            with pytest.raises(ResolveError) as caught:
+                await resolver.locate(parse_sip_uri("sip:101@pbx.test"))
+        assert str(caught.value).startswith("DNS lookup of pbx.test failed: timed out")
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+async def test_no_reachable_name_server() -> None:
+    """A name server on a port nothing listens on (what a resolv.conf pointing nowhere gives)."""
+    with trio.fail_after(10):
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        resolver = SipResolver(nameservers=["127.0.0.1"], port=port, timeout=1.0)
+        with pytest.raises(ResolveError) as caught:
+            await resolver.locate(parse_sip_uri("sip:101@pbx.test;transport=tcp"))
+        assert caught.value.host == "pbx.test"
+        assert caught.value.why.startswith(
+            ("no name server answered", "timed out", "name server unreachable")
+        )
