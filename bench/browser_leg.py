@@ -122,6 +122,7 @@ class BrowserCall:
     ended: trio.Event = field(default_factory=trio.Event)
     end_code: int | None = None  # the bridge's hangup code; negative: WebSocket close code
     dropped: bool = False  # the bridge ended the call before the harness hung up
+    local: str = ""  # the WebSocket's local HOST:PORT (the bridge's log names the call by it)
 
 
 class BrowserSocket:
@@ -290,6 +291,8 @@ async def _run_call(
             with trio.fail_after(timeout):
                 call.timings.connect = trio.current_time()
                 tcp = await trio.open_tcp_stream("127.0.0.1", wss_port, local_address=local_host(call.number))
+                host, port = tcp.socket.getsockname()[:2]
+                call.local = f"{host}:{port}"
                 tls = trio.SSLStream(
                     tcp, client_ssl_context(), server_hostname="127.0.0.1", https_compatible=True
                 )

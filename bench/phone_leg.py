@@ -64,6 +64,9 @@ class Phone:
     answers: dict[str, bytes] = field(default_factory=dict)
     invites: int = 0
     byes: int = 0
+    serving: bool = False  # `serve` reads the socket: `register` then waits for its response there
+    _waiting: dict[str, list[str]] = field(default_factory=dict)
+    _answered: trio.Event = field(default_factory=trio.Event)
 
     @property
     def port(self) -> int:
@@ -93,11 +96,20 @@ class Phone:
             )
             await self.sock.sendto(request.encode(), bridge)
             with trio.fail_after(5):
-                while True:
-                    data, _ = await self.sock.recvfrom(65535)
-                    status, headers, _ = _headers(data.decode("utf-8", "replace"))
-                    if status.startswith("SIP/2.0") and call_id in _get(headers, "call-id"):
-                        break
+                if self.serving:  # a refresh while `serve` owns the socket: it hands the answer over
+                    self._waiting[call_id] = []
+                    try:
+                        while not self._waiting[call_id]:
+                            await self._answered.wait()
+                        status, headers, _ = _headers(self._waiting[call_id][0])
+                    finally:
+                        del self._waiting[call_id]
+                else:
+                    while True:
+                        data, _ = await self.sock.recvfrom(65535)
+                        status, headers, _ = _headers(data.decode("utf-8", "replace"))
+                        if status.startswith("SIP/2.0") and call_id in _get(headers, "call-id"):
+                            break
             code = int(status.split()[1])
             if code == 200:
                 return
@@ -141,13 +153,24 @@ class Phone:
         )
 
     async def serve(self) -> None:
-        """Answer the bridge's requests until cancelled."""
+        """Answer the bridge's requests until cancelled (responses go to a waiting `register`)."""
+        self.serving = True
+        try:
+            await self._serve()
+        finally:
+            self.serving = False
+
+    async def _serve(self) -> None:
         while True:
             data, src = await self.sock.recvfrom(65535)
             text = data.decode("utf-8", "replace")
             start, headers, body = _headers(text)
             method = start.split(" ", 1)[0]
             call_ids = _get(headers, "call-id")
+            if call_ids and start.startswith("SIP/2.0") and call_ids[0] in self._waiting:
+                self._waiting[call_ids[0]].append(text)
+                self._answered.set()
+                self._answered = trio.Event()
             if not call_ids or start.startswith("SIP/2.0"):
                 continue
             call_id = call_ids[0]

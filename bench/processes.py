@@ -217,14 +217,16 @@ async def run_bridge(
     nice: int,
     log_level: str = "warning",
     gc_mode: str | None = None,
-    workers: int = 1,
-    media_timeout: float = 300,
+    workers: int | None = 1,
+    media_timeout: float | None = 300,
 ) -> AsyncIterator[Bridge]:
     """Start the bridge with a caller and a phone extension; yield once it listens (every worker).
 
     With `gc_mode` (probe, freeze, off) it runs under bench.gcprobe, which times the collector.
-    One worker is pinned to RELAY_CPU; several are not (they need every CPU).
+    One worker is pinned to RELAY_CPU; several are not (they need every CPU). `workers` None: the
+    bridge's default (auto, one per core); `media_timeout` None: the bridge's default.
     """
+    count = workers or os.cpu_count() or 1
     data = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     try:
         table = ExtensionTable(())
@@ -232,7 +234,7 @@ async def run_bridge(
             table = table.with_extension(make_extension(number, password, realm="mccp-bridge", n=scrypt_n))
         save_extensions(data / "extensions.toml", table)
         (data / "config.toml").write_text("")
-        wss_port, sip_port = free_port(), _free_udp_run(workers)
+        wss_port, sip_port = free_port(), _free_udp_run(count)
         low, high = BRIDGE_RTP_PORTS
         cmd = [
             *pin_prefix(nice, pin=workers == 1),
@@ -254,14 +256,13 @@ async def run_bridge(
             f"{low}-{high}",
             "--log-level",
             log_level,
-            "--media-timeout",
-            str(media_timeout),
+            *(["--media-timeout", str(media_timeout)] if media_timeout is not None else []),
             "--ring-timeout",
             "30",
             # One worker process by default (the product's default is one per core): the figures
             # are per worker, and its CPU is the process's own.
             "--workers",
-            str(workers),
+            str(workers) if workers else "auto",
         ]
         log = data / "bridge.log"
         gc_log = Path(tempfile.gettempdir()) / f"bench-gc-{wss_port}.json" if gc_mode else None
@@ -275,11 +276,11 @@ async def run_bridge(
             boost(proc.pid, nice)
             await _wait_tcp(wss_port, proc, 30)
             with trio.fail_after(60):
-                while listening(wss_port) < workers:
+                while listening(wss_port) < count:
                     if proc.returncode is not None:
                         raise RuntimeError(f"bridge exited with {proc.returncode}: {log.read_text()[-2000:]}")
                     await trio.sleep(0.05)
-            bridge = Bridge(proc, wss_port, sip_port, log, gc_log, workers)
+            bridge = Bridge(proc, wss_port, sip_port, log, gc_log, count)
             for pid in bridge.pids()[1:]:
                 boost(pid, nice)  # workers run in sessions of their own
             yield bridge
