@@ -12,7 +12,8 @@
 Every failure (NXDOMAIN, no answer, timeout, no nameserver reachable) ends as `ResolveError`, a
 `TransportError` whose text says what failed ("DNS lookup of pbx.example.com failed: no such
 domain"), which the UA turns into 503 (RFC 3261 §8.1.3.1: a transport failure is treated as a
-503). Each failed `locate()` is logged once (a warning), never each query. Nothing is cached: the
+503). A failed query is logged at debug level only: the error is logged once, by the caller that
+handles it (the call that could not be placed, with its Call-ID). Nothing is cached: the
 next call looks the name up again, so a DNS outage ends with the outage. The whole lookup is
 bounded by twice the per-query `timeout`. `nameservers`/`port` let tests and odd setups point the
 resolver at a given server; by default the system configuration is used (with none, or an
@@ -130,9 +131,7 @@ class SipResolver:
                 why = f"timed out after {self.timeout * 2:g} s"
             else:
                 why = errors[-1] if errors else "no address (A/AAAA) record"
-            error = ResolveError(host, why)
-            log.warning("%s", error)
-            raise error
+            raise ResolveError(host, why)  # logged by whoever handles it (once, with the call)
         log.debug("%s -> %s", uri, ", ".join(map(str, found)))
         return found
 
