@@ -24,6 +24,7 @@ from pathlib import Path
 
 import trio
 from bridge.extensions import ExtensionTable, make_extension, save_extensions
+from bridge.workers import split_port_range
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY_CPU = 1
@@ -289,6 +290,13 @@ async def run_bridge(
                 await _stop(proc)
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def calls_per_worker(bridge_ports: list[int], workers: int) -> list[int]:
+    """How many of the calls (their browser-side media ports) each worker holds: worker i owns
+    slice i of BRIDGE_RTP_PORTS."""
+    slices = split_port_range(*BRIDGE_RTP_PORTS, workers)
+    return [sum(1 for port in bridge_ports if low <= port <= high) for low, high in slices]
 
 
 def _free_udp_run(count: int) -> int:

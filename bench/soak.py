@@ -42,6 +42,7 @@ from bench.processes import (
     PHONE,
     PHONE_PASSWORD,
     Bridge,
+    calls_per_worker,
     cpu_seconds_all,
     fd_count_all,
     pin_harness,
@@ -175,6 +176,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ) as calls:
                 record["setup"] = setup_summary(calls.records)
                 record["setup"]["seconds"] = round(trio.current_time() - t_setup, 2)
+                ports = [c.bridge_port for c in calls.calls]
+                record["setup"]["calls_per_worker"] = calls_per_worker(ports, bridge.workers)
                 await trio.sleep(args.settle)
                 record["up"] = snapshot(bridge)
                 print(f"soak: {len(calls.calls)} calls up, {calls.failed} failed; {record['up']}", flush=True)

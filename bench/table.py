@@ -19,15 +19,23 @@ def _ms(us: float) -> str:
 
 def relay_table(record: dict[str, Any]) -> str:
     b = record.get("bridge", {})
+    config = record["config"]
+    workers = config.get("workers", 1)
+    pinning = "pinned to CPU 1, harness on CPU 0"
+    if not config.get("pinned", True):
+        pinning = "not pinned: relay and harness share the CPUs"
     lines = [
+        f"bridge --workers {workers} vs rtpengine --num-threads {config.get('rtpengine_threads', 1)} "
+        f"({pinning}); "
+        f"calls per worker {b.get('calls_per_worker', '-')}, set-up {b.get('setup_seconds')} s",
         f"{record['config']['calls']} calls, {record['config']['seconds']} s steps, "
         f"{record['config']['reps']} repetitions (medians; loss: worse direction, max over repetitions); "
         f"bridge RSS {b.get('rss_kib_per_call')} KiB/call, idle CPU {b.get('idle_cpu_pct')} %, "
         f"calls dropped {b.get('calls_dropped')}",
         "",
         "| offered pps/dir | bridge µs/pkt (CPU %) | rtpengine µs/pkt (CPU %) | ratio | loss bridge / rtpe "
-        "| bridge p50 / p99 / p99.9 | rtpe p50 / p99 / p99.9 |",
-        "|---|---|---|---|---|---|---|",
+        "| bridge p50 / p99 / p99.9 | rtpe p50 / p99 / p99.9 | harness CPU % (bridge / rtpe steps) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rate, targets in record["summary"].items():
         br, rt = targets.get("bridge"), targets.get("rtpengine")
@@ -46,7 +54,8 @@ def relay_table(record: dict[str, Any]) -> str:
             f"{(str(rt['us_per_packet']) + ' (' + str(round(rt['cpu_pct'])) + ')') if rt else '-'} | "
             f"{(str(ratio) + '×') if ratio else '-'} | "
             f"{br['loss_pct_max']:.2f} % / {(str(rt['loss_pct_max']) + ' %') if rt else '-'} | "
-            f"{lat(br)} | {lat(rt) if rt else '-'} |"
+            f"{lat(br)} | {lat(rt) if rt else '-'} | "
+            f"{br.get('harness_cpu_pct', '-')} / {rt.get('harness_cpu_pct', '-') if rt else '-'} |"
         )
     return "\n".join(lines)
 
