@@ -827,3 +827,47 @@ async def test_random_datagrams_from_the_browser_never_end_the_call() -> None:
             assert stats.to_sip.packets == 1
             assert stats.to_sip.dropped_total > 100
             nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_a_plane_handler_ends_this_call_only() -> None:
+    """The plane runs the call's handlers; one that raises (a bug, not bad input) is unregistered
+    and its task raises the error (the call ends with 500), while the plane keeps serving."""
+    with trio.fail_after(10):
+        async with rig() as r:
+            with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="relay bug")):
+                async with trio.open_nursery() as nursery:
+                    await connect(r, nursery)
+                    r.media.set_sip_remote(SipRemote(r.phone.getsockname(), r.phone_rtcp.getsockname(), PCMU))
+
+                    def broken(buf: object, now: object) -> None:
+                        raise RuntimeError("relay bug")
+
+                    r.media.relay.sip_rtp = broken  # type: ignore[method-assign]
+                    await r.phone.sendto(rtp(1, 0, 0x2222, b"\x00" * 160), ("127.0.0.1", r.sip_rtp_port))
+                    await trio.sleep_forever()
+            assert r.media.keys_ready
+            assert r.media.stats().dtls_state is DtlsState.CONNECTED
+
+
+async def test_close_wakes_the_media_tasks() -> None:
+    """close() from another task: run_ice_dtls ends the call (487), run_relay returns."""
+    with trio.fail_after(10):
+        async with rig() as r:
+            relay_returned = trio.Event()
+
+            async def relay() -> None:
+                await r.media.run_relay()
+                relay_returned.set()
+
+            with pytest.RaisesGroup(pytest.RaisesExc(MediaEnded, match="closed")):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(r.browser.run)
+                    await r.browser.check()
+                    r.browser.dtls.start(trio.current_time())
+                    await r.browser.flush()
+                    await nursery.start(r.media.run_ice_dtls)
+                    nursery.start_soon(relay)
+                    await trio.sleep(0.05)
+                    r.media.close()
+                    await trio.sleep_forever()
+            assert relay_returned.is_set()
