@@ -64,6 +64,31 @@ from rtp.srtp import SrtpTx
 COLD_FIRST = 100_000  # cold callers are extensions 100000, 100001, ... (all with CALLER_PASSWORD)
 PROFILE_RATE = 250  # py-spy samples per second: one sample is 4 ms of a thread's CPU
 FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
+# Where a sampled stack's CPU goes. First the self-contained pieces, wherever they are in the stack;
+# then the innermost frame that names a layer. A stack whose innermost frame waits in epoll is idle
+# (py-spy cannot always tell a sleeping thread).
+IDLE_LEAVES = ("EpollIOManager.get_events", "EpollIOManager._epoll_wait")
+ANYWHERE = (
+    ("password check (scrypt, cache, thread)", ("bridge/auth.py", "bridge/extensions.py", "_thread_cache")),
+    ("WSS TLS handshake", ("SSLStream._do_handshake",)),
+    ("HTTP head + WebSocket upgrade", ("_read_head", "wrap_server_stream")),
+    ("DTLS", ("rtp/dtls.py",)),
+    ("ICE/STUN", ("rtp/stun.py", "rtp/ice_lite.py")),
+    ("SDP", ("rtp/sdp",)),
+    ("SRTP", ("rtp/srtp.py",)),
+    ("media ports", ("rtp/ports.py",)),
+    ("SIP parse", ("sip/parser.py",)),
+    ("logging", ("logging/",)),
+)
+INNERMOST = (
+    ("WSS TLS records", ("trio/_ssl.py", "ssl.py")),
+    ("WebSocket frames + JSON", ("trio_websocket", "wsproto", "json/")),
+    ("MCCP server", ("mccp/",)),
+    ("SIP build, transactions, dialogs", ("sip/",)),
+    ("media plane (other)", ("rtp/",)),
+    ("bridge call (other)", ("bridge/",)),
+    ("Trio scheduler and sockets", ("trio/", "outcome/", "socket.py")),
+)
 
 
 @dataclass
@@ -167,6 +192,14 @@ class Callers:
         return str(self.next - 1)
 
 
+def log_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+    except OSError:
+        return 0
+
+
 def cold_count(args: argparse.Namespace) -> int:
     """How many distinct callers one cold pass uses (warm-up, serial, every open-loop step)."""
     return int(1 + args.serial + sum(max(1, round(rate * args.seconds)) for rate in args.rates))
@@ -181,10 +214,19 @@ def bench_table(scrypt_n: int, cold: int) -> ExtensionTable:
         number = str(COLD_FIRST + k)
         ha1 = {a: digest_ha1(a, number, realm, CALLER_PASSWORD) for a in ("MD5", "SHA-256")}
         entries.append(Extension(number, caller.scrypt, realm, ha1["MD5"], ha1["SHA-256"]))
-    table = ExtensionTable()
-    for entry in entries:
-        table = table.with_extension(entry)
-    return table
+    return ExtensionTable(tuple(entries))
+
+
+def category(frames: list[str]) -> str:
+    """The name of a sampled stack's category (frames outermost first; see ANYWHERE, INNERMOST)."""
+    for name, marks in ANYWHERE:
+        if any(mark in frame for frame in frames for mark in marks):
+            return name
+    for frame in reversed(frames):
+        for name, marks in INNERMOST:
+            if any(mark in frame for mark in marks):
+                return name
+    return "other"
 
 
 async def start_profile(pid: int, out: Path) -> trio.Process:
@@ -197,7 +239,9 @@ async def start_profile(pid: int, out: Path) -> trio.Process:
     return proc
 
 
-async def finish_profile(proc: trio.Process, out: Path, calls: int) -> dict[str, Any]:
+async def finish_profile(
+    proc: trio.Process, out: Path, calls: int, cpu_ms_per_call: float = 0.0
+) -> dict[str, Any]:
     """Stop py-spy; top functions in ms of CPU per completed call: own samples and inclusive samples."""
     proc.send_signal(signal.SIGINT)
     with trio.move_on_after(30):
@@ -207,7 +251,8 @@ async def finish_profile(proc: trio.Process, out: Path, calls: int) -> dict[str,
         await proc.wait()
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
-    total = 0
+    kinds: dict[str, int] = {}
+    total = idle = 0
     try:
         lines = out.read_text().splitlines()
     except OSError:
@@ -221,6 +266,11 @@ async def finish_profile(proc: trio.Process, out: Path, calls: int) -> dict[str,
         frames = [FRAME.sub(r"\1 (\2)", f.strip()) for f in stack.split(";") if f.strip()]
         if frames:
             own[frames[-1]] = own.get(frames[-1], 0) + count
+            if frames[-1].startswith(IDLE_LEAVES):
+                idle += count
+            else:
+                kind = category(frames)
+                kinds[kind] = kinds.get(kind, 0) + count
         for frame in set(frames):
             incl[frame] = incl.get(frame, 0) + count
     per_call = 1000 / PROFILE_RATE / max(1, calls)
@@ -229,11 +279,19 @@ async def finish_profile(proc: trio.Process, out: Path, calls: int) -> dict[str,
         ranked = sorted(table.items(), key=lambda kv: -kv[1])[:n]
         return [(k, round(v * per_call, 3)) for k, v in ranked]
 
+    busy = total - idle
+    # py-spy counts a thread that waits for the CPU or the GIL as busy: the categories are also
+    # given scaled to the CPU time measured (/proc) over the same calls.
+    scale = cpu_ms_per_call / (busy * per_call) if busy and cpu_ms_per_call else 1.0
+    ranked = sorted(kinds.items(), key=lambda kv: -kv[1])
     return {
-        "stacks": out.name,
+        "stacks": str(out),
         "calls": calls,
         "samples": total,
-        "cpu_ms_per_call": round(total * per_call, 2),
+        "idle_samples": idle,
+        "cpu_ms_per_call": round(busy * per_call, 2),
+        "categories_ms_per_call": [(k, round(v * per_call, 3)) for k, v in ranked],
+        "categories_scaled_ms_per_call": [(k, round(v * per_call * scale, 3)) for k, v in ranked],
         "own_ms_per_call": top(own, 40),
         "inclusive_ms_per_call": top(incl, 80),
     }
@@ -256,6 +314,7 @@ async def run_kind(
     await one_call(bridge.wss_port, bsock, phone, firsts, -1, callers())
     setups: list[Setup] = []
     profiler = await start_profile(bridge.pid, profile) if profile is not None else None
+    lines0 = log_lines(bridge.log)
     t0 = trio.current_time()
     cpu0 = cpu_seconds(bridge.pid)
     for i in range(args.serial):
@@ -266,8 +325,12 @@ async def run_kind(
     result["serial"]["bridge_cpu_ms_per_call"] = round(
         1000 * (cpu_seconds(bridge.pid) - cpu0) / max(1, args.serial), 2
     )
+    # the bridge's log records per call at --log-level (each costs formatting and a write)
+    result["serial"]["log_lines_per_call"] = round((log_lines(bridge.log) - lines0) / max(1, args.serial), 2)
     if profiler is not None and profile is not None:
-        result["serial"]["profile"] = await finish_profile(profiler, profile, args.serial)
+        result["serial"]["profile"] = await finish_profile(
+            profiler, profile, args.serial, result["serial"]["bridge_cpu_ms_per_call"]
+        )
     shown = {k: v for k, v in result["serial"].items() if k != "profile"}
     print(f"{label} serial: {json.dumps(shown)}", flush=True)
     result["open_loop"] = []
@@ -322,7 +385,8 @@ async def run_one_bridge(args: argparse.Namespace, scrypt_n: int, stamp: str) ->
             for i, kind in enumerate(args.callers):
                 profile = None
                 if args.profile and i == 0:
-                    profile = RESULTS / f"setup-{stamp}-n{scrypt_n}-{kind}.pyspy.txt"
+                    out = args.out or RESULTS / f"setup-{stamp}.json"
+                    profile = out.with_name(f"{out.stem}-n{scrypt_n}-{kind}.pyspy.txt")
                     profile.parent.mkdir(parents=True, exist_ok=True)
                 result["kinds"].append(await run_kind(args, bridge, bsock, phone, firsts, kind, profile))
         root.cancel_scope.cancel()
