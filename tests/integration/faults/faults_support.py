@@ -69,7 +69,7 @@ async def serve(home: Path, *flags: str, stderr_file: Path | None = None) -> Asy
     data_dir = home / "data"
     args = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1"]
     args += ["--wss-port", "0", "--sip-port", "0", "--workers", "1", *flags]
-    err_target: int | object = subprocess.PIPE
+    err_target: int = subprocess.PIPE
     err_file = None
     if stderr_file is not None:
         err_file = open(stderr_file, "wb")  # noqa: SIM115 (closed below, after the process)
