@@ -275,12 +275,16 @@ async def run_bridge(
         try:
             await trio.sleep(0.05)
             boost(proc.pid, nice)
-            await _wait_tcp(wss_port, proc, 30)
-            with trio.fail_after(60):
-                while listening(wss_port) < count:
-                    if proc.returncode is not None:
-                        raise RuntimeError(f"bridge exited with {proc.returncode}: {log.read_text()[-2000:]}")
-                    await trio.sleep(0.05)
+            try:
+                await _wait_tcp(wss_port, proc, 30)
+                with trio.fail_after(60):
+                    while listening(wss_port) < count:
+                        if proc.returncode is not None:
+                            raise RuntimeError(f"bridge exited with {proc.returncode}")
+                        await trio.sleep(0.05)
+            except (trio.TooSlowError, RuntimeError) as exc:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the bridge did not start ({exc!r}); its log ends:\n{tail}") from exc
             bridge = Bridge(proc, wss_port, sip_port, log, gc_log, count)
             for pid in bridge.pids()[1:]:
                 boost(pid, nice)  # workers run in sessions of their own
