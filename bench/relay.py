@@ -78,6 +78,7 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError, IndexError):
         rtpe_version = ""
     return {
+        "code": code_version(),
         "host": socket.gethostname(),
         "cpu": model,
         "cpus": os.cpu_count(),
@@ -86,6 +87,30 @@ def machine() -> dict[str, Any]:
         "trio": trio.__version__,
         "rtpengine": rtpe_version,
     }
+
+
+def code_version() -> str:
+    """The commit measured: $BENCH_COMMIT (a tree exported with `git archive`), else HEAD, with
+    `+dirty` when src/ has uncommitted changes (other people's work in progress gets measured too)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
 
 
 def percentile(values: list[float], q: float) -> float | None:
