@@ -250,6 +250,7 @@ class MediaSession:
         self._learning_packets = learning_packets
         self._dtls_peer: Address | None = None
         self._last_validated: Address | None = None
+        self._media_source: Address | None = None  # the last validated source of browser media
         self._last_browser_media: float | None = None
         self._keyed = False  # DTLS connected and SRTP keyed
         self._closed = False
@@ -534,9 +535,11 @@ class MediaSession:
             self.demux.rtcp += 1
         else:
             self.demux.rtp += 1
-        if not self.ice.is_validated(src):
-            self.edge.not_validated += 1
-            return
+        if src != self._media_source:
+            if not self.ice.is_validated(src):
+                self.edge.not_validated += 1
+                return
+            self._media_source = src  # validated addresses stay so (rtp.ice_lite)
         if not self._keyed:
             self.edge.before_keys += 1
             return

@@ -69,7 +69,8 @@ class MediaPlane:
         self.max_events = max_events
         self.counters = PlaneCounters()
         self._epoll = select.epoll()
-        self._handlers: dict[int, tuple[Handler, ErrorHandler | None]] = {}
+        self._handlers: dict[int, Handler] = {}
+        self._on_error: dict[int, ErrorHandler | None] = {}
         self._closed = False
 
     def __len__(self) -> int:
@@ -92,11 +93,13 @@ class MediaPlane:
         if fd in self._handlers:
             raise ValueError(f"descriptor {fd} is already registered")
         self._epoll.register(fd, select.EPOLLIN)
-        self._handlers[fd] = (handler, on_error)
+        self._handlers[fd] = handler
+        self._on_error[fd] = on_error
 
     def unregister(self, sock: _FileLike | int) -> None:
         """Stop serving `sock` (before closing it). Idempotent; safe during a pass."""
         fd = sock if isinstance(sock, int) else sock.fileno()
+        self._on_error.pop(fd, None)
         if self._handlers.pop(fd, None) is None or self._closed:
             return
         with suppress(OSError):
@@ -114,22 +117,23 @@ class MediaPlane:
                 counters.passes += 1
                 counters.handler_calls += len(events)
                 for fd, _mask in events:
-                    entry = handlers.get(fd)
-                    if entry is None:  # unregistered earlier in this pass
+                    handler = handlers.get(fd)
+                    if handler is None:  # unregistered earlier in this pass
                         continue
                     try:
-                        entry[0](now)
+                        handler(now)
                     except Exception as exc:  # a bug in one call's handler: that call only
-                        self._failed(fd, entry, exc)
+                        self._failed(fd, handler, exc)
         finally:
             self.close()
 
-    def _failed(self, fd: int, entry: tuple[Handler, ErrorHandler | None], exc: Exception) -> None:
+    def _failed(self, fd: int, handler: Handler, exc: Exception) -> None:
         self.counters.handler_errors += 1
         log.error("media handler for descriptor %d failed; unregistered", fd, exc_info=exc)
-        if self._handlers.get(fd) is entry:
-            self.unregister(fd)
-        on_error = entry[1]
+        if self._handlers.get(fd) is not handler:  # it unregistered itself before raising
+            return
+        on_error = self._on_error.get(fd)
+        self.unregister(fd)
         if on_error is not None:
             on_error(exc)
 
@@ -139,6 +143,7 @@ class MediaPlane:
             return
         self._closed = True
         self._handlers.clear()
+        self._on_error.clear()
         trio.lowlevel.notify_closing(self._epoll)
         self._epoll.close()
 
