@@ -85,7 +85,7 @@ async def serve(home: Path, *flags: str, stderr_file: Path | None = None) -> Asy
                 nursery.start_soon(bridge.pump, process.stdout, bridge.out)
                 if process.stderr is not None:
                     nursery.start_soon(bridge.pump, process.stderr, bridge.err)
-                found = await bridge.wait_for(URL_RE.pattern, bridge.out, timeout=20)
+                found = await bridge.wait_for(URL_RE.pattern, bridge.out, timeout=45)
                 bridge.port, bridge.password = int(found[1]), found[2]
                 yield bridge
                 nursery.cancel_scope.cancel()

@@ -14,7 +14,7 @@ from tests.support.synthetic_browser import open_synthetic_browser
 
 import trio
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 MEDIA = ("--rtp-ports", "33010-33019", "--shutdown-grace", "2")
 
@@ -40,7 +40,7 @@ async def stop(bridge: Bridge) -> None:
 
 
 async def test_log_file_on_a_full_disk(tmp_path: Path) -> None:
-    with trio.fail_after(45):
+    with trio.fail_after(90):
         async with serve(tmp_path, "--log-file", "/dev/full", *MEDIA) as bridge:
             await bridge.wait_for("cannot write the log to /dev/full", bridge.err)
             await page_and_echo_call(bridge)
@@ -51,7 +51,7 @@ async def test_log_file_on_a_full_disk(tmp_path: Path) -> None:
 
 
 async def test_stderr_on_a_full_disk(tmp_path: Path) -> None:
-    with trio.fail_after(45):
+    with trio.fail_after(90):
         async with serve(tmp_path, *MEDIA, stderr_file=Path("/dev/full")) as bridge:
             await page_and_echo_call(bridge)
             await stop(bridge)
