@@ -218,6 +218,43 @@ async def test_a_failing_call_task_ends_only_that_call(
             await leaks.check()
 
 
+async def test_a_failing_media_handler_ends_only_that_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the code the worker's media plane runs for one call (here the SIP-leg RTP handler
+    of the first call raising on its first packet): that call ends with 500, the plane goes on
+    serving, and the next call's audio flows both ways."""
+    from rtp.media import MediaSession
+
+    real_handler = MediaSession._on_sip_rtp_readable
+    first: list[MediaSession] = []
+
+    def failing_handler(self: MediaSession, now: float) -> None:
+        if not first:
+            first.append(self)
+        if self is first[0]:
+            raise RuntimeError("injected media handler bug")
+        real_handler(self, now)
+
+    monkeypatch.setattr(MediaSession, "_on_sip_rtp_readable", failing_handler)
+    with trio.fail_after(20):
+        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_echo", calls=2) as uas:
+            leaks = Leaks.snapshot(bridge)
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                hangup = await p.wait_hangup()
+                assert (hangup.code, hangup.reason) == (500, "Server Internal Error")
+            await leaks.check()
+            async with page(bridge) as p:
+                await p.call("100", PASSWORD, "102")
+                await p.wait_for("answer")
+                await p.wait_media(to_receive=10)
+                await p.hangup()
+                assert (await p.wait_hangup()).code == 200
+            assert await sipp_exit(uas) == 0, uas.errors()
+            await leaks.check()
+
+
 async def test_silence_on_hold_is_not_dead_media(tmp_path: Path) -> None:
     """The phone puts the call on hold (re-INVITE a=inactive) and sends nothing for 2.5 s, over the
     media_timeout (1 s): the call stays up until the phone's BYE (200 to the page)."""
