@@ -20,7 +20,8 @@
  *     RELAY_BROWSER_PORT RELAY_PHONE_PORT SSRC_B SSRC_P TXPROF TXKEY TXSALT TXAUTH RXPROF RXKEY RXSALT RXAUTH
  *   (PROF gcm|cm80, hex keys, AUTH "-" for gcm).  The relay answers from the port we send to.
  *   Packet j goes to flow j % N with index INDEX_BASE + j / N (RTP seq = index & 0xffff, ROC = index >> 16),
- *   so a later step on the same calls continues the SRTP sequence (-o).
+ *   so a later step on the same calls continues the SRTP sequence (-o); a packet received with an
+ *   index below INDEX_BASE was sent by an earlier run: counted as late_from_earlier_run, not received.
  *   Hard limits: SECONDS <= 120, PPS <= 1,000,000, N <= 4096.
  * Output: one JSON object on stdout.
  */
@@ -284,11 +285,19 @@ typedef struct {
 
 static dir_t dirs[2]; /* 0: browser -> phone (b2p), 1: phone -> browser (p2b) */
 
+static long long index_base = 0;
+
 static void record(int d, flow_t *fl, const uint8_t *payload, int64_t t) {
     int64_t sent;
+    long long idx;
     memcpy(&sent, payload, 8);
-    int64_t lat = t - sent;
+    memcpy(&idx, payload + 12, 8);
     dir_t *D = &dirs[d];
+    if (idx < index_base) { /* sent by an earlier run on the same calls: late, not ours */
+        D->late_dup++;
+        return;
+    }
+    int64_t lat = t - sent;
     D->recvd++;
     fl->got[d]++;
     if (D->n < D->cap) D->lat[D->n++] = lat;
@@ -304,7 +313,6 @@ static void record(int d, flow_t *fl, const uint8_t *payload, int64_t t) {
 int main(int argc, char **argv) {
     double rate = 0, dur = 0;
     int bfd = -1, pfd = -1, relay_pid = 0, relay_cpu = 1, drain_ms = 500, dir_b2p = 1, dir_p2b = 1;
-    long long index_base = 0;
     const char *flowfile = NULL;
     int opt;
     while ((opt = getopt(argc, argv, "F:B:H:r:t:p:c:w:o:d:")) != -1) {
@@ -575,12 +583,12 @@ int main(int argc, char **argv) {
         printf("%s\"%s\": {\"sent\": %lld, \"received\": %lld, \"loss_pct\": %.4f, \"sent_pps\": %.0f, "
                "\"received_pps\": %.0f, \"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f}, "
                "\"jitter_us\": {\"mean\": %.1f, \"max\": %.1f}, \"auth_failures\": %lld, \"unknown_source\": %lld, "
-               "\"other_packets\": %lld}",
+               "\"other_packets\": %lld, \"late_from_earlier_run\": %lld}",
                d ? ", " : "", names[d], sents[d], D->recvd, sents[d] ? 100.0 * lost / sents[d] : 0.0,
                send_span > 0 ? sents[d] / send_span : 0, send_span > 0 ? D->recvd / send_span : 0,
                pct(D->lat, D->n, 0.5), pct(D->lat, D->n, 0.99), pct(D->lat, D->n, 0.999),
                D->n ? D->lat[D->n - 1] / 1000.0 : -1, jn ? jsum / jn / 1000.0 : -1, jmax / 1000.0, D->auth_fail,
-               D->unknown, D->other);
+               D->unknown, D->other, D->late_dup);
     }
     printf("}}\n");
     return 0;

@@ -10,8 +10,10 @@ second in each direction (G.711 at 20 ms: 50), SRTP towards the browser side, fr
 (bench/blast.c) run in back-to-back `--interval` chunks. After every chunk the record gets one
 sample: the bridge's RSS and open descriptors summed over its processes (/proc/PID/status,
 /proc/PID/fd), the loss of that interval each way, latency, the bridge's CPU and the calls still
-alive. A call the bridge ends early is counted as dropped, with its end line from the bridge's log
-(`call end: ... code= reason= ended_by=`) when found; its flow leaves the load.
+alive. A packet that arrives after its interval (and a short drain) counts as lost there and as
+late in the next interval; the summary has both. A call the bridge ends early is counted as
+dropped, with its end line from the bridge's log (`call end: ... code= reason= ended_by=`) when
+found; its flow leaves the load.
 
 At the end every call is hung up (MCCP `hangup` -> SIP BYE) and the bridge must be back to its
 baseline: `mccp_bridge_active_calls` 0 in every worker (/metrics on the shared HTTPS port, scraped
@@ -240,7 +242,7 @@ async def _hold(
                 relay_pids=pids,
                 relay_cpu=-1,
                 index_base=index_base,
-                drain_ms=300,
+                drain_ms=500,
             )
             cpu_pct = 100 * (cpu_seconds_all(bridge.pids()) - cpu0) / max(1e-9, trio.current_time() - tc0)
             index_base += math.ceil(args.rate * seconds) + 16
@@ -255,7 +257,7 @@ async def _hold(
                 **{
                     f"{name}_{key}": d[name][key]
                     for name in ("browser_to_phone", "phone_to_browser")
-                    for key in ("sent", "received", "loss_pct")
+                    for key in ("sent", "received", "loss_pct", "late_from_earlier_run")
                 },
                 "latency_us_p50": max(d[n]["latency_us"]["p50"] for n in d),
                 "latency_us_p99": max(d[n]["latency_us"]["p99"] for n in d),
@@ -315,7 +317,12 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
     }
     for name in ("browser_to_phone", "phone_to_browser"):
         sent, received = total(f"{name}_sent"), total(f"{name}_received")
+        late = total(f"{name}_late_from_earlier_run")
+        # Loss per interval counts a packet that came after its interval's end (+ drain) as lost;
+        # it shows up as late in the next one. Never arrived: neither.
         out[f"{name}_loss_pct"] = round(100 * (sent - received) / sent, 4) if sent else None
+        out[f"{name}_arrived_late"] = late
+        out[f"{name}_never_arrived_pct"] = round(100 * (sent - received - late) / sent, 4) if sent else None
         out[f"{name}_worst_interval_loss_pct"] = max((s[f"{name}_loss_pct"] for s in samples), default=None)
     for key in ("rss_kib", "fds"):
         values = [float(s[key]) for s in samples]
