@@ -254,6 +254,10 @@ async def _hold(
                 **snapshot(bridge),
                 "bridge_cpu_pct": round(cpu_pct, 1),
                 "harness_cpu_pct": result["harness_cpu_pct"],
+                # Everything but the bridge on all CPUs (harness included; other jobs on a shared
+                # machine), and the load average: what explains a latency spike.
+                "others_cpu_pct": result["foreign_pct"],
+                "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
                 **{
                     f"{name}_{key}": d[name][key]
                     for name in ("browser_to_phone", "phone_to_browser")
@@ -340,7 +344,7 @@ def plot(record: dict[str, Any], out: Path) -> None:
 
     samples = record["samples"]
     t = [s["t"] / 60 for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
     summary = record["summary"]
     axes[0].plot(t, [s["rss_kib"] / 1024 for s in samples], "o-", ms=3)
     axes[0].set_ylabel("bridge RSS (MiB)")
@@ -355,7 +359,12 @@ def plot(record: dict[str, Any], out: Path) -> None:
     for name, color in (("browser_to_phone", "tab:blue"), ("phone_to_browser", "tab:orange")):
         axes[2].plot(t, [s[f"{name}_loss_pct"] for s in samples], "o-", ms=3, color=color, label=name)
     axes[2].set_ylabel("loss per interval (%)")
-    axes[2].set_xlabel("minutes")
+    axes[3].plot(t, [s["latency_us_p50"] / 1000 for s in samples], "o-", ms=3, label="p50")
+    axes[3].plot(t, [s["latency_us_p99"] / 1000 for s in samples], "o-", ms=3, label="p99")
+    axes[3].set_yscale("log")
+    axes[3].set_ylabel("latency, worse direction (ms)")
+    axes[3].set_xlabel("minutes")
+    axes[3].legend(loc="upper left")
     alive = axes[2].twinx()
     alive.plot(t, [s["calls_alive"] for s in samples], ":", color="gray", label="calls alive")
     alive.set_ylabel("calls alive")
