@@ -9,9 +9,11 @@ Theory of operation
         page <- trying, progress(answer SDP)    # ICE and DTLS run while the phone rings
         nursery:
             page_task       page messages: hangup, dtmf (SIP INFO in dtmf_mode "info"), socket gone
-            ice_dtls_task   media.run_ice_dtls(): STUN, DTLS, SRTP -> RTP; MediaEnded ends the call
-                            (handshake timeout, DTLS failure, consent lost, no browser media)
-            relay_task      media.run_relay(): RTP -> SRTP, RTCP both ways
+            ice_dtls_task   media.run_ice_dtls(): the browser port served by the worker's media
+                            plane (STUN, DTLS, SRTP -> RTP), this task its timers; MediaEnded ends
+                            the call (handshake timeout, DTLS failure, consent lost, no browser media)
+            relay_task      media.run_relay(): the SIP port pair served by the plane (RTP -> SRTP,
+                            RTCP both ways) while it runs
             silence_task    no RTP from the SIP side for media_timeout once answered (not on hold)
             sip_task        ua.call(): INVITE ... 180/183/200 ... re-INVITE, INFO, BYE; ring timeout
     page <- hangup(code, reason)                # shielded, bounded
