@@ -65,8 +65,11 @@ MAX_DELAY = 30.0
 MAX_TRACKED = 10_000  # failure records kept per kind before expired ones are pruned
 CACHE_TTL = 600.0  # seconds a verified password is trusted without scrypt (0: no cache)
 CACHE_MAX_ENTRIES = 10_000
-KDF_CONCURRENCY = 2  # scrypt checks at once per worker (16 MiB and ~60 ms of CPU each)
-KDF_MAX_WAITING = 32  # logins waiting for a scrypt slot before the next is refused at once
+# The login budget of one worker (one per core). One scrypt at a time leaves the event loop (media,
+# signalling) at least half of its core under a login flood; two would not serve more logins on that
+# core, only take more of it (and 16 MiB more). About 1 s of scrypt work may wait (~60 ms each).
+KDF_CONCURRENCY = 1  # scrypt checks at once per worker (16 MiB and ~60 ms of CPU each)
+KDF_MAX_WAITING = 16  # logins waiting for a scrypt slot before the next is refused at once
 KDF_MAX_WAIT = 1.0  # seconds a login waits for a slot before it is refused (MCCP 503)
 
 
