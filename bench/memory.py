@@ -26,6 +26,7 @@ SRTP keyed, media both ways):
     tls_ws         the server side of one page connection: TCP + TLS (bridge.certs context) +
                    h11 head + trio-websocket + the MCCP connection's tasks, through the real
                    mccp.server.serve_mccp (the client side runs in a child process)
+    ws_plain       the same without TLS (the difference is what TLS costs)
     sip            the SIP objects of an answered outgoing call: INVITE, 200, ACK (parsed),
                    Dialog, InviteClientTransaction (Accepted), the call's event channel
     trio_tasks     the nurseries and tasks of one call (5 nurseries, 13 tasks, all blocked)
@@ -40,9 +41,11 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
+import inspect
 import json
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -239,11 +242,19 @@ class _Ports:
     def __init__(self) -> None:
         self.allocator = PortAllocator(20000, 60000, "127.0.0.1")
         self.stack = contextlib.AsyncExitStack()
+        self.plane: Any = None
 
 
 async def build_media_session(ports: _Ports) -> object:
     from rtp.media import open_media
 
+    extra: dict[str, Any] = {}
+    if "plane" in inspect.signature(open_media).parameters:  # the shared media plane (rtp.plane)
+        if ports.plane is None:
+            from rtp.plane import open_media_plane
+
+            ports.plane = await ports.stack.enter_async_context(open_media_plane())
+        extra["plane"] = ports.plane
     media = await ports.stack.enter_async_context(
         open_media(
             ports.allocator,
@@ -251,6 +262,7 @@ async def build_media_session(ports: _Ports) -> object:
             advertise_hosts=["127.0.0.1"],
             sip_host="127.0.0.1",
             certificate=SERVER_CERT,
+            **extra,
         )
     )
     media.set_sip_answer(SIP_ANSWER)
@@ -404,15 +416,18 @@ async def _hold(conn: Any) -> None:
             await conn.receive()
 
 
-async def measure_tls_ws(n: int) -> dict[str, float]:
+async def measure_tls_ws(n: int, tls: bool = True) -> dict[str, float]:
     from bridge.certs import generate_self_signed, load_into, new_server_context
     from mccp.server import ServerLimits, serve_mccp
 
     with tempfile.TemporaryDirectory() as tmp:
         now = dt.datetime.now(dt.UTC)
         generate_self_signed(Path(tmp), ["127.0.0.1"], now=now)
-        context = new_server_context()
+        context: ssl.SSLContext | None = new_server_context()
+        assert context is not None
         load_into(context, Path(tmp) / "server.crt", Path(tmp) / "server.key", now=now)
+        if not tls:
+            context = None
     limits = ServerLimits(max_connections_per_address=1 << 20, call_timeout=3600.0, ping_interval=3600.0)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(
@@ -428,7 +443,7 @@ async def measure_tls_ws(n: int) -> dict[str, float]:
         )
         port = bound[0][1]
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "bench.memory", "--client", str(port)],
+            [sys.executable, "-m", "bench.memory", "--client", str(port), *([] if tls else ["--plain"])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -475,10 +490,8 @@ class _Lines:
         return line.decode()
 
 
-async def client_main(port: int) -> None:
+async def client_main(port: int, tls: bool) -> None:
     """The page side for tls_ws: open `count` WSS connections per line read on stdin, hold them."""
-    import ssl
-
     import trio_websocket
 
     ctx = ssl.create_default_context()
@@ -489,8 +502,10 @@ async def client_main(port: int) -> None:
 
     async def one(nursery: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
-        tls = trio.SSLStream(tcp, ctx, server_hostname="127.0.0.1", https_compatible=True)
-        await trio_websocket.wrap_client_stream(nursery, tls, "127.0.0.1", "/mccp")
+        stream: trio.abc.Stream = tcp
+        if tls:
+            stream = trio.SSLStream(tcp, ctx, server_hostname="127.0.0.1", https_compatible=True)
+        await trio_websocket.wrap_client_stream(nursery, stream, "127.0.0.1", "/mccp")
         task_status.started()
 
     async with trio.open_nursery() as nursery:
@@ -518,9 +533,21 @@ SYNC: dict[str, Callable[[], object]] = {
 TRIO: dict[str, Callable[[int], Any]] = {
     "media_session": measure_media,
     "tls_ws": measure_tls_ws,
+    "ws_plain": lambda n: measure_tls_ws(n, tls=False),
     "trio_tasks": measure_tasks,
 }
-ORDER = ["dtls", "dtls_released", "srtp", "ice", "relay", "media_session", "tls_ws", "sip", "trio_tasks"]
+ORDER = [
+    "dtls",
+    "dtls_released",
+    "srtp",
+    "ice",
+    "relay",
+    "media_session",
+    "tls_ws",
+    "ws_plain",
+    "sip",
+    "trio_tasks",
+]
 
 
 def run_component(name: str, n: int) -> dict[str, float]:
@@ -537,9 +564,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--component", help=argparse.SUPPRESS)
     ap.add_argument("--client", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client is not None:
-        trio.run(client_main, args.client)
+        trio.run(client_main, args.client, not args.plain)
         return
     if args.component:
         print(json.dumps(run_component(args.component, args.n)))
