@@ -357,11 +357,29 @@ def plot(record: dict[str, Any], out: Path) -> None:
     axes[1].plot(t, [s["fds"] for s in samples], "o-", ms=3, color="tab:green")
     axes[1].set_ylabel("bridge open fds")
     for name, color in (("browser_to_phone", "tab:blue"), ("phone_to_browser", "tab:orange")):
-        axes[2].plot(t, [s[f"{name}_loss_pct"] for s in samples], "o-", ms=3, color=color, label=name)
-    axes[2].set_ylabel("loss per interval (%)")
+        axes[2].plot(
+            t, [s[f"{name}_loss_pct"] for s in samples], "o-", ms=3, color=color, label=f"{name} late"
+        )
+        # Never arrived: missing at the interval's end and not among the next interval's late ones.
+        never = [
+            100
+            * (
+                s[f"{name}_sent"]
+                - s[f"{name}_received"]
+                - (nxt or {}).get(f"{name}_late_from_earlier_run", 0)
+            )
+            / max(1, s[f"{name}_sent"])
+            for s, nxt in zip(samples, [*samples[1:], None], strict=True)
+        ]
+        axes[2].plot(t, never, "x--", ms=4, color=color, label=f"{name} never arrived")
+    axes[2].set_ylabel("% late (> interval + 0.5 s) / lost")
     axes[3].plot(t, [s["latency_us_p50"] / 1000 for s in samples], "o-", ms=3, label="p50")
     axes[3].plot(t, [s["latency_us_p99"] / 1000 for s in samples], "o-", ms=3, label="p99")
     axes[3].set_yscale("log")
+    if samples and "others_cpu_pct" in samples[0]:
+        others = axes[3].twinx()
+        others.plot(t, [s["others_cpu_pct"] for s in samples], ":", color="gray")
+        others.set_ylabel("other jobs' CPU % (dotted)")
     axes[3].set_ylabel("latency, worse direction (ms)")
     axes[3].set_xlabel("minutes")
     axes[3].legend(loc="upper left")
