@@ -231,6 +231,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers,
             "rtpengine_threads": args.workers,
             "pinned": pinned,
+            "cpus_note": "bridge on CPU 1, harness and blaster on CPU 0"
+            if pinned
+            else "nothing pinned: bridge workers (or rtpengine threads), harness and blaster share every CPU;"
+            " see harness_cpu_pct and harness_py_cpu_pct per step",
             "rtpengine": use_rtpe,
             "srtp_profile": "AEAD_AES_128_GCM",
         },
