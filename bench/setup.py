@@ -309,7 +309,7 @@ async def run_kind(
     """Warm-up, the serial calls, then the open-loop steps, for one kind of callers."""
     callers = Callers(kind)
     label = f"scrypt n={args.current_n} {kind}"
-    result: dict[str, Any] = {"callers": kind}
+    result: dict[str, Any] = {"scrypt_n": args.current_n, "callers": kind}
     # warm-up: the first call pays for imports and caches (and, warm, fills the credentials cache)
     await one_call(bridge.wss_port, bsock, phone, firsts, -1, callers())
     setups: list[Setup] = []
@@ -362,14 +362,15 @@ async def run_kind(
     return result
 
 
-async def run_one_bridge(args: argparse.Namespace, scrypt_n: int, stamp: str) -> dict[str, Any]:
+async def run_one_bridge(args: argparse.Namespace, scrypt_n: int, stamp: str) -> list[dict[str, Any]]:
+    """One bridge with this scrypt cost; one result per kind of callers (bench.table: one row each)."""
     args.current_n = scrypt_n
     bsock = await BrowserSocket.open()
     phone_rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await phone_rtp.bind(("127.0.0.1", 0))
     phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
     firsts = FirstPackets(phone_rtp)
-    result: dict[str, Any] = {"scrypt_n": scrypt_n, "kinds": []}
+    results: list[dict[str, Any]] = []
     cold = cold_count(args) if "cold" in args.callers else 0
     async with trio.open_nursery() as root:
         root.start_soon(bsock.run)
@@ -388,11 +389,11 @@ async def run_one_bridge(args: argparse.Namespace, scrypt_n: int, stamp: str) ->
                     out = args.out or RESULTS / f"setup-{stamp}.json"
                     profile = out.with_name(f"{out.stem}-n{scrypt_n}-{kind}.pyspy.txt")
                     profile.parent.mkdir(parents=True, exist_ok=True)
-                result["kinds"].append(await run_kind(args, bridge, bsock, phone, firsts, kind, profile))
+                results.append(await run_kind(args, bridge, bsock, phone, firsts, kind, profile))
         root.cancel_scope.cancel()
     for sock in (bsock.sock, phone_rtp, phone.sock):
         sock.close()
-    return result
+    return results
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -406,7 +407,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bridges": [],
     }
     for n in args.scrypt_n:
-        record["bridges"].append(await run_one_bridge(args, n, args.stamp))
+        record["bridges"] += await run_one_bridge(args, n, args.stamp)
     return record
 
 
