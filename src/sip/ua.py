@@ -29,6 +29,9 @@ Theory of operation:
   channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
   a bounded shielded `move_on_after(grace)`; the call's response reader is shielded until then,
   so a context left by cancellation still reads the 487 (or the 200 to BYE) and ends at once.
+  When the UA itself stops (`run()` cancelled: the bridge's grace period is over), the hang-ups
+  still waiting are cut at once: without the dispatcher and the timers they could only wait out
+  their `grace` (a far end that never answers the BYE held the bridge's exit for 4 s more).
   In-dialog requests from the far end (BYE, INFO, re-INVITE) are routed by Call-ID and our tag
   to the call. Upstream mode: with `outbound_proxy` (per UA or per call) every INVITE goes to
   that proxy as a preloaded loose Route (§8.1.2); a call the proxy never challenges is logged
@@ -192,6 +195,7 @@ class SipUA:
         self._invites: dict[str, tuple[Request, Transport, float]] = {}
         self._awaiting_ack: dict[tuple[str, int], trio.Event] = {}
         self._dialogs: dict[str, OutgoingCall | IncomingCall] = {}
+        self._hangups: set[trio.CancelScope] = set()  # the shielded hang-ups of calls being left
         self._nursery: trio.Nursery | None = None
         self._warned_unchallenged = False
         self._packet_source: Address | None = None  # where the message being dispatched came from
@@ -216,6 +220,10 @@ class SipUA:
             finally:
                 self._nursery = None
                 nursery.cancel_scope.cancel()
+                # Hang-ups still waiting cannot finish now (no timers, no dispatcher): their
+                # shields would hold the bridge's stop for `grace` more. End them at once.
+                for scope in list(self._hangups):
+                    scope.cancel()
 
     @asynccontextmanager
     async def call(
@@ -268,7 +276,13 @@ class SipUA:
                 finally:
                     if call.ended is None:
                         with trio.move_on_after(self.grace, shield=True) as scope:
-                            await call.hangup()
+                            self._hangups.add(scope)
+                            if self._nursery is None:  # the UA has stopped: nothing can be sent
+                                scope.cancel()
+                            try:
+                                await call.hangup()
+                            finally:
+                                self._hangups.discard(scope)
                         if scope.cancelled_caught:
                             call._end(408, "Request Timeout", "timeout")
                     reader.cancel()

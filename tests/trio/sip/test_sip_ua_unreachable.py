@@ -31,24 +31,24 @@ async def _ua(nursery: trio.Nursery, t1: float = 0.5) -> SipUA:
 
 
 async def test_call_to_a_closed_port_ends_503_at_once() -> None:
-    with trio.fail_after(5):
+    """T1 = 5 s: Timer B would take 320 s, so an end within the test's limit is the ICMP error's
+    (no timing assertion: the machine may be loaded)."""
+    with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            ua = await _ua(nursery)
+            ua = await _ua(nursery, t1=5.0)
             target = f"sip:600@127.0.0.1:{_closed_udp_port()}"
-            started = trio.current_time()
             async with ua.call(target, caller="100", sdp=SDP) as call:
                 events = [event async for event in call.events]
             assert events == [Ended(503, "Service Unavailable", "local")]
-            assert trio.current_time() - started < 0.5
             nursery.cancel_scope.cancel()
 
 
 async def test_only_unanswered_transactions_to_that_destination_fail() -> None:
     """An OPTIONS to a closed port fails with TransportError; one to a peer that answers, sent
     at the same time, is not touched by it (it ends by its own timer here: the peer is silent)."""
-    with trio.fail_after(5):
+    with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            ua = await _ua(nursery, t1=0.05)
+            ua = await _ua(nursery, t1=0.1)  # Timer F: 6.4 s
             silent = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             await silent.bind(("127.0.0.1", 0))
             outcomes: dict[str, str] = {}
@@ -71,7 +71,7 @@ async def test_only_unanswered_transactions_to_that_destination_fail() -> None:
             async with trio.open_nursery() as both:
                 both.start_soon(options, "closed", closed)
                 both.start_soon(options, "silent", silent.getsockname()[1])
-                with trio.fail_after(0.5):
+                with trio.fail_after(5):  # well before the silent one's Timer F
                     while "closed" not in outcomes:
                         await trio.sleep(0.01)
                 assert "silent" not in outcomes
