@@ -6,10 +6,14 @@ Theory of operation
 starts `mccp.server.serve_mccp` on the TLS listener, and reports a `BridgeContext` via `task_status`.
 Every WSS connection goes through `BridgeContext.handle_connection`:
 
+0. The MCCP front (`mccp.server`) has already applied the front door's settings (`front_settings`):
+   connections per address and in handshake (closed at accept), `handshake_timeout`, the `Origin`
+   allow-list (`allowed_origins`; 403 at the upgrade), `/metrics` access (`metrics_allow`,
+   `metrics_token`; 403), message size and rate, `call_timeout`, keep-alive.
 1. If the page was opened from `file://` (`Origin: null`) and `allow_file_origin` is off, the page gets
    `hangup` 403 and the connection is closed.
 2. The first message must be a `call` (the MCCP server itself answers `ping` and enforces its call
-   timeout with `hangup` 408; `FIRST_MESSAGE_TIMEOUT` is a backstop).
+   timeout with `hangup` 408; `call_timeout` + `FIRST_MESSAGE_SLACK` is a backstop).
 3. The caller is checked by `bridge.auth.Authenticator`: scrypt runs in a worker thread and the
    throttle delay is waited. A refusal gets `hangup` 403 (wrong credentials) or 429 (locked out), the
    connection is closed and nothing else happens.
@@ -29,6 +33,10 @@ refused with 503, live calls are cancelled, and they get `shutdown_grace` second
 clean-up before the listener and the services are cancelled, and `run_bridge` returns. A second
 SIGTERM/SIGINT during that time exits the process at once with status 128+signal.
 
+With `plain_ws_port` set, a second listener (plain HTTP/WS on `plain_ws_listen`) serves a TLS-terminating
+proxy: the same front and caps, connections only from `trusted_proxies`, the page's address taken from
+their `X-Forwarded-For`.
+
 Worker processes (`serve --workers N`, `bridge.workers`): `run_bridge(..., worker=WorkerSlot(i, N, fd))`
 binds the WSS port with SO_REUSEPORT (every worker listens on the same port and the kernel spreads the
 connections), says `ready` on the control socket `fd` once it listens, and stops gracefully when the
@@ -44,7 +52,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,13 +72,23 @@ from bridge.certs import (
 from bridge.config import Config
 from bridge.extensions import ExtensionsError, ExtensionTable, load_extensions
 from bridge.workers import SINGLE, WorkerSlot
+from mccp.access import AddressSet, OriginPolicy, RouteAccess
 from mccp.messages import Call, Dtmf, Hangup, HangupRequest, Ping
-from mccp.server import MccpConnection, MccpFront, PageGone, RouteHandler, serve_mccp
+from mccp.server import (
+    MccpConnection,
+    MccpFront,
+    PageGone,
+    RouteHandler,
+    ServerLimits,
+    ServerStats,
+    open_mccp_listeners,
+    serve_front,
+)
 from mccp.session import SessionState
 
 log = logging.getLogger("bridge.app")
 
-FIRST_MESSAGE_TIMEOUT = 15.0  # seconds a new connection has to send its `call`
+FIRST_MESSAGE_SLACK = 5.0  # seconds past `call_timeout` before the backstop gives up on a `call`
 CLOSE_TIMEOUT = 2.0  # bound on closing a refused connection
 AUTH_THREADS = 4  # concurrent scrypt checks (16 MiB and ~60 ms of CPU each)
 
@@ -121,6 +139,7 @@ class BridgeStats:
     refused_file_origin: int = 0  # 403: Origin null with allow_file_origin off
     refused_stopping: int = 0  # 503 during a graceful stop
     no_call: int = 0  # closed or hung up before sending a call
+    server: ServerStats = field(default_factory=ServerStats)  # the MCCP front's own counters
 
 
 class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
@@ -137,6 +156,42 @@ def _hard_exit(status: int) -> NoReturn:
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def server_limits(config: Config) -> ServerLimits:
+    """The MCCP front's caps from the config."""
+    return ServerLimits(
+        max_frame_bytes=config.max_message_bytes,
+        max_messages_per_second=config.message_rate,
+        message_burst=float(config.message_burst),
+        max_connections_per_address=config.max_connections_per_address,
+        max_handshakes=config.max_handshakes,
+        call_timeout=config.call_timeout,
+        ping_interval=config.ping_interval,
+        pong_timeout=config.pong_timeout,
+        handshake_timeout=config.handshake_timeout,
+    )
+
+
+def front_settings(config: Config) -> tuple[OriginPolicy, RouteAccess, AddressSet]:
+    """The front's origin policy, `/metrics` access and trusted proxies from the config.
+
+    `Origin: null` (file://) passes the front whenever a list is set; `allow_file_origin` is applied
+    by `BridgeContext` (the page then gets `hangup` 403 and can say why).
+    """
+    origins = OriginPolicy.from_list((*config.allowed_origins, "null") if config.allowed_origins else ())
+    access = RouteAccess(AddressSet.parse(config.metrics_allow), config.metrics_token or None)
+    return origins, access, AddressSet.parse(config.trusted_proxies)
+
+
+def _warn_open_front(config: Config) -> None:
+    if not config.allowed_origins:
+        log.warning(
+            "allowed_origins is empty: any web site may open the WebSocket from its visitors' browsers "
+            "(a login still needs an extension's password); list the origins of your pages to restrict it"
+        )
+    if config.plain_ws_port is not None and not config.trusted_proxies:
+        log.warning("plain_ws_port is set but trusted_proxies is empty: the plain listener refuses everyone")
 
 
 def load_page() -> bytes:
@@ -193,6 +248,7 @@ class BridgeContext:
         self.ssl_context = ssl_context
         self.authenticator = authenticator
         self.wss_addresses: list[tuple[str, int]] = []
+        self.plain_ws_addresses: list[tuple[str, int]] = []  # with plain_ws_port
         self.stopping = False
         self.stats = BridgeStats()
         self._nursery = nursery
@@ -360,7 +416,8 @@ class BridgeContext:
             self._calls -= 1
 
     async def _first_call(self, conn: MccpConnection, conn_log: ConnectionLog) -> Call | None:
-        with trio.move_on_after(FIRST_MESSAGE_TIMEOUT):
+        backstop = self.config.call_timeout + FIRST_MESSAGE_SLACK
+        with trio.move_on_after(backstop):
             while True:
                 message = await conn.receive()
                 match message:
@@ -373,7 +430,7 @@ class BridgeContext:
                         continue  # the server answers these itself before a call
                     case _:
                         assert_never(message)
-        conn_log.info("no call message within %gs", FIRST_MESSAGE_TIMEOUT)
+        conn_log.info("no call message within %gs", backstop)
         return None
 
     async def _authenticate(self, source: str, call: Call) -> AuthResult:
@@ -402,9 +459,21 @@ class BridgeContext:
         with self._serve_scope:
             async with services(self) as handler, trio.open_nursery() as nursery:
                 self._call_handler = handler
-                serve_task = _serve_mccp_shared if self.worker.count > 1 else _serve_mccp_task
+                config, shared = self.config, self.worker.count > 1
+                origins, access, proxies = front_settings(config)
+                front = MccpFront(
+                    self.handle_connection,
+                    page,
+                    server_limits(config),
+                    self.routes,
+                    self.stats.server,
+                    origins,
+                    access,
+                    proxies,
+                )
+                listeners = await open_mccp_listeners(config.listen, config.wss_port, reuse_port=shared)
                 bound: list[tuple[str, int]] = await nursery.start(
-                    serve_task, self.handle_connection, self.config, self.ssl_context, page, self.routes
+                    partial(serve_front, front, listeners, ssl_context=self.ssl_context)
                 )
                 self.wss_addresses = [(host, port) for host, port, *_ in bound]
                 for host, port in self.wss_addresses:
@@ -412,67 +481,23 @@ class BridgeContext:
                     log.info(
                         "start WSS service on wss://%s/mccp (page https://%s/lite.html)", address, address
                     )
+                if config.plain_ws_port is not None:
+                    plain = await open_mccp_listeners(
+                        config.plain_ws_listen, config.plain_ws_port, reuse_port=shared
+                    )
+                    bound = await nursery.start(
+                        partial(serve_front, front, plain, ssl_context=None, proxied=True)
+                    )
+                    self.plain_ws_addresses = [(host, port) for host, port, *_ in bound]
+                    for host, port in self.plain_ws_addresses:
+                        log.info(
+                            "start plain WS service on ws://%s/mccp for a TLS-terminating proxy "
+                            "(trusted proxies: %s)",
+                            _format_address(host, port),
+                            proxies,
+                        )
+                _warn_open_front(config)
                 task_status.started()
-
-
-async def _serve_mccp_task(
-    handler: Callable[[MccpConnection], Awaitable[None]],
-    config: Config,
-    ssl_context: ssl.SSLContext,
-    page: bytes,
-    routes: Mapping[str, RouteHandler],
-    *,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve_mccp(
-        handler,
-        host=config.listen,
-        port=config.wss_port,
-        ssl_context=ssl_context,
-        page=page,
-        routes=routes,
-        task_status=task_status,
-    )
-
-
-def _peer(stream: trio.SocketStream) -> tuple[str, int]:
-    try:
-        name = stream.socket.getpeername()
-    except OSError:
-        return ("?", 0)
-    return (str(name[0]), int(name[1]))
-
-
-async def _serve_mccp_shared(
-    handler: Callable[[MccpConnection], Awaitable[None]],
-    config: Config,
-    ssl_context: ssl.SSLContext,
-    page: bytes,
-    routes: Mapping[str, RouteHandler],
-    *,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """`serve_mccp` on a listener bound with SO_REUSEPORT: the workers share the port."""
-    family = trio.socket.AF_INET6 if ":" in config.listen else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        await sock.bind((config.listen, config.wss_port))
-        sock.listen(socket.SOMAXCONN)
-    except BaseException:
-        sock.close()
-        raise
-    host, port = sock.getsockname()[:2]
-    front = MccpFront(handler, page, routes=routes)
-
-    async def handle_tcp(tcp: trio.SocketStream) -> None:
-        stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
-        await front.serve_stream(stream, _peer(tcp))
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle_tcp, [trio.SocketListener(sock)])
-        task_status.started([(str(host), int(port))])
 
 
 async def _report_to_supervisor(context: BridgeContext, fd: int) -> None:

@@ -101,6 +101,21 @@ class Config:
     dtmf_mode: DtmfMode = DtmfMode.RFC4733
     workers: int = 0  # 0: "auto", one worker process per CPU core (see `worker_count`)
     allow_file_origin: bool = True
+    allowed_origins: tuple[str, ...] = ()  # empty: any origin (logged as a warning at start)
+    max_connections_per_address: int = 16
+    max_handshakes: int = 256
+    handshake_timeout: float = 10.0
+    call_timeout: float = 10.0
+    max_message_bytes: int = 65536
+    message_rate: float = 20.0
+    message_burst: int = 40
+    ping_interval: float = 15.0
+    pong_timeout: float = 10.0
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    metrics_token: str = field(default="", repr=False)
+    plain_ws_port: int | None = None
+    plain_ws_listen: str = "127.0.0.1"
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")
     auth_max_failures: int = 5
     auth_window: float = 300.0
     auth_delay: float = 1.0
@@ -171,6 +186,77 @@ def _seconds(low: float, high: float) -> Callable[[object], float]:
         return float(value)
 
     return parse
+
+
+def _number(low: float, high: float, unit: str) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        problem = f"must be a number {low:g}-{high:g} ({unit}), {_got(value)}"
+        if isinstance(value, bool):
+            raise _Bad(problem)
+        if isinstance(value, str):
+            if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", value.strip()):
+                raise _Bad(problem)
+            value = float(value.strip())
+        if not isinstance(value, int | float) or not low <= value <= high:
+            raise _Bad(problem)
+        return float(value)
+
+    return parse
+
+
+def _optional_port(value: object) -> int | None:
+    if isinstance(value, str) and value.strip().lower() in ("", "off"):
+        return None
+    try:
+        return _int_in(0, 65535)(value)
+    except _Bad:
+        raise _Bad(f'must be an integer 0-65535, or "" / "off" for none, {_got(value)}') from None
+
+
+_T = TypeVar("_T")
+
+
+def _list_of(item: Callable[[str], _T], what: str) -> Callable[[object], tuple[_T, ...]]:
+    """A TOML array of strings, or one comma-separated string (environment, flags); empty is allowed."""
+
+    def parse(value: object) -> tuple[_T, ...]:
+        if isinstance(value, str):
+            entries = [part.strip() for part in value.split(",") if part.strip()]
+        elif isinstance(value, list) and all(isinstance(part, str) for part in value):
+            entries = [part.strip() for part in value]
+        else:
+            raise _Bad(f"must be a list of {what} (TOML array, or comma-separated), {_got(value)}")
+        out = []
+        for entry in entries:
+            try:
+                out.append(item(entry))
+            except ValueError:
+                raise _Bad(f"must be a list of {what}, {_got(entry)} is not one") from None
+        return tuple(out)
+
+    return parse
+
+
+_ORIGIN = re.compile(r"null|https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?", re.ASCII)
+
+
+def _origin(text: str) -> str:
+    if not _ORIGIN.fullmatch(text):
+        raise ValueError(text)
+    return text.rstrip("/").lower()
+
+
+def _network(text: str) -> str:
+    net = ipaddress.ip_network(text, strict=False)
+    return str(net.network_address) if net.num_addresses == 1 else str(net)
+
+
+def _token(value: object) -> str:
+    text = _text(value).strip()
+    # RFC 6750 section 2.1: b64token characters; long enough not to be guessed.
+    if text and not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}=*", text):
+        raise _Bad("must be empty or 16-256 characters of letters, digits and ._~+/- (RFC 6750 b64token)")
+    return text
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -378,6 +464,83 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("allow_file_origin", _boolean, "accept pages opened from file:// (Origin: null)", "BOOL"),
     Setting(
+        "allowed_origins",
+        _list_of(_origin, "origins like https://example.com:8443"),
+        "web origins whose pages may open the WebSocket, besides the bridge's own page (and null, see "
+        "allow_file_origin); empty: any web site (a warning at start)",
+        "ORIGIN,...",
+    ),
+    Setting(
+        "max_connections_per_address",
+        _int_in(1, 100000),
+        "open WSS/HTTPS connections from one IP address; more are closed at accept (raise it for "
+        "many callers behind one NAT)",
+        "N",
+    ),
+    Setting(
+        "max_handshakes",
+        _int_in(1, 100000),
+        "connections in their TLS handshake or request head at once (all addresses); more are closed",
+        "N",
+    ),
+    Setting(
+        "handshake_timeout",
+        _seconds(1, 300),
+        "seconds for the TLS handshake, request head and WebSocket upgrade (slow clients are cut)",
+        "SECONDS",
+    ),
+    Setting(
+        "call_timeout",
+        _seconds(1, 600),
+        "seconds a page has to send its call after the WebSocket opens (then hangup 408)",
+        "SECONDS",
+    ),
+    Setting(
+        "max_message_bytes",
+        _int_in(1024, 65536),
+        "largest MCCP message (characters): bigger gets error 413, twice that closes (1009)",
+        "N",
+    ),
+    Setting(
+        "message_rate",
+        _number(0.1, 1000, "messages per second"),
+        "sustained MCCP messages per second per connection; excess dropped, one error 429 a second",
+        "N",
+    ),
+    Setting("message_burst", _int_in(1, 10000), "MCCP messages a connection may send at once", "N"),
+    Setting("ping_interval", _seconds(1, 3600), "seconds between WebSocket pings to the page", "SECONDS"),
+    Setting(
+        "pong_timeout", _seconds(1, 3600), "seconds to wait for the pong before the page is gone", "SECONDS"
+    ),
+    Setting(
+        "metrics_allow",
+        _list_of(_network, "IP addresses or networks"),
+        "addresses/CIDRs that may read /metrics (others get 403 unless they send metrics_token); empty: none",
+        "CIDR,...",
+    ),
+    Setting(
+        "metrics_token",
+        _token,
+        "bearer token that opens /metrics from any address (Authorization: Bearer TOKEN); empty: none. "
+        "A secret: prefer config.toml (0600) to a flag",
+        "TOKEN",
+    ),
+    Setting(
+        "plain_ws_port",
+        _optional_port,
+        "TCP port of a plain HTTP/WS listener for a TLS-terminating proxy in front (empty: off); it "
+        "serves only trusted_proxies",
+        "PORT",
+    ),
+    Setting("plain_ws_listen", _ip_address, "address the plain HTTP/WS listener binds", "ADDR"),
+    Setting(
+        "trusted_proxies",
+        _list_of(_network, "IP addresses or networks"),
+        "proxies allowed on plain_ws_port; their X-Forwarded-For gives the page's address (for the "
+        "per-address cap, the login throttle, /metrics and the logs)",
+        "CIDR,...",
+    ),
+    Setting(
         "auth_max_failures",
         _int_in(1, 1000),
         "failed logins (per source and per extension) before delays",
@@ -418,6 +581,8 @@ def default_value_text(key: str) -> str:
             return f'"{value}"'
         case (int(low), int(high)):
             return f'"{low}-{high}"'
+        case tuple():
+            return "[" + ", ".join(f'"{item}"' for item in value) + "]"
         case int() | float():
             return f"{value:g}" if isinstance(value, float) else str(value)
         case _:
@@ -425,6 +590,11 @@ def default_value_text(key: str) -> str:
 
 
 def _check_cross(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    plain, wss = values["plain_ws_port"], values["wss_port"]
+    if plain is not None and plain != 0 and plain == wss and values["plain_ws_listen"] == values["listen"]:
+        raise ConfigError(
+            "plain_ws_port", f"must differ from wss_port ({wss}), got {plain!r}", sources.get("plain_ws_port")
+        )
     failures = values["auth_max_failures"]
     lockout = values["auth_lockout_failures"]
     assert isinstance(failures, int)

@@ -19,6 +19,14 @@ mccp_bridge_call_jitter_seconds    histogram  `direction`: per call at its end, 
 mccp_bridge_srtp_failures_total    counter    SRTP/SRTCP packets that failed to decrypt
 mccp_bridge_auth_failures_total    counter    `reason`: credentials, locked_out, file_origin, upstream
 mccp_bridge_connections_total      counter    WSS connections accepted
+mccp_bridge_front_open             gauge      `phase`: connections open (all), of which still in
+                                              their TLS handshake or request head (handshake)
+mccp_bridge_front_refused_total    counter    `reason`: per_address, untrusted_proxy (closed at
+                                              accept), handshake_cap (the oldest handshake cut to
+                                              admit a newcomer), origin (403), route (/metrics 403)
+mccp_bridge_front_failures_total   counter    `cause`: handshake (TLS or head failed, timed out),
+                                              bad_request, rate_limited (MCCP messages dropped),
+                                              call_timeout (no `call` in time), pong_timeout
 mccp_bridge_sip_messages_total     counter    `direction` (sent, received) by the SIP transport
 mccp_bridge_sip_dropped_total      counter    `cause`: bad_datagram, bad_stream_message, send_error
 =================================  =========  ====================================================
@@ -88,6 +96,33 @@ class _FrontDoor(Collector):
         auth.add_metric(["upstream"], self.upstream_rejected)
         yield auth
         yield CounterMetricFamily("mccp_bridge_connections", "WSS connections accepted", stats.connections)
+        front = stats.server
+        open_ = GaugeMetricFamily(
+            "mccp_bridge_front_open", "Connections open on the HTTPS/WSS port", labels=["phase"]
+        )
+        open_.add_metric(["all"], front.connections_open)
+        open_.add_metric(["handshake"], front.handshakes_open)
+        yield open_
+        refused = CounterMetricFamily(
+            "mccp_bridge_front_refused",
+            "Connections or requests refused by the front's caps and policies",
+            labels=["reason"],
+        )
+        refused.add_metric(["per_address"], front.refused_per_address)
+        refused.add_metric(["handshake_cap"], front.handshakes_evicted)
+        refused.add_metric(["untrusted_proxy"], front.refused_untrusted_proxy)
+        refused.add_metric(["origin"], front.refused_origin)
+        refused.add_metric(["route"], front.refused_route)
+        yield refused
+        failures = CounterMetricFamily(
+            "mccp_bridge_front_failures", "Clients the front cut or answered with an error", labels=["cause"]
+        )
+        failures.add_metric(["handshake"], front.handshake_failures)
+        failures.add_metric(["bad_request"], front.bad_requests)
+        failures.add_metric(["rate_limited"], front.rate_limited)
+        failures.add_metric(["call_timeout"], front.call_timeouts)
+        failures.add_metric(["pong_timeout"], front.pong_timeouts)
+        yield failures
         if self._sip_stats is not None:
             sip = self._sip_stats()
             messages = CounterMetricFamily(

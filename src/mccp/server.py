@@ -5,12 +5,28 @@ Theory of operation
 trio-websocket 0.12 answers a plain ``GET`` with 400 before any handler sees it, so each
 accepted connection first goes through a small HTTP front:
 
+0. admission, at accept and before the TLS handshake: a connection from an address that already
+   holds ``max_connections_per_address`` connections is closed at once, without a byte
+   (``refused_per_address``). When ``max_handshakes`` connections (all addresses together) are
+   still in their TLS handshake or request head, one of them is cut to make room
+   (``handshakes_evicted``): the oldest of the address that has the most of them. Slow clients
+   hold the phase and an honest handshake takes milliseconds, so evicting keeps the door open to
+   newcomers where refusing them would let a slowloris from many addresses shut it, and choosing
+   the busiest address spares a page that has one handshake going. Descriptors stay bounded;
 1. the request head is read with h11, under a size cap (``max_request_head_bytes``, 431) and a
    time cap (``handshake_timeout``, which also bounds the TLS handshake: slowloris);
 2. ``GET /`` and ``GET /lite.html`` get the page, ``GET`` of a caller-supplied route gets that
    route's answer, anything else 404/405/426, and the connection is closed;
-3. ``GET /mccp`` with ``Upgrade: websocket`` is handed to ``trio_websocket.wrap_server_stream``
-   over a :class:`_ReplayStream` that gives back the bytes already read before reading on.
+3. ``GET /mccp`` with ``Upgrade: websocket`` and an allowed ``Origin`` (:class:`~mccp.access.OriginPolicy`,
+   else 403) is handed to ``trio_websocket.wrap_server_stream`` over a :class:`_ReplayStream` that
+   gives back the bytes already read before reading on. The extra routes (``/metrics``) answer
+   only a :class:`~mccp.access.RouteAccess` that permits the client (else 403).
+
+A listener served with ``proxied=True`` is the plain-WS one behind a TLS-terminating proxy: it
+takes connections only from ``trusted_proxies`` (others are closed at accept), exempts them from
+the per-address cap at accept, and once the head is read counts the connection (and reports it to
+the handler as :attr:`MccpConnection.remote`) under the page's address from ``X-Forwarded-For``
+(:func:`~mccp.access.client_address`), 503 beyond the per-address cap.
 
 Each WebSocket connection runs in its own nursery: a reader task (decodes frames with the pure
 :class:`~mccp.session.Session`, answers ``ping`` and every bad frame itself, applies the rate
@@ -24,8 +40,9 @@ ends the server.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +53,7 @@ import trio_websocket
 
 import trio
 
+from .access import AddressSet, OriginPolicy, RouteAccess, client_address
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .limits import TokenBucket
 from .messages import (
@@ -58,6 +76,8 @@ MCCP_PATH = "/mccp"
 RouteHandler = Callable[[], Awaitable[tuple[int, str, bytes]]]
 # Time allowed for closing handshakes (WebSocket close, TLS close_notify) before a forced close.
 _CLOSE_GRACE = 2.0
+# Refusals at accept come in floods: each kind is logged at most once per this many seconds.
+_REFUSAL_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +91,10 @@ class ServerLimits:
     message_burst: float = 40.0
     """Token bucket size: how many messages may come at once."""
     max_connections_per_address: int = 16
-    """Open connections from one IP address; more get HTTP 503."""
+    """Open connections from one IP address; more are closed at accept (behind a proxy: 503)."""
+    max_handshakes: int = 256
+    """Connections in their TLS handshake or request head at once, all addresses; more are closed
+    at accept."""
     call_timeout: float = 10.0
     """Seconds the page has to send ``call`` after the WebSocket opens."""
     ping_interval: float = 15.0
@@ -90,9 +113,14 @@ class ServerStats:
 
     connections_open: int = 0
     connections_total: int = 0
+    handshakes_open: int = 0
     http_requests: int = 0
     websockets_total: int = 0
-    refused_busy: int = 0
+    refused_per_address: int = 0
+    handshakes_evicted: int = 0
+    refused_untrusted_proxy: int = 0
+    refused_origin: int = 0
+    refused_route: int = 0
     bad_requests: int = 0
     handshake_failures: int = 0
     messages_received: int = 0
@@ -379,13 +407,71 @@ def _text(status: int, message: str) -> tuple[int, str, bytes]:
     return status, "text/plain; charset=utf-8", (message + "\n").encode()
 
 
+class _Slot:
+    """One admitted connection's place in the counters: its address's count and the handshake phase.
+
+    While in its handshake it is in the front's insertion-ordered ``_pending`` (oldest first) and
+    counted in ``_pending_by_address``; ``scope`` bounds the handshake and is cancelled to evict it.
+    """
+
+    def __init__(self, front: MccpFront, address: str, deadline: float) -> None:
+        stats = front.stats
+        self._stats = stats
+        self._pending = front._pending
+        self._pending_by_address = front._pending_by_address
+        self.address = address
+        self.scope = trio.CancelScope(deadline=deadline)
+        self._pending[self] = None
+        self._pending_by_address[address] = self._pending_by_address.get(address, 0) + 1
+        stats.connections_open += 1
+        stats.connections_total += 1
+        stats.handshakes_open += 1
+        stats.per_address[address] = stats.per_address.get(address, 0) + 1
+
+    def end_handshake(self) -> None:
+        if self in self._pending:
+            del self._pending[self]
+            self._stats.handshakes_open -= 1
+            by_address = self._pending_by_address
+            by_address[self.address] -= 1
+            if not by_address[self.address]:
+                del by_address[self.address]
+
+    def evict(self) -> None:
+        """Cut this connection's handshake now (its task sees the cancellation and closes)."""
+        self.end_handshake()
+        self.scope.cancel()
+
+    def move_to(self, address: str) -> int:
+        """Count this connection under ``address`` instead (behind a proxy); its new count there."""
+        per_address = self._stats.per_address
+        self._leave()
+        self.address = address
+        per_address[address] = per_address.get(address, 0) + 1
+        return per_address[address]
+
+    def _leave(self) -> None:
+        per_address = self._stats.per_address
+        per_address[self.address] -= 1
+        if not per_address[self.address]:
+            del per_address[self.address]
+
+    def release(self) -> None:
+        self.end_handshake()
+        self._stats.connections_open -= 1
+        self._leave()
+
+
 @dataclass(frozen=True)
 class MccpFront:
     """Serves accepted connections: the page, extra routes, and MCCP over WebSocket.
 
-    :func:`serve_mccp` makes one per listener; tests drive :meth:`serve_stream` over memory
-    streams. ``allowed_origins``, when given, is the set of ``Origin`` values that may open the
-    WebSocket (``"null"`` is what ``file://`` pages send); others get HTTP 403.
+    :func:`serve_mccp` makes one and serves its listeners with it (:func:`serve_front`); tests
+    drive :meth:`serve_stream` over memory streams. One front may serve several listeners (the
+    TLS port and the plain-WS port for a proxy): they share its caps and counters. ``origins``
+    says which pages may open the WebSocket (403 for the others), ``route_access`` who may read
+    ``routes`` (None: everyone; refused: 403), ``trusted_proxies`` whose ``X-Forwarded-For`` is
+    believed on a ``proxied`` listener.
     """
 
     handler: Callable[[MccpConnection], Awaitable[None]]
@@ -393,36 +479,96 @@ class MccpFront:
     limits: ServerLimits = ServerLimits()
     routes: Mapping[str, RouteHandler] = field(default_factory=dict)
     stats: ServerStats = field(default_factory=ServerStats)
-    allowed_origins: Collection[str] | None = None
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
+    route_access: RouteAccess | None = None
+    trusted_proxies: AddressSet = field(default_factory=AddressSet)
+    # When each kind of refusal at accept was last logged (a flood is logged once per interval).
+    _logged: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    # Connections in their handshake, oldest first (dicts keep insertion order), and per address.
+    _pending: dict[_Slot, None] = field(default_factory=dict, repr=False, compare=False)
+    _pending_by_address: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
-    async def serve_stream(self, stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
-        """Serve one connection (already TLS-wrapped if need be) until done; closes ``stream``."""
+    def _refuse_at_accept(self, address: str, *, proxied: bool) -> tuple[str, str] | None:
+        """(kind, why) a new connection from ``address`` is closed at once; None: admitted."""
+        st, limits = self.stats, self.limits
+        if proxied and address not in self.trusted_proxies:
+            st.refused_untrusted_proxy += 1
+            return "proxy", "closed at accept: not a trusted proxy (plain-WS listener)"
+        if not proxied and st.per_address.get(address, 0) >= limits.max_connections_per_address:
+            st.refused_per_address += 1
+            return "address", f"closed at accept: {limits.max_connections_per_address} connections open"
+        return None
+
+    def _make_room(self) -> None:
+        """At the handshake cap, evict the oldest handshake of the address that has the most."""
+        while self._pending and self.stats.handshakes_open >= self.limits.max_handshakes:
+            by_address = self._pending_by_address
+            busiest = max(by_address, key=by_address.__getitem__)
+            oldest = next(slot for slot in self._pending if slot.address == busiest)
+            oldest.evict()
+            self.stats.handshakes_evicted += 1
+            self._log_refusal(
+                "evicted",
+                f"cut in its handshake: {self.limits.max_handshakes} connections in their handshake",
+                oldest.address,
+            )
+
+    def _log_refusal(self, kind: str, why: str, address: str) -> None:
+        now = trio.current_time()
+        if now - self._logged.get(kind, -1e9) < _REFUSAL_LOG_INTERVAL:
+            return
+        self._logged[kind] = now
         st = self.stats
-        st.connections_open += 1
-        st.connections_total += 1
-        st.per_address[remote[0]] = st.per_address.get(remote[0], 0) + 1
+        log.warning(
+            "mccp %s: %s (so far: %d closed at accept over the per-address cap, %d untrusted "
+            "proxies, %d cut in their handshake over the global cap; logged at most every %g s)",
+            address,
+            why,
+            st.refused_per_address,
+            st.refused_untrusted_proxy,
+            st.handshakes_evicted,
+            _REFUSAL_LOG_INTERVAL,
+        )
+
+    async def serve_stream(
+        self, stream: trio.abc.Stream, remote: tuple[str, int], *, proxied: bool = False
+    ) -> None:
+        """Serve one connection until done; closes ``stream``.
+
+        Call it before any byte is read (for TLS: before the handshake, which ``SSLStream`` does
+        lazily): a connection over the caps is closed here at once. ``proxied``: see the module
+        docstring.
+        """
+        refusal = self._refuse_at_accept(remote[0], proxied=proxied)
+        if refusal is not None:
+            self._log_refusal(*refusal, remote[0])
+            await trio.aclose_forcefully(stream)
+            return
+        self._make_room()
+        st = self.stats
+        slot = _Slot(self, remote[0], trio.current_time() + self.limits.handshake_timeout)
         try:
-            await self._serve_one(stream, remote)
+            await self._serve_one(stream, remote, slot, proxied=proxied)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             st.handshake_failures += 1  # TLS failure or the client left mid-request
         except Exception:
             st.handler_failures += 1
             log.exception("mccp %s:%d: connection failed", *remote)
         finally:
-            st.connections_open -= 1
-            st.per_address[remote[0]] -= 1
-            if not st.per_address[remote[0]]:
-                del st.per_address[remote[0]]
+            slot.release()
             await trio.aclose_forcefully(stream)
 
-    async def _serve_one(self, stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+    async def _serve_one(
+        self, stream: trio.abc.Stream, remote: tuple[str, int], slot: _Slot, *, proxied: bool
+    ) -> None:
         st, limits = self.stats, self.limits
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_request_head_bytes)
         request: h11.Request | None = None
         raw, status = b"", None
-        with trio.move_on_after(limits.handshake_timeout) as scope:
+        with slot.scope:
             request, raw, status = await _read_head(stream, conn, limits.max_request_head_bytes)
-        if scope.cancelled_caught:
+        slot.end_handshake()
+        if slot.scope.cancelled_caught:
             st.handshake_failures += 1
             return
         if request is None:
@@ -435,29 +581,43 @@ class MccpFront:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         headers = {name.lower(): value for name, value in request.headers}
         origin = headers[b"origin"].decode("ascii", "replace") if b"origin" in headers else None
+        host = headers[b"host"].decode("ascii", "replace") if b"host" in headers else None
         upgrade = headers.get(b"upgrade", b"").lower()
-        if st.per_address.get(remote[0], 0) > limits.max_connections_per_address:
-            st.refused_busy += 1
-            log.warning("mccp %s:%d: refused, too many connections from this address", *remote)
+        over_cap = False
+        if proxied:
+            forwarded = [value for name, value in request.headers if name == b"x-forwarded-for"]
+            client = client_address(remote[0], forwarded, self.trusted_proxies)
+            if client != remote[0]:
+                remote = (client, 0)
+                over_cap = slot.move_to(client) > limits.max_connections_per_address
+        if over_cap:
+            st.refused_per_address += 1
+            log.warning("mccp %s (via proxy): refused, too many connections from this address", remote[0])
             answer = _text(503, "too many connections from your address")
         elif request.method not in (b"GET", b"HEAD"):
             answer = _text(405, "method not allowed")
         elif path == MCCP_PATH and request.method == b"GET" and upgrade == b"websocket":
-            if self.allowed_origins is None or origin in self.allowed_origins:
+            if self.origins.allows(origin, host=host):
                 await self._serve_websocket(stream, raw, remote, origin)
                 return
-            st.bad_requests += 1
+            st.refused_origin += 1
+            log.info("mccp %s:%d: WebSocket refused: origin %r not allowed", remote[0], remote[1], origin)
             answer = _text(403, "origin not allowed")
         elif path == MCCP_PATH:
             answer = _text(426, "this path speaks MCCP over WebSocket only")
         elif path in PAGE_PATHS:
             answer = (200, "text/html; charset=utf-8", self.page)
         elif path in self.routes:
-            try:
-                answer = await self.routes[path]()
-            except Exception:
-                log.exception("mccp route %s failed", path)
-                answer = _text(500, "internal error")
+            access = self.route_access
+            if access is not None and not access.permits(remote[0], headers.get(b"authorization")):
+                st.refused_route += 1
+                answer = _text(403, "forbidden")
+            else:
+                try:
+                    answer = await self.routes[path]()
+                except Exception:
+                    log.exception("mccp route %s failed", path)
+                    answer = _text(500, "internal error")
         else:
             answer = _text(404, "not found")
         with trio.move_on_after(_CLOSE_GRACE):
@@ -514,6 +674,55 @@ class MccpFront:
                 )
 
 
+async def open_mccp_listeners(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:
+    """TCP listeners on ``host:port`` (``port`` 0: a free one). ``reuse_port``: one socket bound with
+    SO_REUSEPORT, so that several processes (the bridge's workers) share the port."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
+
+
+def listener_addresses(listeners: Sequence[trio.SocketListener]) -> list[tuple[str, int]]:
+    """The (host, port) each listener is bound to."""
+    return [(str(s.socket.getsockname()[0]), int(s.socket.getsockname()[1])) for s in listeners]
+
+
+async def serve_front(
+    front: MccpFront,
+    listeners: Sequence[trio.SocketListener],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    proxied: bool = False,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``listeners`` with ``front`` until cancelled; TLS when ``ssl_context`` is given.
+
+    ``proxied``: the plain-WS listener behind a TLS-terminating proxy (see the module docstring).
+    ``task_status.started`` gets the bound (host, port) list.
+    """
+
+    async def handle_tcp(tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if ssl_context is not None:
+            # Lazy: the handshake starts at the first read, after the admission check.
+            stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+        await front.serve_stream(stream, _peer(tcp), proxied=proxied)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle_tcp, listeners)
+        task_status.started(listener_addresses(listeners))
+
+
 async def serve_mccp(
     handler: Callable[[MccpConnection], Awaitable[None]],
     *,
@@ -525,16 +734,18 @@ async def serve_mccp(
     routes: Mapping[str, RouteHandler] = {},
     stats: ServerStats | None = None,
     allowed_origins: Collection[str] | None = None,
+    route_access: RouteAccess | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the page and MCCP over WebSocket on ``host:port`` until cancelled.
 
     ``handler(conn)`` runs once per WebSocket connection, inside that connection's nursery;
-    when it returns, the socket is closed. ``ssl_context`` None serves plain HTTP/WS (tests, a
-    TLS-terminating proxy). ``routes`` adds GET paths (e.g. ``/metrics``) answering
-    ``(status, content type, body)``. ``stats`` receives the counters; ``allowed_origins``
-    restricts who may open the WebSocket (see :class:`MccpFront`). ``task_status.started`` gets
-    the bound (host, port) list (``port`` 0 picks a free port).
+    when it returns, the socket is closed. ``ssl_context`` None serves plain HTTP/WS (tests).
+    ``routes`` adds GET paths (e.g. ``/metrics``) answering ``(status, content type, body)``,
+    readable by whom ``route_access`` permits (None: anyone). ``stats`` receives the counters;
+    ``allowed_origins`` restricts who may open the WebSocket (None or empty: any origin; see
+    :class:`~mccp.access.OriginPolicy`). ``task_status.started`` gets the bound (host, port)
+    list (``port`` 0 picks a free port).
     """
     front = MccpFront(
         handler,
@@ -542,20 +753,11 @@ async def serve_mccp(
         limits,
         routes,
         stats if stats is not None else ServerStats(),
-        frozenset(allowed_origins) if allowed_origins is not None else None,
+        OriginPolicy.from_list(allowed_origins or ()),
+        route_access,
     )
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = [(str(s.socket.getsockname()[0]), int(s.socket.getsockname()[1])) for s in listeners]
-
-    async def handle_tcp(tcp: trio.SocketStream) -> None:
-        stream: trio.abc.Stream = tcp
-        if ssl_context is not None:
-            stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
-        await front.serve_stream(stream, _peer(tcp))
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle_tcp, listeners)
-        task_status.started(bound)
+    listeners = await open_mccp_listeners(host, port)
+    await serve_front(front, listeners, ssl_context=ssl_context, task_status=task_status)
 
 
 __all__ = [
@@ -565,6 +767,9 @@ __all__ = [
     "RouteHandler",
     "ServerLimits",
     "ServerStats",
+    "listener_addresses",
     "load_page",
+    "open_mccp_listeners",
+    "serve_front",
     "serve_mccp",
 ]

@@ -1,10 +1,10 @@
 """Shared pieces of the hostile-client suite: a bridge with short front timeouts, attackers, gauges.
 
 `hostile_bridge()` runs the whole bridge in-process (tests/e2e/conftest.py `running_bridge`, real
-services, echo extension 600, SIP on SIP_PORT) with the MCCP front's `handshake_timeout` cut to
-HEAD_TIMEOUT seconds (the bridge's config does not expose it; the default is 10 s) and its
-`ServerStats` visible to the test. Attackers bind other loopback addresses (127.0.0.2 and up: all
-of 127/8 is local) so that the per-address limits of the honest client on 127.0.0.1 stay its own.
+services, echo extension 600, SIP on SIP_PORT) with the `handshake_timeout` setting cut to
+HEAD_TIMEOUT seconds (the default is 10 s) and the MCCP front's `ServerStats` visible to the test.
+Attackers bind other loopback addresses (127.0.0.2 and up: all of 127/8 is local) so that the
+per-address limits of the honest client on 127.0.0.1 stay its own.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from tests.e2e.conftest import running_bridge, wait_no_calls
 from tests.support.synthetic_browser import open_synthetic_browser
 
 import trio
-from bridge import app
 from bridge.app import BridgeContext
 from mccp.codec import decode_bridge_untrusted, encode
 from mccp.messages import BridgeMessage, Call, Hangup
-from mccp.server import ServerLimits, ServerStats, serve_mccp
+from mccp.server import ServerStats
 
 HEAD_TIMEOUT = 2.0
 SIP_PORT = 35060
@@ -113,27 +112,28 @@ async def honest_call(
 
 @asynccontextmanager
 async def hostile_bridge(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: ServerLimits | None = None, **settings: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: str
 ) -> AsyncIterator[HostileBridge]:
     """The whole bridge on 127.0.0.1 (see the module docstring); `settings` are config flags.
 
     One honest call is made before the bridge is handed over, so that what the first call loads
     once (DTLS certificate, SRTP library, worker thread, buffers) is not counted as a leak.
     """
-    stats = ServerStats()
-    limits = limits or ServerLimits(handshake_timeout=HEAD_TIMEOUT)
-    monkeypatch.setattr(app, "serve_mccp", functools.partial(serve_mccp, limits=limits, stats=stats))
+    del monkeypatch  # kept in the signature: the tests pass it
+    settings = {"handshake_timeout": str(HEAD_TIMEOUT), **settings}
     async with running_bridge(tmp_path, EXTENSIONS, sip_port=str(SIP_PORT), **settings) as context:
-        bridge = HostileBridge(context, stats, context.wss_addresses[0])
+        bridge = HostileBridge(context, context.stats.server, context.wss_addresses[0])
         await honest_call(bridge, packets=5)
         await wait_no_calls(context)
         yield bridge
         await wait_no_calls(context)
 
 
+@functools.cache
 def client_tls() -> ssl.SSLContext:
-    """A TLS client context that accepts the bridge's self-signed certificate."""
-    context = ssl.create_default_context()
+    """A TLS client context that accepts the bridge's self-signed certificate (one, shared: loading
+    the system CA store for each of hundreds of attackers costs seconds of CPU)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
@@ -154,7 +154,11 @@ async def tcp_from(source: str, dest: tuple[str, int]) -> trio.SocketStream:
 async def tls_from(source: str, dest: tuple[str, int]) -> trio.SSLStream[trio.SocketStream]:
     """TCP from `source` and a completed TLS handshake."""
     stream = trio.SSLStream(await tcp_from(source, dest), client_tls(), server_hostname=dest[0])
-    await stream.do_handshake()
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)  # e.g. closed at accept: do not leave the socket to GC
+        raise
     return stream
 
 

@@ -38,7 +38,7 @@ from mccp.server import ServerLimits
 
 pytestmark = [pytest.mark.timeout(60)]
 
-CUT_SLACK = 1.5  # seconds allowed past HEAD_TIMEOUT for the cut to reach the client
+CUT_SLACK = 3.0  # seconds allowed past HEAD_TIMEOUT for the cut to reach the client (loaded CI)
 UPGRADE = (
     b"GET /mccp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -80,7 +80,8 @@ async def test_slowloris_heads_are_cut_and_a_real_call_goes_through(
             cut: list[float] = []
 
             async def slowloris(i: int) -> None:
-                stream = await tls_from(f"127.0.0.{2 + i % 2}", bridge.wss)
+                # 10 per address: under the per-address cap (16), so the head deadline is what cuts.
+                stream = await tls_from(f"127.0.0.{2 + i % 4}", bridge.wss)
                 cut.append(await wait_closed(stream, UPGRADE))
 
             # Three rounds. RSS grows while 40 TLS connections are up at once (the allocator's
@@ -127,7 +128,8 @@ async def test_half_open_tls_and_partial_client_hello_are_cut(
             cut: list[float] = []
 
             async def silent(i: int) -> None:
-                cut.append(await wait_closed(await tcp_from("127.0.0.4", bridge.wss)))
+                source = ("127.0.0.4", "127.0.0.12", "127.0.0.13")[i % 3]  # under the per-address cap
+                cut.append(await wait_closed(await tcp_from(source, bridge.wss)))
 
             async def partial_hello(i: int) -> None:
                 stream = await tcp_from("127.0.0.5", bridge.wss)
@@ -189,9 +191,9 @@ async def test_garbage_websocket_frames_close_the_connection_only(
 ) -> None:
     # A frame the reader cannot finish (2**62 announced, 100 bytes sent) or one that is only an
     # MCCP error (binary) leaves the socket to the call timer: no `call` in call_timeout -> 408.
-    limits = ServerLimits(handshake_timeout=HEAD_TIMEOUT, call_timeout=3.0)
+    call_timeout = 3.0
     with trio.fail_after(40):
-        async with hostile_bridge(tmp_path, monkeypatch, limits) as bridge:
+        async with hostile_bridge(tmp_path, monkeypatch, call_timeout=str(call_timeout)) as bridge:
             gauges = Gauges.now()
             closed: dict[str, float] = {}
 
@@ -217,7 +219,7 @@ async def test_garbage_websocket_frames_close_the_connection_only(
             slow = {k for k, v in closed.items() if v > 1.0}
             assert slow <= {"binary frame", "length 2**62"}, closed
             # 408 after call_timeout, then up to 2 s for a WebSocket close reply that never comes.
-            assert all(v < limits.call_timeout + 2.0 + CUT_SLACK for v in closed.values()), closed
+            assert all(v < call_timeout + 2.0 + CUT_SLACK for v in closed.values()), closed
             await honest_call(bridge)
             await gauges.assert_back()
 
@@ -356,14 +358,13 @@ async def test_login_flood_from_many_addresses_costs_latency_not_service(
 
 
 async def test_connections_per_address_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idle WebSockets from one address: the 17th and later get HTTP 503 at the upgrade, while
-    another address is served."""
+    """Idle WebSockets from one address: the 17th and later are closed at accept (before TLS),
+    while another address is served."""
     cap = ServerLimits().max_connections_per_address
     with trio.fail_after(30):
         async with hostile_bridge(tmp_path, monkeypatch) as bridge:
             gauges = Gauges.now()
             opened, refused = 0, 0
-            statuses: list[int] = []
             async with trio.open_nursery() as nursery:
                 ready = trio.Event()
 
@@ -373,12 +374,9 @@ async def test_connections_per_address_are_capped(tmp_path: Path, monkeypatch: p
                         async with mccp_client("127.0.0.11", bridge.wss):
                             opened += 1
                             await ready.wait()
-                    except* trio_websocket.ConnectionRejected as group:
-                        statuses.extend(exc.status_code for exc in group.exceptions)  # type: ignore[attr-defined]
+                    except* trio.BrokenResourceError:  # closed before the TLS handshake
                         refused += 1
 
-                # One after the other: set up concurrently, connections still reading their head
-                # count too, and the refusals fall on whichever heads come last.
                 for n in range(1, cap + 5):
                     nursery.start_soon(hold)
                     with trio.fail_after(5):
@@ -386,9 +384,104 @@ async def test_connections_per_address_are_capped(tmp_path: Path, monkeypatch: p
                             await trio.sleep(0.01)
                 answer = await login("127.0.0.1", bridge.wss, "101", "wrong")  # another address
                 ready.set()
-            print(f"per-address cap {cap}: {opened} opened, {refused} refused")
+            print(f"per-address cap {cap}: {opened} opened, {refused} closed at accept")
             gauges.report("connections per address")
             assert (opened, refused) == (cap, 4)
-            assert statuses == [503] * 4
+            assert bridge.stats.refused_per_address == 4
             assert hangup_code(answer) == 403
             await gauges.assert_back()
+
+
+async def _hold_until_cut(source: str, dest: tuple[str, int], stop: trio.Event, log: list[float]) -> None:
+    """A slowloris that reconnects: open TCP, send nothing, wait to be cut, note how long it was
+    held, pause 0.5 s (holding sockets is the point, not churn), again, until `stop`."""
+    while not stop.is_set():
+        start = trio.current_time()
+        try:
+            stream = await tcp_from(source, dest)
+        except OSError:
+            await trio.sleep(0.1)
+            continue
+        log.append(await wait_closed(stream) if start else 0.0)
+        await trio.sleep(0.5)
+
+
+async def test_slowloris_from_one_address_is_closed_at_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 reconnecting silent sockets from one address: it keeps 16 (the per-address cap), the
+    others are closed at accept; an honest call from another address goes through meanwhile."""
+    sockets = 200
+    with trio.fail_after(40):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            stop = trio.Event()
+            held: list[float] = []
+            peak_fds = 0
+            async with trio.open_nursery() as nursery:
+                for _ in range(sockets):
+                    nursery.start_soon(_hold_until_cut, "127.0.0.14", bridge.wss, stop, held)
+                with trio.fail_after(20):  # every attacker was accepted once: 16 kept, the rest closed
+                    while bridge.stats.refused_per_address < sockets - 16:
+                        await trio.sleep(0.05)
+                assert bridge.stats.per_address.get("127.0.0.14", 0) <= 16
+                start = time.monotonic()
+                await honest_call(bridge)
+                call_time = time.monotonic() - start
+                peak_fds = Gauges.now().fds
+                stop.set()
+            quick = sum(1 for t in held if t < 0.5)
+            print(
+                f"slowloris 1 address x {sockets} (reconnecting): {bridge.stats.refused_per_address} "
+                f"closed at accept, {len(held) - quick} held to the head deadline; honest call "
+                f"{call_time:.2f} s; fds {gauges.fds} -> {peak_fds} under attack (client ends included)"
+            )
+            gauges.report("slowloris from one address")
+            assert bridge.stats.refused_per_address >= sockets - 16
+            await gauges.assert_back()
+
+
+async def test_slowloris_from_many_addresses_is_bounded_by_the_handshake_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """512 reconnecting silent sockets from 32 addresses (16 each, at the per-address cap), twice the
+    global handshake cap: at most `max_handshakes` are held, the busiest addresses' oldest are cut
+    to admit newcomers, and an honest call (one handshake from its own address) goes through."""
+    addresses, per_address, cap = 32, 16, ServerLimits().max_handshakes
+    with trio.fail_after(50):
+        async with hostile_bridge(tmp_path, monkeypatch) as bridge:
+            gauges = Gauges.now()
+            stop = trio.Event()
+            held: list[float] = []
+            peak = 0
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, bridge.stats.handshakes_open)
+                    await trio.sleep(0.005)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                for a in range(addresses):
+                    for _ in range(per_address):
+                        nursery.start_soon(_hold_until_cut, f"127.0.2.{a + 1}", bridge.wss, stop, held)
+                with trio.fail_after(30):  # every attacker admitted at least once, the cap reached
+                    while bridge.stats.handshakes_evicted < addresses * per_address - cap:
+                        await trio.sleep(0.05)
+                under_attack = Gauges.now().fds
+                start = time.monotonic()
+                await honest_call(bridge)
+                call_time = time.monotonic() - start
+                stop.set()
+                nursery.cancel_scope.cancel()
+            print(
+                f"slowloris {addresses} addresses x {per_address} (reconnecting), cap {cap}: peak "
+                f"{peak} in handshake, {bridge.stats.handshakes_evicted} evicted, "
+                f"{bridge.stats.refused_per_address} closed at accept; honest call {call_time:.2f} s; "
+                f"fds {gauges.fds} -> {under_attack} under attack (client ends included)"
+            )
+            gauges.report("slowloris from many addresses")
+            assert peak <= cap
+            # RSS: the allocator's high-water mark of ~800 sockets (both ends are in this process).
+            await gauges.assert_back(rss_growth_mib=80.0)

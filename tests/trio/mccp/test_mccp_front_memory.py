@@ -7,6 +7,7 @@ is trio-websocket's client, or a bare wsproto client where the page must misbeha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trio
+from mccp.access import LOOPBACK, AddressSet, OriginPolicy, RouteAccess
 from mccp.codec import decode_bridge_untrusted, encode
 from mccp.messages import BridgeMessage, Call, ErrorReply, Hangup, HangupRequest, Pong, Ringing
 from mccp.server import MccpConnection, MccpFront, PageGone, ServerLimits
@@ -184,20 +186,111 @@ async def test_slowloris_is_cut_at_the_handshake_timeout(autojump_clock: trio.te
     assert f.stats.per_address == {}
 
 
-async def test_per_address_cap_counts_addresses_separately(autojump_clock: trio.testing.MockClock) -> None:
+async def closed_at_once(f: MccpFront, nursery: trio.Nursery, address: str, **kw: bool) -> bool:
+    """Whether a new connection from ``address`` is closed without a byte and without waiting."""
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(functools.partial(f.serve_stream, server, (address, 40002), **kw))
+    start = trio.current_time()
+    with trio.move_on_after(0.5):
+        data = await client.receive_some()
+        await client.aclose()
+        return data == b"" and trio.current_time() == start
+    await client.aclose()
+    return False
+
+
+async def silent(
+    f: MccpFront, nursery: trio.Nursery, address: str, *, proxied: bool = False
+) -> trio.testing.MemorySendStream:
+    """A connection that sends nothing (it stays in the handshake phase until cut)."""
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(functools.partial(f.serve_stream, server, (address, 40003), proxied=proxied))
+    await trio.testing.wait_all_tasks_blocked()
+    return client  # type: ignore[return-value]
+
+
+async def test_per_address_cap_closes_at_accept_and_counts_addresses_separately(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     f, _ = front(ServerLimits(max_connections_per_address=1))
     async with trio.open_nursery() as nursery:
         async with page(f, nursery, "192.0.2.1"), page(f, nursery, "192.0.2.2"):
-            assert await upgrade_status(f, nursery, "192.0.2.1", "null") == 503
+            assert await closed_at_once(f, nursery, "192.0.2.1")
+            assert f.stats.per_address == {"192.0.2.1": 1, "192.0.2.2": 1}
+        await trio.testing.wait_all_tasks_blocked()
+        assert f.stats.per_address == {}
+        async with page(f, nursery, "192.0.2.1") as ws:  # once closed, the address may come back
+            await ws.send_message('{"type":"ping"}')
+            assert await recv(ws) == Pong()
         nursery.cancel_scope.cancel()
-    assert f.stats.refused_busy == 1
+    assert f.stats.refused_per_address == 1
+    assert f.stats.handshakes_open == 0
+
+
+async def test_handshake_cap_evicts_the_oldest_handshake(autojump_clock: trio.testing.MockClock) -> None:
+    f, _ = front(ServerLimits(max_handshakes=3))
+    async with trio.open_nursery() as nursery:
+        async with page(f, nursery, "192.0.2.9"):  # an open WebSocket is past its handshake
+            holders = []
+            for i in range(3):
+                holders.append(await silent(f, nursery, f"198.51.100.{i}"))
+                await trio.sleep(1.0)
+            assert f.stats.handshakes_open == 3
+            # A newcomer at the cap: the oldest handshake is cut at once, the newcomer is served.
+            start = trio.current_time()
+            async with page(f, nursery, "203.0.113.1") as ws:
+                assert await holders[0].receive_some() == b""
+                assert trio.current_time() == start
+                await ws.send_message('{"type":"ping"}')
+                assert await recv(ws) == Pong()
+            assert f.stats.handshakes_evicted == 1
+            # A holder that finishes its head (404) leaves the phase: the next newcomer evicts nobody.
+            await holders[1].send_all(b"GET /nothing HTTP/1.1\r\nHost: b\r\n\r\n")
+            await trio.testing.wait_all_tasks_blocked()
+            assert f.stats.handshakes_open == 1
+            async with page(f, nursery, "203.0.113.2"):
+                pass
+            assert f.stats.handshakes_evicted == 1
+            # The last silent one is cut at its handshake timeout, and the phase is empty.
+            await trio.sleep(ServerLimits().handshake_timeout + 1.0)
+            assert f.stats.handshakes_open == 0
+        nursery.cancel_scope.cancel()
+    assert f.stats.refused_per_address == 0
+    assert f.stats.handshake_failures == 2  # the evicted one and the timed-out one
+
+
+async def test_handshake_cap_evicts_from_the_busiest_address(autojump_clock: trio.testing.MockClock) -> None:
+    f, _ = front(ServerLimits(max_handshakes=4))
+    async with trio.open_nursery() as nursery:
+        honest = await silent(f, nursery, "192.0.2.1")  # the oldest, alone on its address
+        attack = [await silent(f, nursery, "198.51.100.1") for _ in range(3)]
+        newcomers = [await silent(f, nursery, f"203.0.113.{i}") for i in range(2)]
+        # Two newcomers evicted the two oldest handshakes of the busy address, not the honest one
+        # (older, but alone on its address).
+        assert f.stats.handshakes_evicted == 2
+        for stream in attack[:2]:
+            assert await stream.receive_some() == b""
+        assert f.stats.per_address == {"192.0.2.1": 1, "198.51.100.1": 1, "203.0.113.0": 1, "203.0.113.1": 1}
+        del newcomers
+        await honest.send_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+        assert (await honest.receive_some()).startswith(b"HTTP/1.1 200 ")
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
-    ("origin", "allowed"), [("https://bridge:5062", True), ("null", True), ("https://evil", False)]
+    ("origin", "allowed"),
+    [
+        ("https://pages.example:8443", True),
+        ("HTTPS://Pages.Example:8443/", True),
+        ("null", True),
+        ("https://bridge", True),  # same origin: the Host of the request (the bridge's own page)
+        ("https://evil", False),
+        ("https://bridge.evil", False),
+        ("https://pages.example", False),
+    ],
 )
 async def test_allowed_origins(autojump_clock: trio.testing.MockClock, origin: str, allowed: bool) -> None:
-    f, _ = front(allowed_origins=frozenset({"https://bridge:5062", "null"}))
+    f, _ = front(origins=OriginPolicy.from_list(["https://pages.example:8443", "null"]))
     async with trio.open_nursery() as nursery:
         if allowed:
             async with page(f, nursery, origin=origin) as ws:
@@ -205,7 +298,143 @@ async def test_allowed_origins(autojump_clock: trio.testing.MockClock, origin: s
                 assert await recv(ws) == Pong()
         else:
             assert await upgrade_status(f, nursery, "192.0.2.1", origin) == 403
+            assert f.stats.refused_origin == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_no_origin_list_lets_any_origin_in(autojump_clock: trio.testing.MockClock) -> None:
+    f, _ = front()
+    async with trio.open_nursery() as nursery, page(f, nursery, origin="https://evil") as ws:
+        await ws.send_message('{"type":"ping"}')
+        assert await recv(ws) == Pong()
+        nursery.cancel_scope.cancel()
+
+
+async def get_status(
+    f: MccpFront,
+    nursery: trio.Nursery,
+    address: str,
+    path: str,
+    headers: list[tuple[str, str]] = [],  # noqa: B006 (never mutated)
+    *,
+    proxied: bool = False,
+) -> int:
+    """The status of a plain GET from ``address``."""
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(functools.partial(f.serve_stream, server, (address, 40004), proxied=proxied))
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target=path, headers=[("Host", "bridge"), *headers])
+    await client.send_all(conn.send(request) or b"")
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Response):
+            await client.aclose()
+            return event.status_code
+        assert event is h11.NEED_DATA
+        data = bytes(await client.receive_some())
+        assert data, "closed without an answer"
+        conn.receive_data(data)
+
+
+async def _metrics() -> tuple[int, str, bytes]:
+    return 200, "text/plain", b"up 1\n"
+
+
+@pytest.mark.parametrize(
+    ("address", "authorization", "status"),
+    [
+        ("127.0.0.1", None, 200),
+        ("127.8.9.10", None, 200),
+        ("::1", None, 200),
+        ("::ffff:127.0.0.1", None, 200),  # a dual-stack listener's view of IPv4 loopback
+        ("192.0.2.1", None, 403),
+        ("192.0.2.1", "Bearer 0123456789abcdef-token", 200),
+        ("192.0.2.1", "bearer 0123456789abcdef-token", 200),
+        ("192.0.2.1", "Bearer 0123456789abcdef-tokeN", 403),
+        ("192.0.2.1", "Basic 0123456789abcdef-token", 403),
+        ("192.0.2.1", "Bearer", 403),
+    ],
+)
+async def test_metrics_access_by_address_or_token(
+    autojump_clock: trio.testing.MockClock, address: str, authorization: str | None, status: int
+) -> None:
+    access = RouteAccess(AddressSet.parse(LOOPBACK), "0123456789abcdef-token")
+    f, _ = front(routes={"/metrics": _metrics}, route_access=access)
+    headers = [("Authorization", authorization)] if authorization else []
+    async with trio.open_nursery() as nursery:
+        assert await get_status(f, nursery, address, "/metrics", headers) == status
+        assert await get_status(f, nursery, address, "/lite.html") == 200  # the page is for everyone
+    assert f.stats.refused_route == (status == 403)
+
+
+async def test_metrics_without_token_is_address_only(autojump_clock: trio.testing.MockClock) -> None:
+    f, _ = front(routes={"/metrics": _metrics}, route_access=RouteAccess(AddressSet.parse(["10.0.0.0/8"])))
+    async with trio.open_nursery() as nursery:
+        assert await get_status(f, nursery, "10.1.2.3", "/metrics") == 200
+        assert await get_status(f, nursery, "127.0.0.1", "/metrics") == 403
+        assert await get_status(f, nursery, "127.0.0.1", "/metrics", [("Authorization", "Bearer x")]) == 403
+
+
+PROXY = AddressSet.parse(["10.0.0.5"])
+
+
+async def test_plain_listener_serves_only_trusted_proxies(autojump_clock: trio.testing.MockClock) -> None:
+    f, _ = front(ServerLimits(max_connections_per_address=1), trusted_proxies=PROXY)
+    async with trio.open_nursery() as nursery:
+        assert await closed_at_once(f, nursery, "192.0.2.1", proxied=True)
+        assert f.stats.refused_untrusted_proxy == 1
+        # The proxy itself is not held to the per-address cap: it carries every page.
+        holders = [await silent(f, nursery, "10.0.0.5", proxied=True) for _ in range(3)]
+        assert f.stats.per_address == {"10.0.0.5": 3}
+        assert await get_status(f, nursery, "10.0.0.5", "/", proxied=True) == 200
+        for holder in holders:
+            await holder.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_forwarded_address_is_the_remote_and_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    remotes: list[tuple[str, int]] = []
+
+    async def handler(conn: MccpConnection) -> None:
+        remotes.append(conn.remote)
+        await trio.sleep_forever()
+
+    f = MccpFront(
+        handler,
+        b"<html>",
+        ServerLimits(max_connections_per_address=1),
+        routes={"/metrics": _metrics},
+        route_access=RouteAccess(AddressSet.parse(LOOPBACK)),
+        trusted_proxies=PROXY,
+    )
+    # The client wrote the first entry itself (a lie); the proxy appended the real address.
+    xff = [("X-Forwarded-For", "127.0.0.1, 198.51.100.7")]
+    async with trio.open_nursery() as nursery:
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(functools.partial(f.serve_stream, server, ("10.0.0.5", 40005), proxied=True))
+        ws = await trio_websocket.wrap_client_stream(
+            nursery,
+            client,  # type: ignore[arg-type]
+            "bridge",
+            "/mccp",
+            extra_headers=[(b"X-Forwarded-For", b"127.0.0.1, 198.51.100.7")],
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert remotes == [("198.51.100.7", 0)]
+        assert f.stats.per_address == {"198.51.100.7": 1}
+        # A second connection for the same page address: over its cap, 503 (the proxy shows it).
+        assert await get_status(f, nursery, "10.0.0.5", "/", xff, proxied=True) == 503
+        assert f.stats.refused_per_address == 1
+        # /metrics judges the page's address, not the proxy's loopback one.
+        other = [("X-Forwarded-For", "203.0.113.4")]
+        assert await get_status(f, nursery, "10.0.0.5", "/metrics", other, proxied=True) == 403
+        loop = [("X-Forwarded-For", "127.0.0.1")]
+        assert await get_status(f, nursery, "10.0.0.5", "/metrics", loop, proxied=True) == 200
+        # Without the header the proxy's own address counts.
+        assert await get_status(f, nursery, "10.0.0.5", "/", proxied=True) == 200
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    assert f.stats.per_address == {}
 
 
 async def test_rate_limit_refills(autojump_clock: trio.testing.MockClock) -> None:

@@ -205,15 +205,16 @@ async def test_plain_listener_without_tls() -> None:
 
 async def test_slowloris_head_is_cut(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     stats = ServerStats()
-    limits = ServerLimits(handshake_timeout=0.3)
-    with trio.fail_after(10):
+    # Long enough for a TLS handshake on a loaded machine, so that the cut is the head's.
+    limits = ServerLimits(handshake_timeout=1.5)
+    with trio.fail_after(20):
         async with running(echoing_handler(Recorder()), tls[0], limits, stats) as port:
             tcp = await trio.open_tcp_stream("127.0.0.1", port)
             ssl_stream = trio.SSLStream(tcp, tls[1], server_hostname="127.0.0.1", https_compatible=True)
             await ssl_stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never ends the head
             start = trio.current_time()
             assert await ssl_stream.receive_some() == b""
-            assert trio.current_time() - start < 2.0
+            assert trio.current_time() - start < 10.0
             await ssl_stream.aclose()
             # a TCP client that never starts TLS is cut the same way
             tcp2 = await trio.open_tcp_stream("127.0.0.1", port)
@@ -221,8 +222,9 @@ async def test_slowloris_head_is_cut(tls: tuple[ssl.SSLContext, ssl.SSLContext])
             await tcp2.aclose()
             # and garbage instead of a TLS hello does not hurt the server
             tcp3 = await trio.open_tcp_stream("127.0.0.1", port)
-            await tcp3.send_all(b"\x16\x03\x01garbage" * 10)
-            await tcp3.receive_some()
+            with suppress(trio.BrokenResourceError):  # reset: the server closes with bytes unread
+                await tcp3.send_all(b"\x16\x03\x01garbage" * 10)
+                await tcp3.receive_some()
             await tcp3.aclose()
             assert (await http_get(port, tls[1], get("/"))).endswith(PAGE)
     assert stats.handshake_failures >= 3
@@ -372,17 +374,18 @@ async def test_per_address_cap(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> No
     with trio.fail_after(10):
         async with running(echoing_handler(Recorder()), tls[0], limits, stats) as port:
             async with page_socket(port, tls[1]), page_socket(port, tls[1]):
-                resp = await http_get(port, tls[1], get("/"))
-                assert resp.startswith(b"HTTP/1.1 503 ")
-                with pytest.raises(trio_websocket.HandshakeError):
-                    async with page_socket(port, tls[1]):
-                        pass
+                # The third is closed at accept: EOF before any TLS byte (its ClientHello unread).
+                tcp = await trio.open_tcp_stream("127.0.0.1", port)
+                assert await tcp.receive_some() == b""
+                await tcp.aclose()
+                with pytest.raises(trio.BrokenResourceError):
+                    await http_get(port, tls[1], get("/"))
             # once they are closed, the address may connect again
             with trio.fail_after(2):
                 while stats.connections_open:
                     await trio.sleep(0.01)
             assert (await http_get(port, tls[1], get("/"))).endswith(PAGE)
-    assert stats.refused_busy == 2
+    assert stats.refused_per_address == 2
 
 
 async def raw_ws_client(
