@@ -221,3 +221,26 @@ async def test_plain_listener_refuses_untrusted_peers(tmp_path: Path) -> None:
             await tcp.aclose()
             assert data == b""
             assert context.stats.server.refused_untrusted_proxy == 1
+
+
+def test_front_counters_are_exported() -> None:
+    from bridge.app import BridgeStats
+    from bridge.metrics import BridgeMetrics
+
+    stats = BridgeStats()
+    front = stats.server
+    front.connections_open, front.handshakes_open = 7, 3
+    front.refused_per_address, front.handshakes_evicted, front.refused_untrusted_proxy = 11, 5, 2
+    front.refused_origin, front.refused_route, front.rate_limited = 4, 6, 9
+    text = BridgeMetrics(active_calls=lambda: 0, stats=lambda: stats).exposition().decode()
+    for line in (
+        'mccp_bridge_front_open{phase="all"} 7.0',
+        'mccp_bridge_front_open{phase="handshake"} 3.0',
+        'mccp_bridge_front_refused_total{reason="per_address"} 11.0',
+        'mccp_bridge_front_refused_total{reason="handshake_cap"} 5.0',
+        'mccp_bridge_front_refused_total{reason="untrusted_proxy"} 2.0',
+        'mccp_bridge_front_refused_total{reason="origin"} 4.0',
+        'mccp_bridge_front_refused_total{reason="route"} 6.0',
+        'mccp_bridge_front_failures_total{cause="rate_limited"} 9.0',
+    ):
+        assert line in text, line
