@@ -5,11 +5,12 @@ logrotate moves it, `logging.handlers.WatchedFileHandler`) or, when that setting
 (stderr). Workers of `--workers N` write to the same file, one line per record, each line tagged with the
 worker's label.
 
-A log that cannot be written (disk full, a file system gone read-only, stderr closed) must never stop a
-call or the bridge. The handler here swallows the write error, counts the record in `dropped`, and says
-so once: one line on stderr (or, when stderr is the log itself, nowhere but the counter, which
-`/metrics` exports). When writing works again, the first record written is followed by one line telling
-how many records were lost.
+A log that cannot be written (disk full, a file system gone read-only, stderr closed, the log's directory
+removed, no file descriptor left to reopen it after a rotation) must never stop a call or the bridge. The
+handler here swallows the write error, counts the record in `dropped`, and says so once: one line on
+stderr (or, when stderr is the log itself, nowhere but the counter, `dropped_records()`, meant for
+`/metrics`). When writing works again, the first record written is followed by one line telling how
+many records were lost.
 """
 
 from __future__ import annotations
@@ -88,12 +89,25 @@ def _emit_guarded(
     guard = handler.guard
     was_failing = guard.failing
     dropped_before = guard.dropped
-    emit(record)
+    _emit_or_count(handler, emit, record)
     if was_failing and guard.dropped == dropped_before:  # this record went through: say what was lost
         note = guard.recovered()
         if note is not None:
-            emit(logging.makeLogRecord({"name": "bridge.logs", "levelno": logging.WARNING,
-                                        "levelname": "WARNING", "msg": note}))  # fmt: skip
+            fields = {"name": "bridge.logs", "levelno": logging.WARNING, "levelname": "WARNING", "msg": note}
+            _emit_or_count(handler, emit, logging.makeLogRecord(fields))
+
+
+def _emit_or_count(
+    handler: _GuardedMixin, emit: Callable[[logging.LogRecord], None], record: logging.LogRecord
+) -> None:
+    """`emit`, with what the stdlib lets escape counted as a dropped record: WatchedFileHandler
+    reopens a moved log (flush, close, open) outside its own error handling, so a log directory
+    gone, a full disk holding unflushed bytes at rotation, or no descriptor left (EMFILE) used to
+    raise into the code that logged."""
+    try:
+        emit(record)
+    except Exception:
+        handler.handleError(record)
 
 
 _guards: list[LogWriteGuard] = []

@@ -100,3 +100,27 @@ def test_log_file_setting_from_env_and_empty_means_stderr(tmp_path: Path) -> Non
     assert config.log_file == Path("~/bridge.log").expanduser()
     assert load_config(env={"MCCP_BRIDGE_LOG_FILE": ""}, home=tmp_path).log_file is None
     assert load_config(home=tmp_path).log_file is None
+
+
+def test_log_directory_gone_at_reopen_is_counted_not_raised(tmp_path: Path) -> None:
+    """WatchedFileHandler reopens a moved log outside logging's error handling: the directory moved
+    away (or no descriptor left, or a full disk at the rotation's flush) used to raise into the
+    caller of `log.info`. Now: counted, reported once, and written again when it comes back."""
+    report = io.StringIO()
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    config = dataclasses.replace(Config(data_dir=tmp_path), log_file=log_dir / "bridge.log")
+    setup_logging(config, report)
+    log = logging.getLogger("bridge.test")
+    log.info("one")
+    log_dir.rename(tmp_path / "logs-old")
+    for i in range(3):
+        log.warning("lost %d", i)  # must not raise
+    assert dropped_records() == 3
+    assert report.getvalue().count("cannot write the log to") == 1
+    log_dir.mkdir()
+    log.info("back")
+    text = (log_dir / "bridge.log").read_text()
+    assert "back" in text
+    assert "3 records were dropped" in text
+    assert "one" in (tmp_path / "logs-old" / "bridge.log").read_text()
