@@ -368,7 +368,7 @@ async def _hold(call: BrowserCall, ws: trio_websocket.WebSocketConnection) -> No
                         call.end_code = int(message.get("code", 0))
                         break
             except trio_websocket.ConnectionClosed as exc:
-                call.end_code = call.end_code or -(exc.reason.code or 1)
+                call.end_code = call.end_code or -((exc.reason.code if exc.reason else None) or 1)
             call.dropped = not call.hangup.is_set()
             nursery.cancel_scope.cancel()
 

@@ -384,7 +384,7 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
     for (target, rate), results in sorted(groups.items()):
 
         def med(f: Any, results: list[dict[str, Any]] = results) -> float:
-            return round(statistics.median(f(r) for r in results), 3)
+            return round(float(statistics.median(f(r) for r in results)), 3)
 
         dirs = ("browser_to_phone", "phone_to_browser")
         out.setdefault(str(rate), {})[target] = {
@@ -402,16 +402,16 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
             "foreign_pct": med(lambda r: r["foreign_pct"]),
             "harness_cpu_pct": med(lambda r: r["harness_cpu_pct"] + r.get("harness_py_cpu_pct", 0)),
         }
-    for rate, targets in out.items():
+    for key, targets in out.items():
         if "bridge" in targets and "rtpengine" in targets:
             ratios = []
             b = [
-                s for s in record["steps"] if s["target"] == "bridge" and str(s["rate_per_direction"]) == rate
+                s for s in record["steps"] if s["target"] == "bridge" and str(s["rate_per_direction"]) == key
             ]
             r = [
                 s
                 for s in record["steps"]
-                if s["target"] == "rtpengine" and str(s["rate_per_direction"]) == rate
+                if s["target"] == "rtpengine" and str(s["rate_per_direction"]) == key
             ]
             for sb, sr in zip(b, r, strict=False):
                 if sr["result"]["relay_us_per_pkt"] > 0:
