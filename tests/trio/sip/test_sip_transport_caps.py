@@ -3,7 +3,10 @@ and the deadline for a message (and for an accepted connection's first message),
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
+import trustme
 
 import trio
 from sip.message import Request
@@ -123,9 +126,9 @@ async def test_a_trickled_head_is_cut_at_the_deadline() -> None:
 async def test_a_silent_connection_is_closed_one_that_spoke_is_kept() -> None:
     """An accepted connection that never sends a message is closed at the head deadline; one
     that sent a message first is only subject to the idle timer (it is still served after)."""
-    with trio.fail_after(10):
+    with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            t = await _start(nursery, tcp_head_timeout=0.3, tcp_idle_timeout=10.0)
+            t = await _start(nursery, tcp_head_timeout=2.0, tcp_idle_timeout=30.0)
             silent = await connect_from("127.0.0.1", t.port)
             spoke = await connect_from("127.0.0.1", t.port)
             # a message in two pieces, well within the deadline, then a keep-alive in two pieces
@@ -137,11 +140,36 @@ async def test_a_silent_connection_is_closed_one_that_spoke_is_kept() -> None:
             await spoke.send_all(b"\r\n")
             assert await closed_by_peer(silent)
             assert t.stats.tcp_head_timeouts == 1
-            await trio.sleep(0.5)  # beyond the head deadline: nothing is pending on `spoke`
+            await trio.sleep(2.5)  # beyond the head deadline: nothing is pending on `spoke`
             await spoke.send_all(options(7))
             await received_message(t, "cap7@x")
             assert t.stats.tcp_head_timeouts == 1
             assert t.stats.keepalives >= 1
             for stream in (silent, spoke):
+                await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_tls_handshake_that_never_ends_is_cut_at_the_deadline() -> None:
+    """On the TLS listener the first message's deadline covers the handshake: a client that opens
+    TCP and sends half a ClientHello is closed; the per-address cap counts TLS connections too."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            t = await _start(
+                nursery, tls_server_context=server_ctx, tcp_head_timeout=0.3, max_tcp_per_address=2
+            )
+            stalled = await connect_from("127.0.0.1", t.tls_port)
+            await stalled.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+            second = await connect_from("127.0.0.1", t.tls_port)
+            third = await connect_from("127.0.0.1", t.tls_port)
+            assert await closed_by_peer(third)  # over the cap of 2
+            assert await closed_by_peer(stalled)
+            assert await closed_by_peer(second)  # silent: no handshake at all
+            assert t.stats.tcp_head_timeouts == 2
+            assert t.stats.tcp_refused_per_address == 1
+            for stream in (stalled, second, third):
                 await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel()
