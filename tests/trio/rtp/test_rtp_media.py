@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -106,6 +107,7 @@ class Rig:
     phone_rtcp: trio.socket.SocketType
     sip_rtp_port: int
     sip_rtcp_port: int
+    plane: MediaPlane
 
 
 @asynccontextmanager
@@ -144,7 +146,13 @@ async def rig(
             )
             try:
                 yield Rig(
-                    media, browser, phone, phone_rtcp, srtp_sock.getsockname()[1], srtcp_sock.getsockname()[1]
+                    media,
+                    browser,
+                    phone,
+                    phone_rtcp,
+                    srtp_sock.getsockname()[1],
+                    srtcp_sock.getsockname()[1],
+                    plane,
                 )
             finally:
                 media.close()
@@ -871,3 +879,24 @@ async def test_close_wakes_the_media_tasks() -> None:
                     r.media.close()
                     await trio.sleep_forever()
             assert relay_returned.is_set()
+
+
+async def test_a_backlog_is_drained_in_a_few_plane_passes() -> None:
+    """One datagram per socket per pass, unless the socket was already served in the previous
+    pass (a backlog): 200 packets queued at once on the SIP port all reach the browser, in order,
+    in a handful of passes, not 200."""
+    with trio.fail_after(10):
+        async with rig() as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as burst:
+                burst.bind(("127.0.0.1", 0))
+                r.media.set_sip_remote(SipRemote(burst.getsockname(), r.phone_rtcp.getsockname(), PCMU))
+                before = r.plane.counters.passes
+                bridge_rtp = ("127.0.0.1", r.sip_rtp_port)
+                for i in range(200):  # no checkpoint: all queued before the plane looks
+                    burst.sendto(rtp(i, 160 * i, 0x2222, bytes([i % 256]) * 160), bridge_rtp)
+                while len(r.browser.received) < 200:
+                    await trio.sleep(0.01)
+            assert [p[12] for p in r.browser.received] == [i % 256 for i in range(200)]
+            assert r.plane.counters.passes - before < 20
+            nursery.cancel_scope.cancel()
