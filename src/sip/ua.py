@@ -25,6 +25,11 @@ Theory of operation:
   1xx, so no CANCEL could be sent). The INVITEs we sent are remembered for 128*T1 (Timer B, then
   RFC 6026's Timer M), and such a 2xx gets its own dialog, its ACK at once (remembered as above),
   then a BYE in the UA's nursery (`sip.calls.end_unwanted_answer`).
+* RFC 3263 §4.3 failover, across calls: a first hop found through DNS (SRV targets, several A
+  records) that failed a transaction without any answer (Timer B/F, an ICMP error, a refused
+  connection) is passed over by `locate()` for HOP_DOWN_SECONDS while another target remains, so
+  a dead primary costs one call, not every call. Within one call there is no retry on the next
+  target (that needs `sip.calls` to resend the INVITE with a new branch).
 * Calls: `SipUA.call()` is an async context manager yielding an `OutgoingCall`, whose `events`
   channel carries `CallEvent`s. Leaving the context without `hangup()` sends CANCEL or BYE under
   a bounded shielded `move_on_after(grace)`; the call's response reader is shielded until then,
@@ -107,6 +112,7 @@ log = logging.getLogger("sip.ua")
 T1 = 0.5  # RFC 3261 §17.1.1.1 RTT estimate
 T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
 HANDLER_ERROR_TRACEBACKS = 10  # handler errors logged with a traceback; then every 100th, one line
+HOP_DOWN_SECONDS = 32.0  # a located hop that failed unanswered is passed over for this long (64*T1)
 TIMER_ERROR_BACKOFF = (0.01, 1.0)  # the timer task's pause after a failure: doubling, up to (s)
 
 
@@ -196,6 +202,7 @@ class SipUA:
         self._awaiting_ack: dict[tuple[str, int], trio.Event] = {}
         self._dialogs: dict[str, OutgoingCall | IncomingCall] = {}
         self._hangups: set[trio.CancelScope] = set()  # the shielded hang-ups of calls being left
+        self._down: dict[Address, float] = {}  # hops that failed without an answer -> avoided until
         self._nursery: trio.Nursery | None = None
         self._warned_unchallenged = False
         self._packet_source: Address | None = None  # where the message being dispatched came from
@@ -312,7 +319,16 @@ class SipUA:
             return uri_address(uri, default)
         if self._resolver is None:
             self._resolver = SipResolver()
-        return (await self._resolver.locate(uri, default))[0]
+        found = await self._resolver.locate(uri, default)
+        now = trio.current_time()
+        usable = [address for address in found if self._down.get(address, -math.inf) <= now]
+        if usable and usable[0] != found[0]:
+            log.info("%s: %s did not answer lately; trying %s (RFC 3263 §4.3)", uri, found[0], usable[0])
+        return (usable or found)[0]
+
+    def _note_down(self, dest: Address) -> None:
+        """`dest` failed a transaction without any answer (timeout, ICMP, connection refused)."""
+        self._down[dest] = trio.current_time() + HOP_DOWN_SECONDS
 
     def new_via(self, transport: Transport) -> Via:
         """A Via for a new client transaction: our sent-by, a fresh branch, rport (RFC 3581)."""
@@ -362,13 +378,17 @@ class SipUA:
                 self._unanswered.pop(key, None)  # the destination answered: it is reachable
                 match event:
                     case Response(status=status) if status < 200:
+                        self._down.pop(dest, None)
                         if on_provisional is not None:
                             on_provisional(event)
                     case Response():
+                        self._down.pop(dest, None)
                         return event
                     case Timeout():
+                        self._note_down(dest)
                         raise TransactionTimeout(f"no final response to {request.method} from {dest}")
                     case TransportFailed():
+                        self._note_down(dest)
                         raise TransportError(f"cannot send {request.method} to {dest}")
         finally:
             del self._waiters[key]
@@ -449,6 +469,8 @@ class SipUA:
                 del self._acks[key]
             for branch in [b for b, (_, _, exp) in self._invites.items() if exp <= now]:
                 del self._invites[branch]
+            for hop in [h for h, until in self._down.items() if until <= now]:
+                del self._down[hop]
 
     async def _unreachable_loop(self) -> None:
         """RFC 3261 §18.4: an ICMP error for a destination fails its unanswered client

@@ -4,6 +4,7 @@ and the UA placing a call to a SIP domain found through SRV."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -193,3 +194,36 @@ async def test_no_reachable_name_server() -> None:
         assert caught.value.why.startswith(
             ("no name server answered", "timed out", "name server unreachable")
         )
+
+
+async def test_a_dead_srv_primary_costs_one_call(nursery: trio.Nursery) -> None:
+    """RFC 3263 §4.3 across calls: the primary SRV target's port is closed (ICMP error: 503 at
+    once); the next call goes to the backup target instead of failing the same way."""
+    with trio.fail_after(15):
+        peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await peer.bind(("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        zone: Zone = {
+            ("_sip._udp.failover.test.", "SRV"): [
+                f"10 10 {closed} dead.failover.test.",
+                f"20 10 {peer.getsockname()[1]} live.failover.test.",
+            ],
+            ("dead.failover.test.", "A"): ["127.0.0.1"],
+            ("live.failover.test.", "A"): ["127.0.0.1"],
+        }
+        async with dns_server(zone) as (resolver, _):
+            transport = SipTransport("127.0.0.1", 0)
+            await nursery.start(transport.run)
+            ua = SipUA(transport, resolver=resolver, t1=5.0)  # Timer B 320 s: only ICMP can end call 1
+            await nursery.start(ua.run)
+            async with ua.call("sip:600@failover.test", caller="100", sdp=b"v=0\r\n") as call:
+                assert [e async for e in call.events] == [Ended(503, "Service Unavailable", "local")]
+            async with ua.call("sip:600@failover.test", caller="100", sdp=b"v=0\r\n") as call:
+                data, addr = await peer.recvfrom(65535)
+                invite = parse_datagram_untrusted(data)
+                assert isinstance(invite, Request)
+                await peer.sendto(bytes(make_response(invite, 486, to_tag="x")), addr)
+                assert [e async for e in call.events] == [Ended(486, "Busy Here", "remote")]
+        peer.close()
