@@ -17,7 +17,8 @@ SRTP keyed, media both ways):
 
     dtls           our DtlsEndpoint (the DTLS server, as with browsers) after the handshake
     dtls_released  the same once the grace period has passed and OpenSSL's objects are released
-    srtp           one SrtpTx + one SrtpRx (GCM), each with its stream after RTP and RTCP
+    srtp           one call's SrtpTx + SrtpRx (GCM, `srtp_pair`), each with its stream after RTP
+                   and RTCP
     ice            an IceLiteAgent after a nominating check
     relay          a Relay with its codec map and reception stats after packets both ways (SRTP
                    sessions shared, not counted)
@@ -60,7 +61,7 @@ from rtp.ice_lite import IceLiteAgent
 from rtp.ports import PortAllocator
 from rtp.relay import Relay
 from rtp.sdp_answer import answer_browser_offer, codec_map, offer_for_sip, parse_sip_answer
-from rtp.srtp import SrtpProfile, SrtpRx, SrtpTx
+from rtp.srtp import SrtpProfile, SrtpRx, SrtpTx, srtp_pair
 from rtp.stun import binding_request
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -168,7 +169,7 @@ _KEY_LEN = PROFILE.key_length + PROFILE.salt_length
 
 def build_srtp() -> object:
     ours_key, theirs_key = secrets.token_bytes(_KEY_LEN), secrets.token_bytes(_KEY_LEN)
-    tx, rx = SrtpTx(PROFILE, ours_key), SrtpRx(PROFILE, theirs_key)
+    tx, rx = srtp_pair(PROFILE, ours_key, theirs_key)
     peer = SrtpTx(PROFILE, theirs_key)
     tx.protect(rtp(1, 1) + bytes(160))
     tx.protect_rtcp(rtcp_rr(1))

@@ -11,9 +11,8 @@ pylibsrtp facts this wrapper is built around (see shared/recipes/perf/README.md)
 
 Memory: each `pylibsrtp.Session` allocates its own 1500-byte work buffer, which `protect` and
 `unprotect` fill, run libsrtp on, and copy out of before returning (nothing refers to it between
-calls). The sessions made on one thread share one such buffer instead (`_share_buffer`), about
-3 KiB less per call; a session must then be used on the thread that made it (the Trio thread:
-two threads inside libsrtp at once, which cffi allows, would write the same buffer).
+calls). `srtp_pair` makes one call's two directions share a single buffer (about 1.5 KiB less
+per call): they belong to one relay, which uses them one packet at a time.
 
 Key export (RFC 5764 §4.2): after the DTLS handshake both ends export
 `2 * (key_length + salt_length)` bytes with the label "EXTRACTOR-dtls_srtp" and no context, laid
@@ -24,7 +23,6 @@ protects with its own write key and unprotects with the peer's.
 from __future__ import annotations
 
 import enum
-import threading
 
 import pylibsrtp
 
@@ -37,6 +35,7 @@ __all__ = [
     "SrtpRx",
     "SrtpTx",
     "keys_from_dtls",
+    "srtp_pair",
 ]
 
 EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
@@ -127,24 +126,15 @@ def _session(profile: SrtpProfile, key_salt: bytes, ssrc_type: int) -> pylibsrtp
     if len(key_salt) != need:
         raise ValueError(f"{profile.name} needs a {need}-byte master key+salt, got {len(key_salt)}")
     policy = pylibsrtp.Policy(key=bytes(key_salt), ssrc_type=ssrc_type, srtp_profile=profile._libsrtp_profile)
-    return _share_buffer(pylibsrtp.Session(policy=policy))
+    return pylibsrtp.Session(policy=policy)
 
 
-_per_thread = threading.local()
-
-
-def _share_buffer(session: pylibsrtp.Session) -> pylibsrtp.Session:
-    """Give `session` this thread's shared work buffer in place of its own (see the module
-    docstring). pylibsrtp 1.0 keeps the buffer in `_cdata` and a view of it in `_buffer`; a
-    version without them keeps its own buffer."""
-    if not (hasattr(session, "_cdata") and hasattr(session, "_buffer")):
-        return session
-    shared = getattr(_per_thread, "buffer", None)
-    if shared is None:
-        _per_thread.buffer = (session._cdata, session._buffer)
-    else:
-        session._cdata, session._buffer = shared
-    return session
+def _share_buffer(session: pylibsrtp.Session, owner: pylibsrtp.Session) -> None:
+    """Give `session` the work buffer of `owner` in place of its own (see the module docstring).
+    pylibsrtp 1.0 keeps it in `_cdata` and a view of it in `_buffer`; a version without them
+    keeps its own buffer."""
+    if all(hasattr(s, name) for s in (session, owner) for name in ("_cdata", "_buffer")):
+        session._cdata, session._buffer = owner._cdata, owner._buffer
 
 
 def _error(exc: Exception) -> SrtpError:
@@ -206,3 +196,11 @@ class SrtpRx:
             return bytes(self._session.unprotect_rtcp(srtcp))
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise _error(exc) from None
+
+
+def srtp_pair(profile: SrtpProfile, tx_key_salt: bytes, rx_key_salt: bytes) -> tuple[SrtpTx, SrtpRx]:
+    """The two directions of one call (`keys_from_dtls` gives the keys), sharing one work buffer:
+    use them from one thread, one packet at a time (a relay does)."""
+    tx, rx = SrtpTx(profile, tx_key_salt), SrtpRx(profile, rx_key_salt)
+    _share_buffer(rx._session, tx._session)
+    return tx, rx

@@ -1,12 +1,11 @@
-"""The SRTP sessions of one thread share pylibsrtp's work buffer: interleaved use of many sessions
-still gives every packet back intact, and another thread gets a buffer of its own."""
+"""`srtp_pair`: one call's two SRTP directions share pylibsrtp's work buffer; packets protected
+and unprotected in turn through both still come back intact, and separate calls stay apart."""
 
 from __future__ import annotations
 
 import os
-import threading
 
-from rtp.srtp import MAX_PROTECT_INPUT, SrtpProfile, SrtpRx, SrtpTx
+from rtp.srtp import MAX_PROTECT_INPUT, SrtpProfile, SrtpRx, SrtpTx, srtp_pair
 
 
 def rtp(seq: int, ssrc: int, payload: bytes) -> bytes:
@@ -21,49 +20,29 @@ def key(profile: SrtpProfile) -> bytes:
     return os.urandom(profile.key_length + profile.salt_length)
 
 
-def test_sessions_of_one_thread_share_the_buffer() -> None:
+def test_a_pair_shares_one_buffer_and_separate_sessions_do_not() -> None:
     profile = SrtpProfile.AEAD_AES_128_GCM
-    k = key(profile)
-    tx, rx = SrtpTx(profile, k), SrtpRx(profile, k)
+    tx, rx = srtp_pair(profile, key(profile), key(profile))
     assert tx._session._cdata is rx._session._cdata
+    other_tx, _ = srtp_pair(profile, key(profile), key(profile))
+    assert other_tx._session._cdata is not tx._session._cdata
+    assert SrtpTx(profile, key(profile))._session._cdata is not SrtpRx(profile, key(profile))._session._cdata
 
 
-def test_interleaved_sessions_keep_their_packets_apart() -> None:
-    """Ten calls' worth of sessions, both profiles, packets of different sizes (up to the largest
-    one allowed) protected and unprotected in turn: each comes back exactly."""
-    calls = []
-    for i in range(10):
-        profile = list(SrtpProfile)[i % 2]
-        k = key(profile)
-        calls.append((SrtpTx(profile, k), SrtpRx(profile, k)))
-    for seq in range(1, 6):
-        protected = []
-        for i, (tx, _) in enumerate(calls):
-            payload = bytes([i]) * (MAX_PROTECT_INPUT - 12 if i == 3 else 10 * i + seq)
-            packet = rtp(seq, 1000 + i, payload)
-            protected.append(
-                (packet, tx.protect(packet), rtcp_rr(1000 + i), tx.protect_rtcp(rtcp_rr(1000 + i)))
-            )
-        for (_, rx), (packet, srtp, report, srtcp) in zip(calls, protected, strict=True):
-            assert rx.unprotect(srtp) == packet
-            assert rx.unprotect_rtcp(srtcp) == report
-
-
-def test_another_thread_gets_its_own_buffer() -> None:
-    profile = SrtpProfile.AES128_CM_HMAC_SHA1_80
-    here = SrtpTx(profile, key(profile))
-    there: list[tuple[SrtpTx, bytes]] = []
-    packet = rtp(7, 42, b"x" * 160)
-
-    def work() -> None:
-        k = key(profile)
-        tx, rx = SrtpTx(profile, k), SrtpRx(profile, k)
-        there.append((tx, rx.unprotect(tx.protect(packet))))
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    worker.join(timeout=10)
-    assert there
-    tx, roundtrip = there[0]
-    assert roundtrip == packet
-    assert tx._session._cdata is not here._session._cdata
+def test_both_directions_in_turn_keep_their_packets_apart() -> None:
+    """Both profiles; each packet is protected by one call's tx and unprotected by its peer's rx
+    while the pair's other direction works in between, sizes up to the largest allowed."""
+    for profile in SrtpProfile:
+        ours_key, theirs_key = key(profile), key(profile)
+        ours_tx, ours_rx = srtp_pair(profile, ours_key, theirs_key)
+        theirs_tx, theirs_rx = srtp_pair(profile, theirs_key, ours_key)
+        for seq in range(1, 8):
+            size = MAX_PROTECT_INPUT - 12 if seq == 3 else 20 * seq
+            out, back = rtp(seq, 1, bytes([seq]) * size), rtp(seq, 2, bytes([0x80 | seq]) * (size // 2))
+            srtp_out = ours_tx.protect(out)
+            srtp_back = theirs_tx.protect(back)
+            srtcp_out = ours_tx.protect_rtcp(rtcp_rr(1))
+            assert ours_rx.unprotect(srtp_back) == back
+            assert theirs_rx.unprotect(srtp_out) == out
+            assert theirs_rx.unprotect_rtcp(srtcp_out) == rtcp_rr(1)
+            assert ours_rx.unprotect_rtcp(theirs_tx.protect_rtcp(rtcp_rr(2))) == rtcp_rr(2)
