@@ -36,6 +36,7 @@ from sip.dialog import Dialog, make_cancel
 from sip.errors import LocalProtocolError, SipParseError
 from sip.headers import NameAddr
 from sip.message import Request, Response, make_request
+from sip.resolver import ResolveError
 from sip.transport import Address, Transport, TransportError
 from sip.uri import Params, SipUri, Uri
 
@@ -391,8 +392,9 @@ class OutgoingCall(_Call):
             return
         except TransportError as exc:
             self._final.set()
-            log.info("%s: cannot reach %s: %s", self.call_id, self.first_hop, exc)
-            self._end(503, "Service Unavailable", "local")
+            log.info("%s: cannot reach %s: %s", self.call_id, self.first_hop or self.hop, exc)
+            # A failed DNS lookup says which name and why, for the page's hangup reason.
+            self._end(503, str(exc) if isinstance(exc, ResolveError) else "Service Unavailable", "local")
             return
         self._final.set()
         self.ua.note_upstream_challenge(self, self._challenged)
