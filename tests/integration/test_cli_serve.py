@@ -353,3 +353,41 @@ async def test_startup_time_median_of_5(tmp_path: Path) -> None:
     median = statistics.median(times)
     print(f"\nserve launch -> 'start WSS service': median {median * 1000:.0f} ms of {sorted(times)}")
     assert median < 5.0
+
+
+async def test_front_settings_from_the_command_line(tmp_path: Path) -> None:
+    """/metrics refused outside `--metrics-allow` unless the bearer token comes; `--allowed-origins`
+    refuses other pages at the upgrade; both are counted in /metrics. The real `serve` process."""
+    data_dir = tmp_path / "data"
+    token = "cli-metrics-token-0123456789"
+    extra = ("--metrics-allow", "192.0.2.0/24", "--metrics-token", token)
+    async with serving(tmp_path, data_dir, *extra, "--allowed-origins", "https://pages.example") as bridge:
+        assert not any("allowed_origins is empty" in line for line in bridge.log)
+        client = client_context(data_dir)
+        refused = await https_get(bridge.port, client, "/metrics")
+        assert refused.startswith(b"HTTP/1.1 403 "), refused[:60]
+        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+            async with trio_websocket.open_websocket(
+                "127.0.0.1",
+                bridge.port,
+                "/mccp",
+                use_ssl=client,
+                extra_headers=[(b"Origin", b"https://evil.example")],
+            ):
+                pass
+        assert rejected.value.status_code == 403
+        stream = await trio.open_ssl_over_tcp_stream(
+            "127.0.0.1", bridge.port, ssl_context=client, https_compatible=True
+        )
+        async with stream:
+            await stream.send_all(
+                f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+            )
+            data = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some():
+                    data += chunk
+        assert data.startswith(b"HTTP/1.1 200 "), data[:60]
+        assert b'mccp_bridge_front_refused_total{reason="route"} 1.0' in data
+        assert b'mccp_bridge_front_refused_total{reason="origin"} 1.0' in data
+        bridge.process.terminate()
