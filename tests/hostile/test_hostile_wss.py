@@ -270,8 +270,9 @@ async def test_message_flood_is_rate_limited(tmp_path: Path, monkeypatch: pytest
                             raise AssertionError(reply)
             print(f"flood of {sent} pings in {elapsed:.2f} s: {pongs} answered, {refused} refused 429")
             gauges.report("message flood")
-            # One 429 error tells the page; the excess is dropped silently (no reply amplification).
-            assert refused == 1
+            # One 429 error tells the page (at most one a second: more if sending took longer on a
+            # loaded machine); the excess is dropped silently (no reply amplification).
+            assert 1 <= refused <= 1 + int(elapsed + 0.5)
             assert pongs + bridge.stats.rate_limited == sent
             assert pongs <= 40 + 20 * (elapsed + 0.5)  # burst + sustained rate (ServerLimits defaults)
             await honest_call(bridge)
