@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -214,10 +215,10 @@ async def test_idle_and_trickling_sip_tcp_connections(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hundreds of SIP TCP connections that send nothing or a head byte by byte, and one that sends
-    a head over the 64 KiB cap. There is no cap on their number (each holds a descriptor until
-    `tcp_idle_timeout`, 120 s, and trickling resets that timer: see docs/security.md); the test
-    checks that the oversized head is cut, that a real call works meanwhile, and that every
-    descriptor comes back when the attackers leave."""
+    a head over the 64 KiB cap. They stay under the transport's caps (63 per source IP of 64, 251
+    of 512; a message must be complete 30 s after its first byte: 2ac1235); the test checks that
+    the oversized head is cut, that a real call works meanwhile, and that every descriptor comes
+    back when the attackers leave."""
     silent, trickling = 200, 50
     with trio.fail_after(40):
         async with hostile_bridge(tmp_path, monkeypatch) as bridge:
@@ -230,9 +231,10 @@ async def test_idle_and_trickling_sip_tcp_connections(
                 head = request("OPTIONS", "1000", 0, via_port=5060, transport="TCP")
 
                 async def trickle(stream: trio.SocketStream) -> None:
-                    for byte in head[:40]:
-                        await stream.send_all(bytes([byte]))
-                        await trio.sleep(0.1)
+                    with suppress(trio.BrokenResourceError):  # cut by the head deadline (slow CI)
+                        for byte in head[:40]:
+                            await stream.send_all(bytes([byte]))
+                            await trio.sleep(0.1)
 
                 for stream in streams[silent:]:
                     nursery.start_soon(trickle, stream)
