@@ -333,6 +333,9 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
         out[f"{key}_start"] = samples[0][key] if samples else None
         out[f"{key}_end"] = samples[-1][key] if samples else None
         out[f"{key}_slope_per_minute"] = slope_per_minute(times, values)
+        # The second half alone: allocator warm-up (arenas, caches) early in a run is not a leak.
+        half = len(samples) // 2
+        out[f"{key}_slope_per_minute_second_half"] = slope_per_minute(times[half:], values[half:])
     return out
 
 
