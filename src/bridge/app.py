@@ -59,7 +59,15 @@ from functools import partial
 from typing import Any, NoReturn, assert_never
 
 import trio
-from bridge.auth import Authenticator, AuthOutcome, AuthResult, Pending, ThrottlePolicy
+from bridge.auth import (
+    Authenticator,
+    AuthOutcome,
+    AuthResult,
+    CredentialsCache,
+    KdfGate,
+    ThrottlePolicy,
+    authenticate,
+)
 from bridge.certs import (
     CertError,
     CertInfo,
@@ -90,7 +98,6 @@ log = logging.getLogger("bridge.app")
 
 FIRST_MESSAGE_SLACK = 5.0  # seconds past `call_timeout` before the backstop gives up on a `call`
 CLOSE_TIMEOUT = 2.0  # bound on closing a refused connection
-AUTH_THREADS = 4  # concurrent scrypt checks (16 MiB and ~60 ms of CPU each)
 
 REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 
@@ -138,6 +145,8 @@ class BridgeStats:
     refused_locked_out: int = 0  # 429
     refused_file_origin: int = 0  # 403: Origin null with allow_file_origin off
     refused_stopping: int = 0  # 503 during a graceful stop
+    refused_busy: int = 0  # 503: the login budget (KdfGate) was spent
+    logins_cached: int = 0  # logins accepted from the credentials cache (no scrypt)
     no_call: int = 0  # closed or hung up before sending a call
     server: ServerStats = field(default_factory=ServerStats)  # the MCCP front's own counters
 
@@ -258,7 +267,11 @@ class BridgeContext:
         self._calls = 0
         self._connections = 0
         self._no_connections = trio.Event()
-        self._auth_limiter = trio.CapacityLimiter(AUTH_THREADS)
+        self.kdf_gate = KdfGate(
+            concurrency=config.auth_kdf_concurrency,
+            max_waiting=config.auth_kdf_queue,
+            max_wait=config.auth_kdf_wait,
+        )
         self._call_handler: CallHandler | None = None  # the services' handler, set before listening
         # Extra GET paths on the HTTPS port (e.g. /metrics), filled by the services before listening.
         self.routes: dict[str, RouteHandler] = {}
@@ -396,6 +409,8 @@ class BridgeContext:
             conn_log.info("call from %s to %s refused: %d %s", call.clr, call.cld, code, result.outcome.value)
             if code == 429:
                 self.stats.refused_locked_out += 1
+            elif code == 503:
+                self.stats.refused_busy += 1
             else:
                 self.stats.refused_credentials += 1
             await self._refuse(conn, code, REASONS[code])
@@ -434,12 +449,12 @@ class BridgeContext:
         return None
 
     async def _authenticate(self, source: str, call: Call) -> AuthResult:
-        admitted = self.authenticator.admit(source=source, extension=call.clr, now=trio.current_time())
-        if isinstance(admitted, AuthResult):
-            return admitted
-        pending: Pending = admitted
-        ok = await trio.to_thread.run_sync(pending.verify, call.pwd, limiter=self._auth_limiter)
-        return self.authenticator.conclude(pending, ok, now=trio.current_time())
+        result = await authenticate(
+            self.authenticator, self.kdf_gate, source=source, extension=call.clr, password=call.pwd
+        )
+        if result.cached:
+            self.stats.logins_cached += 1
+        return result
 
     def _log_lockout(self, result: AuthResult, conn_log: logging.LoggerAdapter[logging.Logger]) -> None:
         for key in result.lockout_started:
@@ -580,6 +595,7 @@ async def run_bridge(
         policy=ThrottlePolicy.from_config(config),
         realm=config.realm,
         upstream=config.upstream is not None,
+        cache=CredentialsCache(ttl=config.auth_cache_ttl),
     )
     if config.upstream is not None:
         log.info("upstream %s: passwords are checked by its digest challenge", config.upstream.uri())

@@ -121,6 +121,13 @@ class Config:
     auth_delay: float = 1.0
     auth_lockout_failures: int = 10
     auth_lockout: float = 900.0
+    auth_cache_ttl: float = 600.0
+    auth_kdf_concurrency: int = 1
+    auth_kdf_queue: int = 16
+    auth_kdf_wait: float = 1.0
+    sip_tcp_max_connections: int = 512
+    sip_tcp_max_per_address: int = 64
+    sip_tcp_head_timeout: float = 30.0
     shutdown_grace: float = 5.0
     # Where the TOML layer was read from (None: no file); not a setting itself.
     config_file: Path | None = field(default=None, compare=False)
@@ -552,6 +559,23 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("auth_lockout_failures", _int_in(1, 1000), "failed logins in the window that lock out", "N"),
     Setting("auth_lockout", _seconds(1, 86400), "seconds a lock-out lasts", "SECONDS"),
+    Setting(
+        "auth_cache_ttl",
+        _seconds(0, 86400),
+        "seconds a verified password is accepted again without scrypt (0: no cache)",
+        "SECONDS",
+    ),
+    Setting("auth_kdf_concurrency", _int_in(1, 64), "scrypt password checks at once per worker", "N"),
+    Setting("auth_kdf_queue", _int_in(0, 10000), "logins that may wait for a password check (then 503)", "N"),
+    Setting("auth_kdf_wait", _seconds(0, 60), "seconds a login may wait for a password check", "SECONDS"),
+    Setting("sip_tcp_max_connections", _int_in(1, 100000), "SIP TCP/TLS connections at once per worker", "N"),
+    Setting("sip_tcp_max_per_address", _int_in(1, 100000), "SIP TCP/TLS connections per source address", "N"),
+    Setting(
+        "sip_tcp_head_timeout",
+        _seconds(1, 3600),
+        "seconds a SIP TCP connection has to complete a message once it started one (and its first)",
+        "SECONDS",
+    ),
     Setting("shutdown_grace", _seconds(0, 300), "seconds calls get to hang up cleanly on SIGTERM", "SECONDS"),
 )
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}

@@ -49,6 +49,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from bridge.logs import dropped_records
 from rtp.relay import DropCause
 
 if TYPE_CHECKING:
@@ -94,7 +95,16 @@ class _FrontDoor(Collector):
         auth.add_metric(["locked_out"], stats.refused_locked_out)
         auth.add_metric(["file_origin"], stats.refused_file_origin)
         auth.add_metric(["upstream"], self.upstream_rejected)
+        auth.add_metric(["busy"], stats.refused_busy)
         yield auth
+        yield CounterMetricFamily(
+            "mccp_bridge_logins_cached", "Logins accepted from the credentials cache", stats.logins_cached
+        )
+        yield CounterMetricFamily(
+            "mccp_bridge_log_records_dropped",
+            "Log records lost because the log could not be written",
+            dropped_records(),
+        )
         yield CounterMetricFamily("mccp_bridge_connections", "WSS connections accepted", stats.connections)
         front = stats.server
         open_ = GaugeMetricFamily(
@@ -138,6 +148,15 @@ class _FrontDoor(Collector):
             bad.add_metric(["bad_stream_message"], sip.bad_stream_messages)
             bad.add_metric(["send_error"], sip.send_errors)
             yield bad
+            tcp = CounterMetricFamily(
+                "mccp_bridge_sip_tcp_refused",
+                "SIP TCP/TLS connections refused or cut by the caps",
+                labels=["reason"],
+            )
+            tcp.add_metric(["total_cap"], sip.tcp_refused)
+            tcp.add_metric(["per_address"], sip.tcp_refused_per_address)
+            tcp.add_metric(["head_timeout"], sip.tcp_head_timeouts)
+            yield tcp
 
 
 def _media_counts(media: MediaStats) -> Counter[tuple[str, ...]]:

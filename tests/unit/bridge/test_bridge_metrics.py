@@ -108,3 +108,23 @@ def test_loss_and_jitter_per_direction() -> None:
     assert got[(f"{jitter}_sum", up_labels)] == pytest.approx((5 + 75 / 16) / 8000)
     assert got[(f"{jitter}_bucket", up_labels | {("le", "0.001")})] == 0
     assert got[(f"{jitter}_bucket", up_labels | {("le", "0.0025")})] == 1
+
+
+def test_busy_logins_cache_hits_sip_tcp_caps_and_dropped_log_records_are_exported() -> None:
+    from bridge import logs
+    from sip.transport import TransportStats
+
+    stats, sip = BridgeStats(refused_busy=4, logins_cached=9), TransportStats()
+    sip.tcp_refused, sip.tcp_refused_per_address, sip.tcp_head_timeouts = 1, 2, 3
+    guard = logs.LogWriteGuard("test", None)
+    guard.failed(OSError(28, "No space left on device"))
+    logs._guards[:] = [guard]
+    try:
+        got = samples(BridgeMetrics(active_calls=lambda: 0, stats=lambda: stats, sip_stats=lambda: sip))
+    finally:
+        logs._guards.clear()
+    assert got[("mccp_bridge_auth_failures_total", frozenset({("reason", "busy")}))] == 4
+    assert got[("mccp_bridge_logins_cached_total", frozenset())] == 9
+    assert got[("mccp_bridge_log_records_dropped_total", frozenset())] == 1
+    for reason, n in (("total_cap", 1), ("per_address", 2), ("head_timeout", 3)):
+        assert got[("mccp_bridge_sip_tcp_refused_total", frozenset({("reason", reason)}))] == n
