@@ -79,14 +79,22 @@ class _FrontDoor(Collector):
         active_calls: Callable[[], int],
         stats: Callable[[], BridgeStats],
         sip_stats: Callable[[], TransportStats] | None,
+        worker: tuple[int, int] = (0, 1),
     ) -> None:
         self._active_calls = active_calls
         self._stats = stats
         self._sip_stats = sip_stats
+        self._worker = worker
         self.upstream_rejected = 0  # callers whose credentials the upstream refused
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("mccp_bridge_active_calls", "Calls being handled now", self._active_calls())
+        # Which worker process answered this scrape (workers share the port, SO_REUSEPORT).
+        worker = GaugeMetricFamily(
+            "mccp_bridge_worker", "The worker that answered (index of count)", labels=["index", "count"]
+        )
+        worker.add_metric([str(self._worker[0]), str(self._worker[1])], 1)
+        yield worker
         stats = self._stats()
         auth = CounterMetricFamily(
             "mccp_bridge_auth_failures", "Calls refused at the front door", labels=["reason"]
@@ -239,9 +247,10 @@ class BridgeMetrics:
         active_calls: Callable[[], int],
         stats: Callable[[], BridgeStats],
         sip_stats: Callable[[], TransportStats] | None = None,
+        worker: tuple[int, int] = (0, 1),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._front = _FrontDoor(active_calls, stats, sip_stats)
+        self._front = _FrontDoor(active_calls, stats, sip_stats, worker)
         self._media = _Media()
         self.registry.register(self._front)
         self.registry.register(self._media)

@@ -120,9 +120,11 @@ def test_busy_logins_cache_hits_sip_tcp_caps_and_dropped_log_records_are_exporte
     guard.failed(OSError(28, "No space left on device"))
     logs._guards[:] = [guard]
     try:
-        got = samples(BridgeMetrics(active_calls=lambda: 0, stats=lambda: stats, sip_stats=lambda: sip))
+        metrics = BridgeMetrics(active_calls=int, stats=lambda: stats, sip_stats=lambda: sip, worker=(1, 2))
+        got = samples(metrics)
     finally:
         logs._guards.clear()
+    assert got[("mccp_bridge_worker", frozenset({("index", "1"), ("count", "2")}))] == 1
     assert got[("mccp_bridge_auth_failures_total", frozenset({("reason", "busy")}))] == 4
     assert got[("mccp_bridge_logins_cached_total", frozenset())] == 9
     assert got[("mccp_bridge_log_records_dropped_total", frozenset())] == 1
