@@ -91,7 +91,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUFSIZE = 2048
-DRAIN_CAP = 64  # datagrams read from one socket in one plane pass when it has a backlog
+DRAIN_CAP = 16  # datagrams read from one socket in one plane pass when it has a backlog
 RCVBUF = 1 << 20  # SO_RCVBUF: the default 208 KiB holds only ~256 packets (perf recipe)
 HANDSHAKE_TIMEOUT = 20.0
 MEDIA_TIMEOUT = 30.0
@@ -511,15 +511,17 @@ class MediaSession:
         self._wakeup.set()
 
     # Reads per handler call: one, unless the socket was served in the previous pass too (a
-    # backlog: it held more than one datagram), then up to DRAIN_CAP. At 50 packets/s per call a
+    # backlog: it held more than one datagram) or the plane is saturated (more ready sockets than
+    # one pass takes: every socket likely holds several), then up to DRAIN_CAP. At 50 packets/s per call a
     # socket almost always holds one datagram, and the read that finds it empty costs a syscall
     # and an exception (about 2.5 us, some 15 % of a relayed packet); a socket with more is
     # reported again by the level-triggered epoll on the next pass, and drained from then on.
 
     def _on_browser_readable(self, now: float) -> None:
         """The plane's handler for the browser port."""
-        passes = self._plane.counters.passes
-        backlog = self._browser_pass == passes - 1
+        plane = self._plane
+        passes = plane.counters.passes
+        backlog = plane.saturated or self._browser_pass == passes - 1
         self._browser_pass = passes
         if self._browser_datagram(now) and backlog:
             for _ in range(DRAIN_CAP - 1):
@@ -641,8 +643,9 @@ class MediaSession:
 
     def _on_sip_rtp_readable(self, now: float) -> None:
         """The plane's handler for the SIP RTP socket."""
-        passes = self._plane.counters.passes
-        backlog = self._rtp_pass == passes - 1
+        plane = self._plane
+        passes = plane.counters.passes
+        backlog = plane.saturated or self._rtp_pass == passes - 1
         self._rtp_pass = passes
         if self._sip_rtp_datagram(now) and backlog:
             for _ in range(DRAIN_CAP - 1):
@@ -651,8 +654,9 @@ class MediaSession:
 
     def _on_sip_rtcp_readable(self, now: float) -> None:
         """The plane's handler for the SIP RTCP socket."""
-        passes = self._plane.counters.passes
-        backlog = self._rtcp_pass == passes - 1
+        plane = self._plane
+        passes = plane.counters.passes
+        backlog = plane.saturated or self._rtcp_pass == passes - 1
         self._rtcp_pass = passes
         if self._sip_rtcp_datagram(now) and backlog:
             for _ in range(DRAIN_CAP - 1):

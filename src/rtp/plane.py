@@ -68,6 +68,9 @@ class MediaPlane:
     def __init__(self, *, max_events: int = MAX_EVENTS) -> None:
         self.max_events = max_events
         self.counters = PlaneCounters()
+        # True during a pass that got `max_events` ready sockets: more are waiting, so each
+        # socket likely holds a backlog, and handlers should drain rather than read one datagram.
+        self.saturated = False
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._on_error: dict[int, ErrorHandler | None] = {}
@@ -114,6 +117,7 @@ class MediaPlane:
                 await trio.lowlevel.wait_readable(epoll)
                 now = trio.current_time()
                 events = epoll.poll(0, self.max_events)
+                self.saturated = len(events) >= self.max_events
                 counters.passes += 1
                 counters.handler_calls += len(events)
                 for fd, _mask in events:
