@@ -105,6 +105,9 @@ class ServerLimits:
     """Largest HTTP request head; bigger gets 431."""
     handshake_timeout: float = 10.0
     """Seconds for TLS handshake + request head + WebSocket handshake."""
+    send_timeout: float = 5.0
+    """Seconds one message to the page may take to be written; a page that reads nothing that
+    long is gone (its call ends). Sends are never cut by a cancellation before that."""
 
 
 @dataclass
@@ -231,11 +234,19 @@ class MccpConnection:
     async def _send_text(self, text: str) -> None:
         if self._gone is not None:
             raise PageGone(self._gone)
-        try:
-            await self._ws.send_message(text)
-        except trio_websocket.ConnectionClosed as exc:
-            self._mark_gone(_close_text(exc.reason))
-            raise PageGone(self._gone or "closed") from None
+        # A send cut by a cancellation would leave half a frame on the TLS stream and break it for
+        # every later message (the call's `hangup` included): the write is shielded, bounded instead.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._limits.send_timeout) as bound:
+                try:
+                    await self._ws.send_message(text)
+                except trio_websocket.ConnectionClosed as exc:
+                    self._mark_gone(_close_text(exc.reason))
+                    raise PageGone(self._gone or "closed") from None
+        if bound.cancelled_caught:
+            self._mark_gone(f"not reading (send timed out after {self._limits.send_timeout:g} s)")
+            raise PageGone(self._gone or "send timed out")
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _reply_error(self, code: ErrorCode, reason: str) -> None:
         self._stats.errors_sent += 1

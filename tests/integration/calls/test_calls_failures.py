@@ -104,7 +104,8 @@ async def test_ice_consent_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 async def test_dtls_fingerprint_mismatch(tmp_path: Path) -> None:
     """The page signals a fingerprint that is not its certificate's: DTLS fails, 488, SIP CANCEL."""
     with trio.fail_after(20):
-        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_ring_cancel") as uas:
+        # DTLS fails before the phone rings: the CANCEL follows its first provisional response at once.
+        async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_ring_cancel_early") as uas:
             leaks = Leaks.snapshot(bridge)
             async with page(bridge, wrong_fingerprint=True) as p:
                 await p.call("100", PASSWORD, "102")

@@ -524,7 +524,10 @@ def test_any_request_bytes_get_an_answer_or_a_close(head: bytes, chunk: int) -> 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(f.serve_stream, server, ("192.0.2.1", 40000))
             for i in range(0, len(head), chunk):
-                await client.send_all(head[i : i + chunk])
+                try:
+                    await client.send_all(head[i : i + chunk])
+                except trio.BrokenResourceError:  # the front closed on a bad byte already: fine
+                    break
             with trio.move_on_after(60):
                 while data := await client.receive_some():
                     out += data
@@ -570,7 +573,8 @@ def test_any_frames_are_answered_and_the_connection_survives(frames: list[str | 
 async def test_page_that_stops_reading_cannot_block_the_bridge(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A page whose socket accepts nothing (lockstep stream, never read) is dropped by the keep-alive."""
+    """A page whose socket accepts nothing (lockstep stream, never read) is dropped when a send to it
+    takes longer than `send_timeout` (5 s)."""
     outcome: list[str] = []
     call_seen = trio.Event()
 
@@ -597,8 +601,7 @@ async def test_page_that_stops_reading_cannot_block_the_bridge(
         with trio.fail_after(60):
             while not outcome:
                 await trio.sleep(0.5)
-        assert trio.current_time() - start <= 15 + 10 + 2 + 1  # ping, pong timeout, close grace
+        assert trio.current_time() - start <= 5 + 2 + 1  # send timeout, close grace
         await client.aclose()
-    assert outcome == ["no pong in time"]
-    assert f.stats.pong_timeouts == 1
+    assert outcome == ["not reading (send timed out after 5 s)"]
     assert f.stats.connections_open == 0

@@ -31,6 +31,7 @@ from mccp.messages import (
     HangupRequest,
     PageMessage,
     Pong,
+    Progress,
     Ringing,
 )
 from mccp.server import MccpConnection, PageGone, ServerLimits, ServerStats, serve_mccp
@@ -519,3 +520,30 @@ async def test_send_after_page_left_raises_page_gone(tls: tuple[ssl.SSLContext, 
             while not outcome:
                 await trio.sleep(0.01)
     assert outcome[0].startswith("closed")
+
+
+async def test_a_send_cut_by_cancellation_does_not_break_the_socket(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """The call's tasks are cancelled while one of them is writing to a page that is slow to read
+    (its TCP window full): the write completes (shielded, bounded by send_timeout), so the stream stays
+    whole and the call's `hangup` still reaches the page (it used to get a broken socket, 1006)."""
+    big = Progress(SDP + "a=x-pad:" + "x" * 30000 + "\r\n")
+    sent: list[int] = []
+
+    async def handler(conn: MccpConnection) -> None:
+        await conn.receive()
+        with trio.move_on_after(0.5):  # the call ends while a send is blocked mid-frame
+            while True:
+                await conn.send(big)
+                sent.append(1)
+        await conn.send(Hangup(488, "fingerprint mismatch"))
+
+    with trio.fail_after(20):
+        async with running(handler, tls[0]) as port, page_socket(port, tls[1]) as ws:
+            await ws.send_message(encode(CALL))
+            await trio.sleep(1.0)  # not reading: the socket buffers fill, a send blocks
+            received = [await recv(ws) for _ in range(len(sent) + 1)]  # the blocked one completed
+            assert received[:-1] == [big] * len(sent)
+            assert received[-1] == big
+            assert await recv(ws) == Hangup(488, "fingerprint mismatch")
