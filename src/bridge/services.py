@@ -163,7 +163,14 @@ async def bridge_services(
     sip_port = worker_sip_port(config.sip_port, worker.index)
     low, high = split_port_range(*config.rtp_ports, worker.count)[worker.index]
     async with trio.open_nursery() as nursery:
-        transport = SipTransport(config.listen, sip_port, public_host=signalling_host)
+        transport = SipTransport(
+            config.listen,
+            sip_port,
+            public_host=signalling_host,
+            max_tcp_connections=config.sip_tcp_max_connections,
+            max_tcp_per_address=config.sip_tcp_max_per_address,
+            tcp_head_timeout=config.sip_tcp_head_timeout,
+        )
         await nursery.start(transport.run)
         registrar: Registrar | None = None
         bindings = BindingsFile(config.data_dir / BINDINGS_FILE_NAME)
@@ -220,6 +227,7 @@ async def bridge_services(
             active_calls=lambda: context.active_calls,
             stats=lambda: context.stats,
             sip_stats=lambda: transport.stats,
+            worker=(worker.index, worker.count),
         )
         context.routes["/metrics"] = metrics.scrape
         media_bind = config.listen

@@ -75,7 +75,7 @@ from rtp.sdp_answer import (
     offer_for_sip,
     parse_sip_answer,
 )
-from rtp.srtp import SrtpRx, SrtpTx, keys_from_dtls
+from rtp.srtp import keys_from_dtls, srtp_pair
 from rtp.stun import Address
 
 __all__ = [
@@ -418,6 +418,9 @@ class MediaSession:
         dtls_deadline = self.dtls.next_deadline()
         if dtls_deadline is not None:
             deadlines.append(dtls_deadline)
+        release_at = self.dtls.release_at  # free OpenSSL's objects on time (rtp.dtls)
+        if release_at is not None:
+            deadlines.append(release_at)
         consent = self.ice.consent_expires_at
         if consent is not None:
             deadlines.append(consent)
@@ -449,7 +452,7 @@ class MediaSession:
     def _start_srtp(self, now: float) -> None:
         profile = self.dtls.srtp_profile
         tx, rx = keys_from_dtls(profile, self.dtls.keying_material(), self.dtls.is_client)
-        self.relay.start_srtp(SrtpTx(profile, tx), SrtpRx(profile, rx))
+        self.relay.start_srtp(*srtp_pair(profile, tx, rx))
         self._last_browser_media = now
         self._keyed = True
         self.log.info("DTLS connected (%s), SRTP keyed", profile.name)

@@ -900,3 +900,19 @@ async def test_a_backlog_is_drained_in_a_few_plane_passes() -> None:
             assert [p[12] for p in r.browser.received] == [i % 256 for i in range(200)]
             assert r.plane.counters.passes - before < 20
             nursery.cancel_scope.cancel()
+
+
+async def test_dtls_objects_are_released_on_time_without_more_packets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The browser leg's timer task wakes at the DTLS endpoint's `release_at` (rtp.dtls frees
+    OpenSSL's objects RELEASE_AFTER seconds after the handshake), not at the next consent check."""
+    with trio.fail_after(100):
+        async with rig() as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            release_at = r.media.dtls.release_at
+            assert release_at is not None
+            assert not r.media.dtls.released
+            await trio.sleep_until(release_at + 0.01)  # no STUN, DTLS or media meanwhile
+            assert r.media.dtls.released
+            nursery.cancel_scope.cancel()
