@@ -25,7 +25,7 @@ import trio
 
 pytestmark = [pytest.mark.timeout(60)]
 
-FLOOD_RATE = 8000
+FLOOD_RATE = 10000
 FLOOD_SECONDS = 3.0
 MAX_LOSS = 0.05  # echoed packets missing while the flood runs, as a fraction of those sent
 
