@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from bench.browser_leg import OFFER_TEMPLATE
 from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.ice_lite import IceLiteAgent
 from rtp.ports import PortAllocator
@@ -69,42 +70,15 @@ WARM = 5
 SERVER_CERT = DtlsCertificate.generate("bench-bridge")
 BROWSER_CERT = DtlsCertificate.generate("bench-browser")
 
-OFFER = """v=0
-o=- 4611731400430051336 2 IN IP4 127.0.0.1
-s=-
-t=0 0
-a=group:BUNDLE 0
-a=extmap-allow-mixed
-a=msid-semantic: WMS bench
-m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126
-c=IN IP4 0.0.0.0
-a=rtcp:9 IN IP4 0.0.0.0
-a=candidate:1 1 udp 2122194687 127.0.0.1 40000 typ host generation 0 network-id 1
-a=ice-ufrag:abcd
-a=ice-pwd:abcdefghijklmnopqrstuvwx
-a=ice-options:trickle
-a=fingerprint:sha-256 {fingerprint}
-a=setup:actpass
-a=mid:0
-a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level
-a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid
-a=sendrecv
-a=msid:bench bench-track
-a=rtcp-mux
-a=rtcp-rsize
-a=rtpmap:111 opus/48000/2
-a=rtcp-fb:111 transport-cc
-a=fmtp:111 minptime=10;useinbandfec=1
-a=rtpmap:63 red/48000/2
-a=fmtp:63 111/111
-a=rtpmap:9 G722/8000
-a=rtpmap:0 PCMU/8000
-a=rtpmap:8 PCMA/8000
-a=rtpmap:13 CN/8000
-a=rtpmap:110 telephone-event/48000
-a=rtpmap:126 telephone-event/8000
-a=ssrc:1234 cname:bench
-""".replace("\n", "\r\n").format(fingerprint=BROWSER_CERT.fingerprint_sha256)
+# The harness's Chromium-like offer (bench.browser_leg), with fixed ICE credentials and port.
+OFFER = OFFER_TEMPLATE.format(
+    sid=4611731400430051336,
+    port=40000,
+    ufrag="abcd",
+    pwd="abcdefghijklmnopqrstuvwx",
+    fingerprint=BROWSER_CERT.fingerprint_sha256,
+    ssrc=1234,
+).replace("\n", "\r\n")
 
 SIP_ANSWER = """v=0
 o=phone 1 1 IN IP4 127.0.0.1
