@@ -566,10 +566,10 @@ class MediaSession:
             self.edge.no_sip_address += 1
             return True
         if rtcp:
-            out = self.relay.browser_rtcp(self._view[:n].tobytes(), now)
+            out = self.relay.browser_rtcp(self._view[:n], now)
             dest, sock = sip.rtcp, self._sip_rtcp
         else:
-            out = self.relay.browser_rtp(self._view[:n].tobytes(), now)
+            out = self.relay.browser_rtp(self._view[:n], now)
             dest, sock = sip.rtp, self._sip_rtp
         if out is None:
             return True

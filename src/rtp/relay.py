@@ -245,7 +245,7 @@ class Relay:
 
     # -- browser -> SIP ---------------------------------------------------------------------
 
-    def browser_rtp(self, srtp: bytes, now: float) -> Datagram | None:
+    def browser_rtp(self, srtp: bytes | memoryview, now: float) -> Datagram | None:
         """An SRTP packet from the browser -> the RTP packet for the SIP side, or None (counted)."""
         c = self.to_sip
         if self._rx is None:
@@ -286,7 +286,7 @@ class Relay:
         c.last_packet_time = now
         return out
 
-    def browser_rtcp(self, srtcp: bytes, now: float) -> Datagram | None:
+    def browser_rtcp(self, srtcp: bytes | memoryview, now: float) -> Datagram | None:
         """An SRTCP packet from the browser -> the RTCP packet for the SIP side, or None."""
         c = self.to_sip
         if self._rx is None:
@@ -389,7 +389,7 @@ class Relay:
             start, end = check_untrusted(buf)
             buf[start:end] = bytes(buf[start:end]).translate(table)
         try:
-            out = self._tx.protect(bytes(buf))
+            out = self._tx.protect(buf)
         except SrtpError as exc:
             c.drop(_SRTP_CAUSE[exc.kind])
             return None

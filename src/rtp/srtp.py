@@ -2,7 +2,11 @@
 
 pylibsrtp facts this wrapper is built around (see shared/recipes/perf/README.md):
 
-* it accepts only `bytes` (a `bytearray`/`memoryview` raises TypeError), returns fresh `bytes`;
+* its `Session.protect`/`unprotect` accept only `bytes`, and each call allocates an `int *`, checks
+  types and copies twice: per packet, that costs as much as the cipher. So `SrtpTx`/`SrtpRx` call
+  libsrtp through pylibsrtp's cffi binding themselves (`_Direct`): any bytes-like packet is copied
+  once into the session's work buffer, protected or unprotected there with a length cell made once,
+  and copied out as `bytes`. libsrtp's status codes map to `SrtpError` kinds directly;
 * one `Session` per direction: `SSRC_ANY_OUTBOUND` to protect, `SSRC_ANY_INBOUND` to unprotect;
 * replay protection applies on both sides, and every failure is a bare `pylibsrtp.Error` whose
   message tells authentication from replay. We turn each into `SrtpError(kind)`, so callers can
@@ -23,8 +27,10 @@ protects with its own write key and unprotects with the peer's.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import pylibsrtp
+from pylibsrtp._binding import ffi, lib
 
 from rtp.errors import SrtpError, SrtpErrorKind
 
@@ -137,65 +143,87 @@ def _share_buffer(session: pylibsrtp.Session, owner: pylibsrtp.Session) -> None:
         session._cdata, session._buffer = owner._cdata, owner._buffer
 
 
-def _error(exc: Exception) -> SrtpError:
-    text = str(exc)
-    if "replay" in text:
-        return SrtpError(SrtpErrorKind.REPLAY, text)
-    if "auth" in text:
-        return SrtpError(SrtpErrorKind.AUTH, text)
-    return SrtpError(SrtpErrorKind.MALFORMED, text)
+# libsrtp 2 srtp_err_status_t values (srtp.h) that name a cause we count apart.
+_AUTH_FAIL = 7
+_REPLAY = frozenset({9, 10})  # srtp_err_status_replay_fail, srtp_err_status_replay_old
+# The largest trailers libsrtp may add (pylibsrtp's SRTP_MAX_TRAILER_LEN and its SRTCP one).
+_RTP_TRAILER = 16 + 128
+_RTCP_TRAILER = _RTP_TRAILER + 4
+
+
+def _status_error(status: int, what: str) -> SrtpError:
+    if status == _AUTH_FAIL:
+        return SrtpError(SrtpErrorKind.AUTH, f"{what}: authentication failure")
+    if status in _REPLAY:
+        return SrtpError(SrtpErrorKind.REPLAY, f"{what}: replay check failed")
+    return SrtpError(SrtpErrorKind.MALFORMED, f"{what}: libsrtp status {status}")
+
+
+class _Direct:
+    """libsrtp calls on a session's own context and work buffer, with one reusable length cell."""
+
+    __slots__ = ("_buffer", "_cdata", "_ctx", "_length", "_session")
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session  # keeps the context (freed with it) and the buffer alive
+        self._ctx = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._length = ffi.new("int *")
+
+    def run(self, func: Any, packet: bytes | bytearray | memoryview, trailer: int, what: str) -> bytes:
+        n = len(packet)
+        if n > len(self._buffer) - trailer:
+            raise SrtpError(SrtpErrorKind.MALFORMED, f"{what}: packet is too long ({n} bytes)")
+        self._buffer[0:n] = packet
+        length = self._length
+        length[0] = n
+        status = func(self._ctx, self._cdata, length)
+        if status:
+            raise _status_error(status, what)
+        return bytes(self._buffer[0 : length[0]])  # a cffi buffer slice is already bytes: no copy
 
 
 class SrtpTx:
     """The sending context of one direction: protects RTP and RTCP with our write key."""
 
-    __slots__ = ("_session", "profile")
+    __slots__ = ("_direct", "_session", "profile")
 
     def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
         self.profile = profile
         self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self._direct = _Direct(self._session)
 
-    def protect(self, rtp: bytes) -> bytes:
+    def protect(self, rtp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one RTP packet (RFC 3711 §3.3).
 
         Raises `SrtpError` (MALFORMED for a packet too short or longer than `MAX_PROTECT_INPUT`,
         REPLAY when the same sequence number is protected twice).
         """
-        try:
-            return bytes(self._session.protect(rtp))
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _error(exc) from None
+        return self._direct.run(lib.srtp_protect, rtp, _RTP_TRAILER, "protect")
 
-    def protect_rtcp(self, rtcp: bytes) -> bytes:
+    def protect_rtcp(self, rtcp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one compound RTCP packet (RFC 3711 §3.4), adding the index."""
-        try:
-            return bytes(self._session.protect_rtcp(rtcp))
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _error(exc) from None
+        return self._direct.run(lib.srtp_protect_rtcp, rtcp, _RTCP_TRAILER, "protect_rtcp")
 
 
 class SrtpRx:
     """The receiving context of one direction: authenticates and decrypts with the peer's key."""
 
-    __slots__ = ("_session", "profile")
+    __slots__ = ("_direct", "_session", "profile")
 
     def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
         self.profile = profile
         self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        self._direct = _Direct(self._session)
 
-    def unprotect(self, srtp: bytes) -> bytes:
+    def unprotect(self, srtp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
-        try:
-            return bytes(self._session.unprotect(srtp))
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _error(exc) from None
+        return self._direct.run(lib.srtp_unprotect, srtp, 0, "unprotect")
 
-    def unprotect_rtcp(self, srtcp: bytes) -> bytes:
+    def unprotect_rtcp(self, srtcp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTCP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
-        try:
-            return bytes(self._session.unprotect_rtcp(srtcp))
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _error(exc) from None
+        return self._direct.run(lib.srtp_unprotect_rtcp, srtcp, 0, "unprotect_rtcp")
 
 
 def srtp_pair(profile: SrtpProfile, tx_key_salt: bytes, rx_key_salt: bytes) -> tuple[SrtpTx, SrtpRx]:
@@ -203,4 +231,5 @@ def srtp_pair(profile: SrtpProfile, tx_key_salt: bytes, rx_key_salt: bytes) -> t
     use them from one thread, one packet at a time (a relay does)."""
     tx, rx = SrtpTx(profile, tx_key_salt), SrtpRx(profile, rx_key_salt)
     _share_buffer(rx._session, tx._session)
+    rx._direct = _Direct(rx._session)
     return tx, rx

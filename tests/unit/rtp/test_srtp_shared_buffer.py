@@ -46,3 +46,39 @@ def test_both_directions_in_turn_keep_their_packets_apart() -> None:
             assert theirs_rx.unprotect(srtp_out) == out
             assert theirs_rx.unprotect_rtcp(srtcp_out) == rtcp_rr(1)
             assert ours_rx.unprotect_rtcp(theirs_tx.protect_rtcp(rtcp_rr(2))) == rtcp_rr(2)
+
+
+def test_bytes_like_packets_and_libsrtp_statuses_through_the_direct_binding() -> None:
+    """`SrtpTx`/`SrtpRx` call libsrtp themselves (rtp.srtp `_Direct`): a memoryview or bytearray
+    packet is taken as is, equals pylibsrtp's own result, and libsrtp's statuses become the
+    SrtpError kinds the relay counts (REPLAY, AUTH, MALFORMED)."""
+    import pylibsrtp
+    import pytest
+
+    from rtp.errors import SrtpError, SrtpErrorKind
+
+    profile = SrtpProfile.AES128_CM_HMAC_SHA1_80
+    k = key(profile)
+    tx = SrtpTx(profile, k)
+    outbound = pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+    policy = pylibsrtp.Policy(key=k, ssrc_type=outbound, srtp_profile=profile._libsrtp_profile)
+    reference = pylibsrtp.Session(policy=policy)
+    buf = bytearray(2048)
+    packet = rtp(7, 0x1234, b"\x55" * 160)
+    buf[: len(packet)] = packet
+    protected = tx.protect(memoryview(buf)[: len(packet)])
+    assert protected == reference.protect(packet)
+    rx = SrtpRx(profile, k)
+    assert rx.unprotect(bytearray(protected)) == packet
+    with pytest.raises(SrtpError) as replay:
+        rx.unprotect(protected)
+    assert replay.value.kind is SrtpErrorKind.REPLAY
+    forged = bytearray(tx.protect(rtp(8, 0x1234, b"\x55" * 160)))
+    forged[-1] ^= 1
+    with pytest.raises(SrtpError) as auth:
+        rx.unprotect(forged)
+    assert auth.value.kind is SrtpErrorKind.AUTH
+    for bad in (b"", b"\x80", bytes(MAX_PROTECT_INPUT + 1)):
+        with pytest.raises(SrtpError) as malformed:
+            tx.protect(bad)
+        assert malformed.value.kind is SrtpErrorKind.MALFORMED
