@@ -179,9 +179,12 @@ def _int_in(low: int, high: int) -> Callable[[object], int]:
     return parse
 
 
-def _seconds(low: float, high: float) -> Callable[[object], float]:
+def _float_in(low: float, high: float, expected: str) -> Callable[[object], float]:
+    """A parser of a number in `low..high` (a TOML number, or a decimal string); `expected` says
+    what a bad value should have been."""
+
     def parse(value: object) -> float:
-        problem = f"must be a number of seconds {low:g}-{high:g}, {_got(value)}"
+        problem = f"{expected}, {_got(value)}"
         if isinstance(value, bool):
             raise _Bad(problem)
         if isinstance(value, str):
@@ -193,22 +196,14 @@ def _seconds(low: float, high: float) -> Callable[[object], float]:
         return float(value)
 
     return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[object], float]:
+    return _float_in(low, high, f"must be a number of seconds {low:g}-{high:g}")
 
 
 def _number(low: float, high: float, unit: str) -> Callable[[object], float]:
-    def parse(value: object) -> float:
-        problem = f"must be a number {low:g}-{high:g} ({unit}), {_got(value)}"
-        if isinstance(value, bool):
-            raise _Bad(problem)
-        if isinstance(value, str):
-            if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", value.strip()):
-                raise _Bad(problem)
-            value = float(value.strip())
-        if not isinstance(value, int | float) or not low <= value <= high:
-            raise _Bad(problem)
-        return float(value)
-
-    return parse
+    return _float_in(low, high, f"must be a number {low:g}-{high:g} ({unit})")
 
 
 def _optional_port(value: object) -> int | None:
