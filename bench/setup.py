@@ -229,18 +229,22 @@ def category(frames: list[str]) -> str:
     return "other"
 
 
-async def start_profile(pid: int, out: Path) -> trio.Process:
-    """py-spy (sampling, non-blocking, idle threads left out) on the bridge until SIGINT; stacks to `out`."""
+async def start_profile(pid: int, out: Path, rate: int = PROFILE_RATE, native: bool = False) -> trio.Process:
+    """py-spy (sampling, non-blocking, idle threads left out) on the bridge until SIGINT; stacks to
+    `out`. With `native`, C frames too (OpenSSL, libsrtp, the interpreter), pausing the bridge per
+    sample."""
     exe = Path(sys.executable).parent / "py-spy"
-    cmd = [str(exe) if exe.exists() else "py-spy", "record", "--nonblocking", "--format", "raw"]
-    cmd += ["-r", str(PROFILE_RATE), "-p", str(pid), "-o", str(out)]
+    # --native needs the target paused while its stack is read (py-spy refuses --nonblocking)
+    mode = "--native" if native else "--nonblocking"
+    cmd = [str(exe) if exe.exists() else "py-spy", "record", mode, "--format", "raw"]
+    cmd += ["-r", str(rate), "-p", str(pid), "-o", str(out)]
     proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await trio.sleep(1.0)  # py-spy attaches
     return proc
 
 
 async def finish_profile(
-    proc: trio.Process, out: Path, calls: int, cpu_ms_per_call: float = 0.0
+    proc: trio.Process, out: Path, calls: int, cpu_ms_per_call: float = 0.0, rate: int = PROFILE_RATE
 ) -> dict[str, Any]:
     """Stop py-spy; top functions in ms of CPU per completed call: own samples and inclusive samples."""
     proc.send_signal(signal.SIGINT)
@@ -273,7 +277,7 @@ async def finish_profile(
                 kinds[kind] = kinds.get(kind, 0) + count
         for frame in set(frames):
             incl[frame] = incl.get(frame, 0) + count
-    per_call = 1000 / PROFILE_RATE / max(1, calls)
+    per_call = 1000 / rate / max(1, calls)
 
     def top(table: dict[str, int], n: int) -> list[tuple[str, float]]:
         ranked = sorted(table.items(), key=lambda kv: -kv[1])[:n]
@@ -313,7 +317,11 @@ async def run_kind(
     # warm-up: the first call pays for imports and caches (and, warm, fills the credentials cache)
     await one_call(bridge.wss_port, bsock, phone, firsts, -1, callers())
     setups: list[Setup] = []
-    profiler = await start_profile(bridge.pid, profile) if profile is not None else None
+    profiler = (
+        await start_profile(bridge.pid, profile, args.profile_rate, args.profile_native)
+        if profile is not None
+        else None
+    )
     lines0 = log_lines(bridge.log)
     t0 = trio.current_time()
     cpu0 = cpu_seconds(bridge.pid)
@@ -329,7 +337,7 @@ async def run_kind(
     result["serial"]["log_lines_per_call"] = round((log_lines(bridge.log) - lines0) / max(1, args.serial), 2)
     if profiler is not None and profile is not None:
         result["serial"]["profile"] = await finish_profile(
-            profiler, profile, args.serial, result["serial"]["bridge_cpu_ms_per_call"]
+            profiler, profile, args.serial, result["serial"]["bridge_cpu_ms_per_call"], args.profile_rate
         )
     shown = {k: v for k, v in result["serial"].items() if k != "profile"}
     print(f"{label} serial: {json.dumps(shown)}", flush=True)
@@ -414,7 +422,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serial", type=int, default=50)
-    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[5, 10, 20, 40])
+    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",") if x], default=[5, 10, 20, 40])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--scrypt-n", type=lambda s: [int(x) for x in s.split(",")], default=[2**10, 2**14])
     ap.add_argument(
@@ -424,6 +432,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="warm: one caller redials (credentials cache); cold: a new caller per call (scrypt each)",
     )
     ap.add_argument("--profile", action="store_true", help="py-spy the bridge during the serial calls")
+    ap.add_argument("--profile-rate", type=int, default=PROFILE_RATE, help="py-spy samples per second")
+    ap.add_argument("--profile-native", action="store_true", help="py-spy --native: C frames too")
     ap.add_argument("--log-level", default="warning", help="the bridge's --log-level (info: per-call logs)")
     ap.add_argument("--nice", type=int, default=-20)
     ap.add_argument("--out", type=Path, default=None)

@@ -76,6 +76,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import enum
+import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,6 +122,9 @@ _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha-384": hashes.SHA384,
     "sha-512": hashes.SHA512,
 }
+# The same functions by their hashlib names: the per-handshake check hashes the peer's DER with
+# hashlib (one C call) and compares raw digests.
+_HASHLIB_NAMES = {name: name.replace("-", "") for name in _HASHES}
 
 
 class DtlsRole(enum.Enum):
@@ -231,12 +235,24 @@ def split_records_untrusted(data: bytes) -> list[bytes] | None:
 
 @dataclass(slots=True)
 class _PeerCheck:
-    """The per-connection half of the fingerprint check: what the peer's SDP announced and, once
-    the verify callback has run, whether the certificate matched (None: not checked yet)."""
+    """The per-connection half of the fingerprint check: what the peer's SDP announced (as the
+    raw digest; None if the value is not hex pairs, which no certificate matches) and, once the
+    verify callback has run, whether the certificate matched (None: not checked yet)."""
 
     alg: str
-    expected: str
+    expected: bytes | None
     ok: bool | None = None
+
+    @classmethod
+    def of(cls, alg: str, value: str) -> _PeerCheck:
+        """The check for a normalized `(alg, "AB:CD:...")` fingerprint."""
+        try:
+            expected: bytes | None = bytes.fromhex(value.replace(":", ""))
+        except ValueError:
+            expected = None
+        if expected is not None and format_fingerprint(expected) != value:
+            expected = None  # not the `AB:CD:...` form a certificate's digest is compared in
+        return cls(alg, expected)
 
 
 def _verify_peer(conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
@@ -248,10 +264,10 @@ def _verify_peer(conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: in
     if not isinstance(check, _PeerCheck):  # a connection without its check: never accept
         return False
     # The fingerprint is a hash of the DER bytes (RFC 8122 section 5): hash them as they came,
-    # without parsing the certificate further (a peer's odd dates must not raise).
-    hasher = hashes.Hash(_HASHES[check.alg]())
-    hasher.update(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
-    check.ok = format_fingerprint(hasher.finalize()) == check.expected
+    # without parsing the certificate further (a peer's odd dates must not raise). OpenSSL calls
+    # this once per verification error and once at the end, for the same certificate.
+    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+    check.ok = hashlib.new(_HASHLIB_NAMES[check.alg], der).digest() == check.expected
     return check.ok
 
 
@@ -326,7 +342,7 @@ class DtlsEndpoint:
     def __post_init__(self) -> None:
         alg, expected = _normalize_fingerprint(*self.remote_fingerprint)
         self.remote_fingerprint = (alg, expected)
-        self._check = _PeerCheck(alg, expected)
+        self._check = _PeerCheck.of(alg, expected)
         conn = SSL.Connection(self.certificate.context(), None)
         conn.set_app_data(self._check)
         conn.set_ciphertext_mtu(self.mtu)
@@ -545,8 +561,8 @@ class DtlsEndpoint:
         remaining = self._conn.DTLSv1_get_timeout()
         return fallback if remaining is None else remaining + TIMER_SLACK
 
-    def _read_bio(self, conn: SSL.Connection) -> list[bytes]:
-        """What OpenSSL wrote, as datagrams of whole records under the MTU."""
+    def _read_records(self, conn: SSL.Connection) -> list[bytes]:
+        """The DTLS records OpenSSL wrote since the last read."""
         chunks: list[bytes] = []
         while True:
             try:
@@ -558,17 +574,22 @@ class DtlsEndpoint:
         records = split_records_untrusted(b"".join(chunks))
         if records is None:  # OpenSSL wrote something that is not records: cannot happen
             raise LocalProtocolError("OpenSSL produced a malformed DTLS record stream")
-        return _pack_datagrams(records, self.mtu)
+        return records
+
+    def _read_bio(self, conn: SSL.Connection) -> list[bytes]:
+        """What OpenSSL wrote, as datagrams of whole records under the MTU."""
+        return _pack_datagrams(self._read_records(conn), self.mtu)
 
     def _collect(self, now: float | None) -> list[bytes]:
         """Move what OpenSSL wrote into datagrams; with `now`, it is a new flight to time."""
         if self._conn is None:
             return []
-        datagrams = self._read_bio(self._conn)
-        if not datagrams:
+        records = self._read_records(self._conn)
+        if not records:
             return []
+        datagrams = _pack_datagrams(records, self.mtu)
         self._out.extend(datagrams)
-        only_alerts = all(r[0] == 21 for d in datagrams for r in split_records_untrusted(d) or ())
+        only_alerts = all(r[0] == 21 for r in records)
         if now is not None and self.state is DtlsState.HANDSHAKING and not only_alerts:
             # A new flight (an alert alone is sent once, never retransmitted).
             self._flight = datagrams

@@ -150,3 +150,27 @@ async def test_ipv6_loopback_and_bad_arguments() -> None:
         with pytest.raises(OSError, match="assign"):
             async with PortAllocator(base, base + 1, "192.0.2.1").udp():
                 pass  # pragma: no cover
+
+
+async def test_host_name_is_resolved_and_sockets_bind_to_its_address() -> None:
+    base = _free_range(4)
+    alloc = PortAllocator(base, base + 3, host="localhost")
+    with trio.fail_after(5):
+        async with alloc.udp() as one, alloc.udp_pair() as (rtp, rtcp):
+            names = [s.getsockname() for s in (one, rtp, rtcp)]
+    assert {name[0] for name in names} == {"127.0.0.1"}
+    ports = [name[1] for name in names]
+    assert len(set(ports)) == 3
+    assert all(base <= port <= base + 3 for port in ports)
+    assert ports[1] % 2 == 0
+    assert ports[2] == ports[1] + 1
+
+
+async def test_unresolvable_host_is_an_os_error_not_a_busy_port() -> None:
+    base = _free_range(2)
+    alloc = PortAllocator(base, base + 1, host="no-such-host.invalid")
+    with trio.fail_after(5), pytest.raises(OSError):
+        async with alloc.udp():
+            pass  # pragma: no cover
+    assert alloc.in_use == frozenset()
+    assert alloc.skipped_busy == 0
