@@ -43,6 +43,39 @@ _KNOWN = _SESSION_ONLY | _MEDIA_LEVEL | {"m"}
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
 _FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})+")
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+")
+# Attribute names browsers and phones send in every description (all tokens): no regex for them.
+_USUAL_ATTRIBUTES = frozenset(
+    [
+        "candidate",
+        "end-of-candidates",
+        "extmap",
+        "extmap-allow-mixed",
+        "fingerprint",
+        "fmtp",
+        "group",
+        "ice-lite",
+        "ice-options",
+        "ice-pwd",
+        "ice-ufrag",
+        "inactive",
+        "maxptime",
+        "mid",
+        "msid",
+        "msid-semantic",
+        "ptime",
+        "recvonly",
+        "rtcp",
+        "rtcp-fb",
+        "rtcp-mux",
+        "rtcp-rsize",
+        "rtpmap",
+        "sendonly",
+        "sendrecv",
+        "setup",
+        "ssrc",
+        "ssrc-group",
+    ]
+)
 
 
 class Direction(enum.Enum):
@@ -480,7 +513,7 @@ class _Parser:
 
     def _attribute(self, value: str) -> Attribute:
         name, sep, rest = value.partition(":")
-        if not _TOKEN.fullmatch(name):
+        if name not in _USUAL_ATTRIBUTES and not _TOKEN.fullmatch(name):
             raise self.fail(f"attribute name {name[:40]!r} is not a token")
         return Attribute(name, rest if sep else None)
 

@@ -105,6 +105,7 @@ _KNOWN = [
     "Warning",
     "WWW-Authenticate",
 ]
+KNOWN_HEADERS = tuple(_KNOWN)
 _CANONICAL = {name.lower(): name for name in _KNOWN} | COMPACT_FORMS
 _LOOKUP_KEYS = {lower: canon.lower() for lower, canon in _CANONICAL.items()}
 

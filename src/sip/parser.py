@@ -32,13 +32,30 @@ import re
 from dataclasses import dataclass, field
 
 from sip.errors import LocalProtocolError, SipParseError
-from sip.headers import LIST_HEADERS, STRICT_LIST_HEADERS, Headers, canonical_name, parse_uint, split_list
+from sip.headers import (
+    COMPACT_FORMS,
+    KNOWN_HEADERS,
+    LIST_HEADERS,
+    STRICT_LIST_HEADERS,
+    Headers,
+    canonical_name,
+    parse_uint,
+    split_list,
+)
 from sip.message import Request, Response
 from sip.uri import SipUri, is_token, parse_uri
 
 _CRLF_BYTES = (bytearray(b"\r"), bytearray(b"\n"))
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CONTENT_LENGTH_SNIFF = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([0-9]{1,10})[ \t]*\r?$")
+# Header names as they are usually written (canonical, lower case, compact), all valid tokens,
+# to their canonical spelling: a hit skips the token check and the canonicalization.
+_USUAL_NAMES = (
+    {name: name for name in KNOWN_HEADERS}
+    | {name.lower(): name for name in KNOWN_HEADERS}
+    | COMPACT_FORMS
+    | {compact.upper(): name for compact, name in COMPACT_FORMS.items()}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +134,14 @@ def _parse_head(head: bytes, limits: Limits) -> _Head:
         if colon < 0:
             raise SipParseError(f"header line without colon: {line[:60]!r}")
         name = line[:colon].rstrip(" \t")  # HCOLON allows whitespace before the colon
-        if not is_token(name):
-            raise SipParseError(f"invalid header name {name[:60]!r}")
+        canon = _USUAL_NAMES.get(name)
+        if canon is None:
+            if not is_token(name):
+                raise SipParseError(f"invalid header name {name[:60]!r}")
+            canon = canonical_name(name)
         if len(pairs) >= limits.max_headers:
             raise SipParseError(f"more than {limits.max_headers} header fields", 513)
-        pairs.append((canonical_name(name), line[colon + 1 :].strip(" \t")))
+        pairs.append((canon, line[colon + 1 :].strip(" \t")))
     for index, parts in folds.items():
         name, value = pairs[index]
         pairs[index] = (name, " ".join([value, *parts]) if value else " ".join(parts))

@@ -15,6 +15,7 @@ Values are kept as written (escapes are not decoded), so that serializing gives 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -211,8 +212,26 @@ def parse_sip_uri(text: str) -> SipUri:
     return uri
 
 
+# The same few URIs (the phone's, the bridge's, the proxy's) come in every message of every call:
+# parsed values are immutable, so a small cache of recent ones answers most lookups. Errors are
+# not cached (each raises again); long texts are not cached at all.
+URI_CACHE_SIZE = 512
+URI_CACHE_MAX_LENGTH = 256
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI as found in a Request-URI or inside `<...>` (RFC 3261 §19.1, §25.1)."""
+    if len(text) <= URI_CACHE_MAX_LENGTH:
+        return _parse_uri_cached(text)
+    return _parse_uri(text)
+
+
+@functools.lru_cache(maxsize=URI_CACHE_SIZE)
+def _parse_uri_cached(text: str) -> Uri:
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> Uri:
     colon = text.find(":")
     if colon <= 0 or _SCHEME_RE.fullmatch(text, 0, colon) is None:
         raise SipParseError(f"URI {text[:80]!r} has no valid scheme")

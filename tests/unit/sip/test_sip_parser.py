@@ -357,3 +357,32 @@ def test_stream_search_resumes_instead_of_rescanning() -> None:
     assert parser._searched == len(head)
     parser.feed(b"\r\n\r\n" + SDP)
     assert isinstance(parser.next_event(), Request)
+
+
+def test_uri_cache_gives_equal_values_and_never_caches_an_error() -> None:
+    # parse_uri keeps recent results (the same URIs come in every call): a cached answer equals a
+    # fresh parse, a bad URI raises every time, and a long one is parsed without the cache.
+    from sip.uri import URI_CACHE_MAX_LENGTH, parse_uri
+
+    text = "sip:200@127.0.0.1:5072;transport=udp"
+    assert parse_uri(text) == parse_uri(text) == SipUri("127.0.0.1", "200", 5072, parse_uri(text).params)
+    for _ in range(2):
+        with pytest.raises(SipParseError, match="invalid host"):
+            parse_uri("sip:200@bad host")
+    long_user = "u" * URI_CACHE_MAX_LENGTH
+    uri = parse_uri(f"sip:{long_user}@example.com")
+    assert isinstance(uri, SipUri)
+    assert uri.user == long_user
+
+
+def test_header_names_in_any_usual_spelling_are_canonical() -> None:
+    data = (
+        b"OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nMAX-FORWARDS: 70\r\n"
+        b"F: <sip:x@y>;tag=1\r\nto: <sip:a@b>\r\nI: c1\r\ncseq: 1 OPTIONS\r\nX-Odd_Name: 1\r\n\r\n"
+    )
+    msg = parse_datagram_untrusted(data)
+    assert isinstance(msg, Request)
+    names = [name for name, _ in msg.headers]
+    assert names == ["Via", "Max-Forwards", "From", "To", "Call-ID", "CSeq", "X-Odd_Name"]
+    with pytest.raises(SipParseError, match="invalid header name"):
+        parse_datagram_untrusted(data.replace(b"X-Odd_Name", b"X Odd"))
