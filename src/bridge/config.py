@@ -96,6 +96,7 @@ class Config:
     log_file: Path | None = None
     ring_timeout: float = 60.0
     media_timeout: float = 30.0
+    media_coalesce: float = 0.001
     echo_extension: str = "600"
     realm: str = "mccp-bridge"
     dtmf_mode: DtmfMode = DtmfMode.RFC4733
@@ -454,6 +455,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ring_timeout", _seconds(1, 3600), "seconds a call may ring before it is given up", "SECONDS"),
     Setting("media_timeout", _seconds(1, 3600), "seconds without media before a call is ended", "SECONDS"),
+    Setting(
+        "media_coalesce",
+        _seconds(0, 0.02),
+        "at high packet rates, serve the media sockets at most once per this many seconds "
+        "(a datagram waits at most that long; 0: wake up for every datagram)",
+        "SECONDS",
+    ),
     Setting("echo_extension", extension_number, "number of the built-in echo extension", "NUMBER"),
     Setting("realm", _realm, "SIP digest realm of the local extensions", "REALM"),
     Setting("dtmf_mode", _choice(DtmfMode), "DTMF towards SIP: rfc4733 or info", "MODE"),

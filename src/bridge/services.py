@@ -232,7 +232,7 @@ async def bridge_services(
         context.routes["/metrics"] = metrics.scrape
         media_bind = config.listen
         ports = PortAllocator(low, high, media_bind)
-        plane = MediaPlane()
+        plane = MediaPlane(coalesce=config.media_coalesce)
         await nursery.start(plane.run)
         share = (
             f" (slice {worker.index + 1} of {worker.count} of {config.rtp_ports[0]}-{config.rtp_ports[1]})"

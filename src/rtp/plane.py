@@ -10,14 +10,26 @@ is a plain synchronous callable `handler(now)`: it drains its own non-blocking s
 `recvfrom_into` up to a cap and processes the datagrams inline. `MediaPlane.run` is one task::
 
     while True:
-        await trio.lowlevel.wait_readable(epoll)     # Trio waits on the epoll fd: one re-arm per pass
-        for fd, _ in epoll.poll(0, max_events):      # every ready socket, with one `now`
+        events = epoll.poll(0, max_events)           # every ready socket, with one `now`
+        if not events:
+            await trio.lowlevel.wait_readable(epoll) # idle: one re-arm, woken by the next datagram
+            continue
+        for fd, _ in events:
             handlers[fd](now)
+        await trio.sleep_until(start + coalesce)     # if busy (below), else a plain checkpoint
+
+Coalescing (interrupt mitigation, as NAPI does for network cards): when packets come faster than
+one pass per `coalesce` seconds, the plane stops waking per packet. A pass that starts less than
+2 x `coalesce` after the previous one ends with `trio.sleep_until(start + coalesce)`, and the next pass
+polls the epoll directly: whatever arrived meanwhile is served in one pass, for one Trio wake-up.
+At low rates nothing changes (one wake-up per datagram, no added delay); at high rates a datagram
+waits at most `coalesce` (1 ms by default, against the 20 ms between a call's packets) and the
+cost of a wake-up is shared by every packet of the interval (bench/README.md, results).
 
 Level-triggered: a socket left with data (its handler hit its cap) is reported again next pass, so
 no datagram is stranded, and the kernel rotates its ready list, so `max_events` bounds a pass
-fairly. Each pass ends at `wait_readable`, a schedule point: signalling tasks (WebSocket pings,
-SIP, call timers) run between passes however heavy the media load (bench/README.md suggestion 5).
+fairly. Each pass ends at a schedule point (the coalescing sleep or a checkpoint): signalling
+tasks (WebSocket pings, SIP, call timers) run between passes however heavy the media load.
 
 Registration and unregistration are plain synchronous calls, safe at any time, including from a
 handler during a pass (a handler may end a call): a descriptor unregistered during a pass is not
@@ -31,6 +43,7 @@ error counted and logged, and its `on_error` callback told; the plane and the ot
 from __future__ import annotations
 
 import logging
+import math
 import select
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -39,11 +52,20 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["MAX_EVENTS", "ErrorHandler", "Handler", "MediaPlane", "PlaneCounters", "open_media_plane"]
+__all__ = [
+    "COALESCE",
+    "MAX_EVENTS",
+    "ErrorHandler",
+    "Handler",
+    "MediaPlane",
+    "PlaneCounters",
+    "open_media_plane",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 256  # ready sockets served per pass (the rest are reported again next pass)
+COALESCE = 0.001  # seconds: the shortest interval between passes once packets come faster (docstring)
 
 Handler = Callable[[float], None]
 ErrorHandler = Callable[[BaseException], None]
@@ -55,9 +77,10 @@ class _FileLike(Protocol):
 
 @dataclass(slots=True)
 class PlaneCounters:
-    """What the plane did: passes (wake-ups), handler calls, handlers that raised."""
+    """What the plane did: passes, handler calls, handlers that raised, passes that coalesced."""
 
     passes: int = 0
+    coalesced: int = 0  # passes that ended with a coalescing sleep (packets faster than `coalesce`)
     handler_calls: int = 0
     handler_errors: int = 0
 
@@ -65,8 +88,11 @@ class PlaneCounters:
 class MediaPlane:
     """One epoll for all the media sockets of a worker; `run` is its only task (module docstring)."""
 
-    def __init__(self, *, max_events: int = MAX_EVENTS) -> None:
+    def __init__(self, *, max_events: int = MAX_EVENTS, coalesce: float = COALESCE) -> None:
+        if coalesce < 0:
+            raise ValueError("coalesce must be >= 0 seconds")
         self.max_events = max_events
+        self.coalesce = coalesce
         self.counters = PlaneCounters()
         # True during a pass that got `max_events` ready sockets: more are waiting, so each
         # socket likely holds a backlog, and handlers should drain rather than read one datagram.
@@ -111,12 +137,17 @@ class MediaPlane:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the registered sockets until cancelled; the epoll is closed on the way out."""
         epoll, handlers, counters = self._epoll, self._handlers, self.counters
+        coalesce, last = self.coalesce, -math.inf
         task_status.started()
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll)
-                now = trio.current_time()
                 events = epoll.poll(0, self.max_events)
+                if not events:
+                    await trio.lowlevel.wait_readable(epoll)
+                    continue
+                now = trio.current_time()
+                busy = now - last < 2 * coalesce  # the previous pass, or the one before its sleep
+                last = now
                 self.saturated = len(events) >= self.max_events
                 counters.passes += 1
                 counters.handler_calls += len(events)
@@ -128,6 +159,12 @@ class MediaPlane:
                         handler(now)
                     except Exception as exc:  # a bug in one call's handler: that call only
                         self._failed(fd, handler, exc)
+                # A schedule point after every pass: signalling tasks run however heavy the media.
+                if busy:
+                    counters.coalesced += 1
+                    await trio.sleep_until(now + coalesce)
+                else:
+                    await trio.lowlevel.checkpoint()
         finally:
             self.close()
 
@@ -153,9 +190,11 @@ class MediaPlane:
 
 
 @asynccontextmanager
-async def open_media_plane(*, max_events: int = MAX_EVENTS) -> AsyncIterator[MediaPlane]:
+async def open_media_plane(
+    *, max_events: int = MAX_EVENTS, coalesce: float = COALESCE
+) -> AsyncIterator[MediaPlane]:
     """A running `MediaPlane` for the block (its task in a nursery of its own); closed on exit."""
-    plane = MediaPlane(max_events=max_events)
+    plane = MediaPlane(max_events=max_events, coalesce=coalesce)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(plane.run)

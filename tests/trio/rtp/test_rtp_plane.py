@@ -162,3 +162,48 @@ async def test_leaving_the_block_closes_the_plane() -> None:
     async with open_media_plane() as plane:
         assert not plane.closed
     assert plane.closed
+
+
+async def test_packets_faster_than_coalesce_are_served_together_after_the_interval() -> None:
+    """Interrupt mitigation: the pass right after another one ends with a sleep of `coalesce`;
+    every datagram that arrives meanwhile is served in the one pass after it (one `now`)."""
+    coalesce = 0.5  # long: the test's own stalls on a loaded machine stay well below it
+    with trio.fail_after(10), udp_pair() as (a, a_tx), udp_pair() as (b, b_tx), udp_pair() as (c, c_tx):
+        async with open_media_plane(coalesce=coalesce) as plane:
+            got_a: list[tuple[bytes, float]] = []
+            got_b: list[tuple[bytes, float]] = []
+            got_c: list[tuple[bytes, float]] = []
+            drain_a = drainer(a, got_a)
+
+            def a_then_b(now: float) -> None:
+                drain_a(now)
+                b_tx.send(b"b0")  # ready for the pass right after this one: a busy plane
+
+            plane.register(a, a_then_b)
+            plane.register(b, drainer(b, got_b))
+            plane.register(c, drainer(c, got_c))
+            a_tx.send(b"a0")
+            await wait_for(lambda: len(got_b) == 1)
+            busy_pass = got_b[0][1]
+            assert busy_pass - got_a[0][1] < coalesce
+            for i in range(5):  # during the coalescing sleep
+                c_tx.send(b"c%d" % i)
+                a_tx.send(b"a%d" % (i + 1))
+            await wait_for(lambda: len(got_c) == 5 and len(got_a) == 6)
+            served_at = {now for _, now in got_c + got_a[1:]}
+            assert len(served_at) == 1  # one pass for all ten
+            assert served_at.pop() >= busy_pass + coalesce
+            assert plane.counters.coalesced >= 1
+
+
+async def test_no_coalescing_when_disabled() -> None:
+    with trio.fail_after(10), udp_pair() as (a, a_tx):
+        async with open_media_plane(coalesce=0) as plane:
+            got: list[tuple[bytes, float]] = []
+            plane.register(a, drainer(a, got, cap=1))
+            for i in range(20):
+                a_tx.send(b"%d" % i)
+            await wait_for(lambda: len(got) == 20)
+            assert plane.counters.coalesced == 0
+    with pytest.raises(ValueError, match="coalesce"):
+        MediaPlane(coalesce=-1)

@@ -1,0 +1,207 @@
+"""Benchmark: the media edge's cost per datagram, sockets included, the plane and Trio left out.
+
+One `rtp.media.MediaSession` on loopback sockets, keyed (SRTP AES-GCM, as browsers negotiate) and
+latched, as in an established call. Its sockets are filled with a batch of datagrams from a sender,
+then the plane's handlers (`_on_browser_readable`, `_on_sip_rtp_readable`) drain them: the CPU time
+of that drain over the batch is the edge's cost per datagram (receive, classify, source check,
+unprotect/protect, rewrite, reception statistics, send). The sender's and the receiver's work stay
+outside the timed part. `bare` is the floor: the same socket calls with the SRTP call alone.
+
+Usage: .venv/bin/python bench/relay_edge.py [BATCH] [ROUNDS]   (default 200 datagrams x 200 rounds)
+Prints microseconds of CPU per datagram, best of the rounds' medians over 3 repetitions.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import trio
+from rtp import g711
+from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
+from rtp.ice_lite import IceLiteAgent
+from rtp.media import MediaSession, SipRemote
+from rtp.packet import RtpPacket
+from rtp.plane import MediaPlane
+from rtp.relay import CodecMap, PtRoute
+from rtp.srtp import SrtpProfile, SrtpRx, SrtpTx, srtp_pair
+
+PAYLOAD = g711.encode_ulaw(round(8000 * ((i % 20) - 10) / 10) for i in range(160))
+SAME = CodecMap(to_sip={0: PtRoute(0)}, to_browser={0: PtRoute(0)})
+PROFILE = SrtpProfile.AEAD_AES_128_GCM
+BROWSER_KEY = bytes(range(PROFILE.key_length + PROFILE.salt_length))
+OUR_KEY = bytes(range(50, 50 + PROFILE.key_length + PROFILE.salt_length))
+CERT = DtlsCertificate.generate("bench-edge")
+
+
+def _udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    return s
+
+
+def _rtp(i: int) -> bytes:
+    return RtpPacket(0, i & 0xFFFF, (i * 160) & 0xFFFFFFFF, 0x12345678, PAYLOAD).serialize()
+
+
+def _drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            sock.recv(4096)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+class Edge:
+    """A keyed, latched MediaSession and its two peers (the browser's and the phone's sockets)."""
+
+    def __init__(self) -> None:
+        self.plane = MediaPlane()
+        self.browser_port, self.sip_rtp, self.sip_rtcp = _udp(), _udp(), _udp()
+        self.browser, self.phone = _udp(), _udp()
+        self.media = MediaSession(
+            browser_sock=self.browser_port,
+            sip_rtp_sock=self.sip_rtp,
+            sip_rtcp_sock=self.sip_rtcp,
+            ice=IceLiteAgent("abcd", "p" * 24, "efgh", "q" * 24),
+            dtls=DtlsEndpoint(DtlsRole.SERVER, CERT, ("sha-256", CERT.fingerprint_sha256)),
+            plane=self.plane,
+        )
+        media = self.media
+        media.relay.start_srtp(*srtp_pair(PROFILE, OUR_KEY, BROWSER_KEY))
+        media._keyed = True
+        browser_addr = self.browser.getsockname()
+        media._media_source = media._last_validated = browser_addr
+        phone_addr = self.phone.getsockname()
+        media.set_sip_remote(SipRemote(phone_addr, phone_addr, SAME))
+        self.browser_tx = SrtpTx(PROFILE, BROWSER_KEY)
+        self.browser_rx = SrtpRx(PROFILE, OUR_KEY)
+        self.seq_to_sip = self.seq_to_browser = 0
+
+    def fill_browser(self, n: int) -> None:
+        dest = self.browser_port.getsockname()
+        for _ in range(n):
+            self.seq_to_sip += 1
+            self.browser.sendto(self.browser_tx.protect(_rtp(self.seq_to_sip)), dest)
+
+    def fill_phone(self, n: int) -> None:
+        dest = self.sip_rtp.getsockname()
+        for _ in range(n):
+            self.seq_to_browser += 1
+            self.phone.sendto(_rtp(self.seq_to_browser), dest)
+
+    def close(self) -> None:
+        self.media.close()
+        self.plane.close()
+        for s in (self.browser_port, self.sip_rtp, self.sip_rtcp, self.browser, self.phone):
+            s.close()
+
+
+def _timed(
+    batch: int, rounds: int, fill: Callable[[int], None], serve: Callable[[], None], sink: socket.socket
+) -> float:
+    """Median CPU seconds per datagram of `serve()` draining a batch, over `rounds` batches."""
+    per: list[float] = []
+    for _ in range(rounds):
+        fill(batch)
+        start = time.process_time()
+        serve()
+        per.append((time.process_time() - start) / batch)
+        if _drain(sink) != batch:
+            raise AssertionError("the edge dropped datagrams")
+    return statistics.median(per)
+
+
+def measure(batch: int, rounds: int) -> dict[str, float]:
+    edge = Edge()
+    media = edge.media
+    try:
+        browser_one = media._browser_datagram
+        sip_one = media._sip_rtp_datagram
+
+        def serve_browser() -> None:
+            while browser_one(0.0):
+                pass
+
+        def serve_sip() -> None:
+            while sip_one(0.0):
+                pass
+
+        to_sip = _timed(batch, rounds, edge.fill_browser, serve_browser, edge.phone)
+        to_browser = _timed(batch, rounds, edge.fill_phone, serve_sip, edge.browser)
+    finally:
+        edge.close()
+    return {"browser->SIP": to_sip, "SIP->browser": to_browser, **_bare(batch, rounds)}
+
+
+def _bare(batch: int, rounds: int) -> dict[str, float]:
+    """The floor: recvfrom_into + one SRTP call + sendto, nothing else."""
+    rx_sock, tx_sock, sink, src = _udp(), _udp(), _udp(), _udp()
+    tx, rx = srtp_pair(PROFILE, OUR_KEY, BROWSER_KEY)
+    browser_tx = SrtpTx(PROFILE, BROWSER_KEY)
+    buf = bytearray(2048)
+    dest = sink.getsockname()
+    seq = 0
+
+    def fill_srtp(n: int) -> None:
+        nonlocal seq
+        for _ in range(n):
+            seq += 1
+            src.sendto(browser_tx.protect(_rtp(seq)), rx_sock.getsockname())
+
+    def fill_rtp(n: int) -> None:
+        nonlocal seq
+        for _ in range(n):
+            seq += 1
+            src.sendto(_rtp(seq), tx_sock.getsockname())
+
+    def unprotect_loop() -> None:
+        view = memoryview(buf)
+        while True:
+            try:
+                n, _src = rx_sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            rx_sock.sendto(rx.unprotect(view[:n]), dest)
+
+    def protect_loop() -> None:
+        view = memoryview(buf)
+        while True:
+            try:
+                n, _src = tx_sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            tx_sock.sendto(tx.protect(view[:n]), dest)
+
+    try:
+        return {
+            "bare unprotect": _timed(batch, rounds, fill_srtp, unprotect_loop, sink),
+            "bare protect": _timed(batch, rounds, fill_rtp, protect_loop, sink),
+        }
+    finally:
+        for s in (rx_sock, tx_sock, sink, src):
+            s.close()
+
+
+async def _main(batch: int, rounds: int) -> list[dict[str, float]]:
+    return [measure(batch, rounds) for _ in range(3)]  # in Trio: the plane closes through it
+
+
+def main() -> None:
+    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    results = trio.run(_main, batch, rounds)
+    print(f"relay_edge: {batch} datagrams x {rounds} rounds, best of 3 medians, CPU us per datagram")
+    for key in results[0]:
+        print(f"  {key:16s} {min(r[key] for r in results) * 1e6:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
