@@ -135,6 +135,40 @@ def test_binding_success_encodes_rfc5769_address(addr: tuple[str, int], expected
     assert msg.check_integrity(PASSWORD)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    tid=st.binary(min_size=12, max_size=12),
+    key=st.binary(min_size=1, max_size=64),
+    v4=st.booleans(),
+    address=st.integers(min_value=0, max_value=2**128 - 1),
+    port=st.integers(min_value=0, max_value=65535),
+)
+def test_binding_success_is_what_aioice_encodes(
+    tid: bytes, key: bytes, v4: bool, address: int, port: int
+) -> None:
+    # Our direct encoder against aioice's generic one (an independent implementation).
+    import ipaddress
+
+    from aioice import stun as aioice_stun
+
+    host = str(ipaddress.IPv4Address(address % 2**32) if v4 else ipaddress.IPv6Address(address))
+    reference = aioice_stun.Message(
+        message_method=aioice_stun.Method.BINDING,
+        message_class=aioice_stun.Class.RESPONSE,
+        transaction_id=tid,
+    )
+    reference.attributes["XOR-MAPPED-ADDRESS"] = (host, port)
+    reference.add_message_integrity(key)
+    assert binding_success(tid, (host, port), key) == bytes(reference)
+
+
+def test_binding_success_refuses_our_own_misuse() -> None:
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        binding_success(TID, ("not-an-address", 1), PASSWORD)
+    with pytest.raises(ValueError, match="12 bytes"):
+        binding_success(TID[:11], ("192.0.2.1", 1), PASSWORD)
+
+
 def test_our_integrity_and_fingerprint_match_the_vector() -> None:
     """Rebuilt from its attributes with our encoder (no SOFTWARE, zero padding), the request's
     MI and FINGERPRINT verify independently: HMAC-SHA1 and CRC-32 ^ 0x5354554e recomputed here."""
