@@ -75,7 +75,7 @@ from rtp.sdp_answer import (
     offer_for_sip,
     parse_sip_answer,
 )
-from rtp.srtp import keys_from_dtls, srtp_pair
+from rtp.srtp import PacketBuffer, keys_from_dtls, srtp_pair
 from rtp.stun import Address
 
 __all__ = [
@@ -243,8 +243,10 @@ class MediaSession:
         self._sip_rtcp = _raw_socket(sip_rtcp_sock)
         # One receive buffer for the three sockets: their handlers run one at a time, and
         # each datagram is done with (copied or sent) before the next is read.
-        self._buf = bytearray(BUFSIZE)
-        self._view = memoryview(self._buf)
+        # SRTP runs in place on it (rtp.srtp.PacketBuffer): the datagram is sent from where it came in.
+        self._pkt = PacketBuffer(BUFSIZE)
+        self._buf = self._pkt.data
+        self._view = self._pkt.view
         self._sip: SipRemote | None = None  # where SIP media goes (the latched sources)
         self._sip_sdp: SipRemote | None = None  # what the SIP answer's SDP said
         self._latch: SourceLatch | None = None
@@ -565,11 +567,13 @@ class MediaSession:
         if sip is None:  # still ringing: no codec map, no address (not a relay drop)
             self.edge.no_sip_address += 1
             return True
+        out: bytes | bytearray | memoryview | None
         if rtcp:
             out = self.relay.browser_rtcp(self._view[:n], now)
             dest, sock = sip.rtcp, self._sip_rtcp
         else:
-            out = self.relay.browser_rtp(self._view[:n], now)
+            m = self.relay.browser_rtp_in(self._pkt, n, now)
+            out = self._view[:m] if m else None
             dest, sock = sip.rtp, self._sip_rtp
         if out is None:
             return True
@@ -683,10 +687,10 @@ class MediaSession:
         if dest is None:
             self.edge.no_browser_address += 1
             return True
-        out = self.relay.sip_rtp(self._view[:n], now)
-        if out is not None:
+        m = self.relay.sip_rtp_in(self._pkt, n, now)
+        if m:
             try:
-                self._browser.sendto(out, dest)
+                self._browser.sendto(self._view[:m], dest)
             except OSError:
                 self.edge.send_failed += 1
         return True

@@ -53,7 +53,7 @@ from rtp.errors import RtpParseError, SrtpError, SrtpErrorKind
 from rtp.packet import FIXED_HEADER, FIXED_HEADER_TAIL, RTP_HEADER_LENGTH, check_untrusted, is_rtcp
 from rtp.reception import ReceptionStats
 from rtp.rtcp import RtcpType, rewrite_ssrcs, walk_untrusted
-from rtp.srtp import SrtpRx, SrtpTx
+from rtp.srtp import PacketBuffer, SrtpRx, SrtpTx
 
 __all__ = [
     "CodecMap",
@@ -72,6 +72,7 @@ MAX_TIMESTAMP_JUMP = 8000 * 60  # a forward jump of over a minute at 8 kHz is a 
 STALE_GRACE = 0.5  # seconds during which the previous SSRC's stragglers are dropped
 RESTART_GAP = 1.0  # seconds after which a "late" packet of the current SSRC means a restart
 _SSRC_HISTORY = 16
+SRTP_TRAILER_ROOM = 148  # the most SRTP/SRTCP may add (rtp.srtp)
 
 
 class DropCause(enum.Enum):
@@ -227,6 +228,7 @@ class Relay:
         self._last_out_time: float | None = None
         self._ts_deltas: dict[int, int] = {}  # SIP SSRC -> timestamp delta, for SR rewriting
         self.stream_changes = 0
+        self._scratch: PacketBuffer | None = None  # the bytes API's work buffer (made on first use)
 
     def start_srtp(self, tx: SrtpTx, rx: SrtpRx) -> None:
         """Install the SRTP contexts (our key to protect, the browser's to unprotect)."""
@@ -245,46 +247,66 @@ class Relay:
 
     # -- browser -> SIP ---------------------------------------------------------------------
 
-    def browser_rtp(self, srtp: bytes | memoryview, now: float) -> Datagram | None:
+    def browser_rtp(self, srtp: bytes | bytearray | memoryview, now: float) -> Datagram | None:
         """An SRTP packet from the browser -> the RTP packet for the SIP side, or None (counted)."""
-        c = self.to_sip
-        if self._rx is None:
-            c.drop(DropCause.NOT_READY)
+        buf = self._scratch_with(srtp)
+        if buf is None:
             return None
+        n = self.browser_rtp_in(buf, len(srtp), now)
+        return bytes(buf.view[:n]) if n else None
+
+    def browser_rtp_in(self, buf: PacketBuffer, n: int, now: float) -> int:
+        """`browser_rtp` in place: the SRTP packet in `buf`'s first `n` bytes becomes the RTP
+        packet for the SIP side; returns its length, 0 if refused (counted)."""
+        c = self.to_sip
+        rx = self._rx
+        if rx is None:
+            c.drop(DropCause.NOT_READY)
+            return 0
         try:
-            plain = self._rx.unprotect(srtp)
+            n = rx.unprotect_in(buf, n)
         except SrtpError as exc:
             c.drop(_SRTP_CAUSE[exc.kind])
-            return None
-        n = len(plain)
+            return 0
+        data = buf.data
         # Fast path: a bare 12-byte header (no CSRC, extension or padding), as browsers send
         # when no header extension was negotiated; anything else gets the full check.
-        if n >= RTP_HEADER_LENGTH and plain[0] == 0x80:
+        if n >= RTP_HEADER_LENGTH and data[0] == 0x80:
             start, end = RTP_HEADER_LENGTH, n
         else:
             try:
-                start, end = check_untrusted(plain)
+                start, end = check_untrusted(buf.view[:n])
             except RtpParseError:
                 c.drop(DropCause.MALFORMED)
-                return None
-        b1 = plain[1]
-        _b0, _b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(plain)
+                return 0
+        _b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(data)
         c.reception.packet(ssrc, seq, ts, now, self.codec_map.clock_rate)
-        route = self._to_sip[b1 & 0x7F]
+        pt = b1 & 0x7F
+        route = self._to_sip[pt]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)
-            return None
+            return 0
         out_pt, table = route
-        out: Datagram = plain
-        if out_pt != b1 & 0x7F or table is not None:
-            out = bytearray(plain)
-            out[1] = (b1 & 0x80) | out_pt
-            if table is not None:
-                out[start:end] = out[start:end].translate(table)
+        if out_pt != pt:
+            data[1] = (b1 & 0x80) | out_pt
+        if table is not None:
+            data[start:end] = data[start:end].translate(table)
         c.packets += 1
         c.octets += n
         c.last_packet_time = now
-        return out
+        return n
+
+    def _scratch_with(self, packet: bytes | bytearray | memoryview) -> PacketBuffer | None:
+        """The bytes API's buffer (made on first use) holding a copy of `packet`; None if too long."""
+        buf = self._scratch
+        if buf is None:
+            buf = self._scratch = PacketBuffer()
+        n = len(packet)
+        if n > len(buf) - SRTP_TRAILER_ROOM:
+            self.to_sip.drop(DropCause.MALFORMED)
+            return None
+        buf.data[:n] = packet
+        return buf
 
     def browser_rtcp(self, srtcp: bytes | memoryview, now: float) -> Datagram | None:
         """An SRTCP packet from the browser -> the RTCP packet for the SIP side, or None."""
@@ -321,33 +343,53 @@ class Relay:
 
     # -- SIP -> browser ---------------------------------------------------------------------
 
-    def sip_rtp(self, buf: bytearray | memoryview, now: float | None) -> bytes | None:
+    def sip_rtp(self, packet: bytes | bytearray | memoryview, now: float | None) -> bytes | None:
         """A datagram from the SIP side's RTP socket -> SRTP (or SRTCP) for the browser, or None.
 
-        `buf` must be writable: the header is rewritten in place. RTCP arriving on the RTP port
-        (a peer that muxes anyway) is recognised (RFC 5761 §4) and handled as `sip_rtcp`.
+        RTCP arriving on the RTP port (a peer that muxes anyway) is recognised (RFC 5761 §4) and
+        handled as `sip_rtcp`.
         """
+        buf = self._scratch
+        if buf is None:
+            buf = self._scratch = PacketBuffer()
+        n = len(packet)
+        if n > len(buf) - SRTP_TRAILER_ROOM:
+            self.to_browser.drop(DropCause.MALFORMED)
+            return None
+        buf.data[:n] = packet
+        m = self.sip_rtp_in(buf, n, now)
+        return bytes(buf.view[:m]) if m else None
+
+    def sip_rtp_in(self, buf: PacketBuffer, n: int, now: float | None) -> int:
+        """`sip_rtp` in place: the datagram in `buf`'s first `n` bytes becomes the SRTP (or SRTCP)
+        packet for the browser; returns its length, 0 if refused (counted)."""
         c = self.to_browser
-        if self._tx is None:
+        tx = self._tx
+        if tx is None:
             c.drop(DropCause.NOT_READY)
-            return None
-        if len(buf) < RTP_HEADER_LENGTH:
+            return 0
+        if n < RTP_HEADER_LENGTH:
             c.drop(DropCause.MALFORMED)
-            return None
-        b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(buf)
+            return 0
+        data = buf.data
+        b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(data)
         if b0 != 0x80:  # not the bare fixed header: full check (version, CSRC, extension, padding)
             try:
-                check_untrusted(buf)
+                check_untrusted(buf.view[:n])
             except RtpParseError:
                 c.drop(DropCause.MALFORMED)
-                return None
+                return 0
         if 192 <= b1 <= 223:  # RFC 5761 §4: RTCP
-            return self.sip_rtcp(buf, now)
+            srtcp = self.sip_rtcp(buf.view[:n], now)
+            if srtcp is None:
+                return 0
+            data[: len(srtcp)] = srtcp
+            return len(srtcp)
         c.reception.packet(ssrc, seq, ts, now, self.codec_map.clock_rate)
         route = self._to_browser[b1 & 0x7F]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)
-            return None
+            return 0
         forward = True
         new_stream = False
         if ssrc == self._in_ssrc and self._started:
@@ -375,7 +417,7 @@ class Relay:
             and now - self._switch_time < STALE_GRACE
         ):
             c.drop(DropCause.STALE_STREAM)
-            return None
+            return 0
         else:
             new_stream = True
         if new_stream:
@@ -384,15 +426,15 @@ class Relay:
         out_ts = (ts + self._ts_delta) & 0xFFFFFFFF
         out_pt, table = route
         marker = 0x80 if new_stream else b1 & 0x80
-        FIXED_HEADER_TAIL.pack_into(buf, 1, marker | out_pt, out_seq, out_ts, self.ssrc)
+        FIXED_HEADER_TAIL.pack_into(data, 1, marker | out_pt, out_seq, out_ts, self.ssrc)
         if table is not None:
-            start, end = check_untrusted(buf)
-            buf[start:end] = bytes(buf[start:end]).translate(table)
+            start, end = check_untrusted(buf.view[:n])
+            data[start:end] = data[start:end].translate(table)
         try:
-            out = self._tx.protect(buf)
+            m = tx.protect_in(buf, n)
         except SrtpError as exc:
             c.drop(_SRTP_CAUSE[exc.kind])
-            return None
+            return 0
         if forward:
             self._max_in_seq = seq
             self._last_in_ts = ts
@@ -400,10 +442,10 @@ class Relay:
             self._last_out_ts = out_ts
             self._last_out_time = now
         c.packets += 1
-        c.octets += len(out)
+        c.octets += m
         if now is not None:
             c.last_packet_time = now
-        return out
+        return m
 
     def _new_stream(self, ssrc: int, seq: int, ts: int, now: float | None) -> None:
         if self._started:

@@ -13,6 +13,11 @@ pylibsrtp facts this wrapper is built around (see shared/recipes/perf/README.md)
   count per cause; a packet is refused, never the session. `allow_repeat_tx` stays off: the relay
   never sends the same index twice (it rewrites sequence numbers to be continuous).
 
+In place (`PacketBuffer`): the relay's hot path goes further. A call's sockets receive into one
+`PacketBuffer` (a bytearray with a cffi pointer to it, made once), and `SrtpTx.protect_in` /
+`SrtpRx.unprotect_in` run libsrtp on that buffer where the datagram already is: no copy in, no
+copy out, no `bytes` object per packet; the result is sent from the same buffer.
+
 Memory: each `pylibsrtp.Session` allocates its own 1500-byte work buffer, which `protect` and
 `unprotect` fill, run libsrtp on, and copy out of before returning (nothing refers to it between
 calls). `srtp_pair` makes one call's two directions share a single buffer (about 1.5 KiB less
@@ -37,6 +42,7 @@ from rtp.errors import SrtpError, SrtpErrorKind
 __all__ = [
     "EXPORTER_LABEL",
     "MAX_PROTECT_INPUT",
+    "PacketBuffer",
     "SrtpProfile",
     "SrtpRx",
     "SrtpTx",
@@ -184,6 +190,36 @@ class _Direct:
         return bytes(self._buffer[0 : length[0]])  # a cffi buffer slice is already bytes: no copy
 
 
+class PacketBuffer:
+    """A datagram buffer SRTP works on in place: `data` (receive into it), `view` (send slices of it).
+
+    One per call (its sockets are served one datagram at a time). libsrtp may add a trailer of up
+    to 148 bytes when protecting, so `protect_in` takes at most `size - 148` bytes.
+    """
+
+    __slots__ = ("_length", "_ptr", "data", "view")
+
+    def __init__(self, size: int = 2048) -> None:
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+        self._ptr = ffi.from_buffer(self.data)
+        self._length = ffi.new("int *")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def _in_place(func: Any, ctx: Any, buf: PacketBuffer, n: int, trailer: int, what: str) -> int:
+    if not 0 <= n <= len(buf.data) - trailer:
+        raise SrtpError(SrtpErrorKind.MALFORMED, f"{what}: packet is too long ({n} bytes)")
+    length = buf._length
+    length[0] = n
+    status = func(ctx, buf._ptr, length)
+    if status:
+        raise _status_error(status, what)
+    return int(length[0])
+
+
 class SrtpTx:
     """The sending context of one direction: protects RTP and RTCP with our write key."""
 
@@ -201,6 +237,10 @@ class SrtpTx:
         REPLAY when the same sequence number is protected twice).
         """
         return self._direct.run(lib.srtp_protect, rtp, _RTP_TRAILER, "protect")
+
+    def protect_in(self, buf: PacketBuffer, n: int) -> int:
+        """`protect` on the first `n` bytes of `buf`, in place; returns the SRTP packet's length."""
+        return _in_place(lib.srtp_protect, self._direct._ctx, buf, n, _RTP_TRAILER, "protect")
 
     def protect_rtcp(self, rtcp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one compound RTCP packet (RFC 3711 §3.4), adding the index."""
@@ -220,6 +260,10 @@ class SrtpRx:
     def unprotect(self, srtp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
         return self._direct.run(lib.srtp_unprotect, srtp, 0, "unprotect")
+
+    def unprotect_in(self, buf: PacketBuffer, n: int) -> int:
+        """`unprotect` on the first `n` bytes of `buf`, in place; returns the RTP packet's length."""
+        return _in_place(lib.srtp_unprotect, self._direct._ctx, buf, n, 0, "unprotect")
 
     def unprotect_rtcp(self, srtcp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTCP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""

@@ -847,10 +847,10 @@ async def test_a_bug_in_a_plane_handler_ends_this_call_only() -> None:
                     await connect(r, nursery)
                     r.media.set_sip_remote(SipRemote(r.phone.getsockname(), r.phone_rtcp.getsockname(), PCMU))
 
-                    def broken(buf: object, now: object) -> None:
+                    def broken(buf: object, n: object, now: object) -> None:
                         raise RuntimeError("relay bug")
 
-                    r.media.relay.sip_rtp = broken  # type: ignore[method-assign]
+                    r.media.relay.sip_rtp_in = broken  # type: ignore[method-assign]
                     await r.phone.sendto(rtp(1, 0, 0x2222, b"\x00" * 160), ("127.0.0.1", r.sip_rtp_port))
                     await trio.sleep_forever()
             assert r.media.keys_ready

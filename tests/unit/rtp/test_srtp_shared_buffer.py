@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 
-from rtp.srtp import MAX_PROTECT_INPUT, SrtpProfile, SrtpRx, SrtpTx, srtp_pair
+import pytest
+
+from rtp.errors import SrtpError, SrtpErrorKind
+from rtp.srtp import MAX_PROTECT_INPUT, PacketBuffer, SrtpProfile, SrtpRx, SrtpTx, srtp_pair
 
 
 def rtp(seq: int, ssrc: int, payload: bytes) -> bytes:
@@ -82,3 +85,27 @@ def test_bytes_like_packets_and_libsrtp_statuses_through_the_direct_binding() ->
         with pytest.raises(SrtpError) as malformed:
             tx.protect(bad)
         assert malformed.value.kind is SrtpErrorKind.MALFORMED
+
+
+def test_in_place_on_a_packet_buffer_matches_the_bytes_api() -> None:
+    """`protect_in`/`unprotect_in` give the bytes of `protect`/`unprotect`, where the packet is."""
+    for profile in SrtpProfile:
+        k1, k2 = key(profile), key(profile)
+        by_bytes, _ = srtp_pair(profile, k1, k2)
+        in_place, _ = srtp_pair(profile, k1, k2)
+        _, peer_rx = srtp_pair(profile, k2, k1)
+        buf = PacketBuffer(512)
+        for seq in range(1, 6):
+            packet = rtp(seq, 0x1234, os.urandom(20 * seq))
+            buf.data[: len(packet)] = packet
+            m = in_place.protect_in(buf, len(packet))
+            assert bytes(buf.view[:m]) == by_bytes.protect(packet)
+            assert peer_rx.unprotect_in(buf, m) == len(packet)
+            assert bytes(buf.view[: len(packet)]) == packet
+        buf.data[:100] = bytes(100)  # an unauthentic packet: refused, counted as AUTH
+        with pytest.raises(SrtpError) as forged:
+            peer_rx.unprotect_in(buf, 100)
+        assert forged.value.kind is SrtpErrorKind.AUTH
+        with pytest.raises(SrtpError) as too_long:  # no room left for the trailer
+            in_place.protect_in(buf, len(buf) - 100)
+        assert too_long.value.kind is SrtpErrorKind.MALFORMED
