@@ -18,10 +18,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import trio.testing
 import trio_websocket
 
 import trio
-from bridge.app import AuthenticatedCall, BridgeContext, CallHandler, Services, run_bridge
+from bridge.app import AuthenticatedCall, BridgeContext, CallHandler, Services, malloc_trim, run_bridge
 from bridge.auth import AuthOutcome
 from bridge.certs import generate_self_signed
 from bridge.config import Config, Upstream
@@ -338,3 +339,35 @@ async def test_second_signal_forces_exit(tmp_path: Path) -> None:
                     while not exits:
                         await trio.sleep(0.01)
     assert exits == [128 + signal.SIGTERM]
+
+
+def test_malloc_trim_is_glibcs() -> None:
+    trim = malloc_trim()
+    assert trim is not None  # Debian's glibc
+    assert trim() in (0, 1)  # 1: memory was given back
+
+
+async def test_heap_is_trimmed_once_connections_settle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bridge.app.HEAP_QUIET", 0.05)
+    trims: list[int] = []
+    trimmed = trio.Event()
+
+    def trim() -> None:
+        trims.append(context.active_calls)
+        trimmed.set()
+
+    with trio.fail_after(10):
+        async with running(_config(tmp_path)) as (context, client), trio.open_nursery() as nursery:
+            nursery.start_soon(context.trim_heap, trim)
+            await trio.testing.wait_all_tasks_blocked()
+            assert trims == []  # no connection yet: nothing to give back
+            for _ in range(2):
+                async with page(context, client) as ws:
+                    await ws.send_message(call())
+                    assert await recv(ws) == Hangup(503, "calls not available yet")
+                    assert await closed(ws)
+            await trimmed.wait()
+            assert trims == [0]  # after the connections had come and gone
+            nursery.cancel_scope.cancel()
