@@ -28,11 +28,14 @@ the per-address cap at accept, and once the head is read counts the connection (
 the handler as :attr:`MccpConnection.remote`) under the page's address from ``X-Forwarded-For``
 (:func:`~mccp.access.client_address`), 503 beyond the per-address cap.
 
-Each WebSocket connection runs in its own nursery: a reader task (decodes frames with the pure
-:class:`~mccp.session.Session`, answers ``ping`` and every bad frame itself, applies the rate
-limit, and queues valid page messages), a keep-alive task (WebSocket ping every
-``ping_interval``, closes after ``pong_timeout``), a call-timer task (``hangup`` 408 when no
-``call`` comes in ``call_timeout``) and the caller's handler with its :class:`MccpConnection`.
+Each WebSocket connection runs in one nursery (trio-websocket's own reader task is in it too):
+the caller's handler with its :class:`MccpConnection` in the connection's task, and one reader
+task that decodes frames with the pure :class:`~mccp.session.Session`, answers ``ping`` and every
+bad frame itself, applies the rate limit and queues valid page messages. The reader also keeps
+the connection's timers as deadlines on its wait for the next frame: ``hangup`` 408 when no
+``call`` comes in ``call_timeout``, and a WebSocket ping every ``ping_interval``, whose pong is
+awaited (``pong_timeout``, then the page is gone) in a task that lives only that long. No task
+waits for a timer alone: an established call's page costs two tasks (memory per call, issue 6).
 Bad input from one client is answered, dropped and counted in :class:`ServerStats`; it never
 ends the server.
 """
@@ -194,6 +197,7 @@ class MccpConnection:
         self._session = Session(now=trio.current_time(), call_timeout=limits.call_timeout)
         self._inbox_send, self._inbox = trio.open_memory_channel[PageMessage](8)
         self._gone: str | None = None
+        self._pinging = False
 
     @property
     def state(self) -> SessionState:
@@ -261,21 +265,35 @@ class MccpConnection:
             await self._ws.aclose(code, reason)
         self._mark_gone(f"closed by bridge ({code})")
 
-    async def _reader(self) -> None:
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        """Read the page's frames until the socket ends; its timers too (module docstring)."""
         limits, stats = self._limits, self._stats
-        bucket = TokenBucket(
-            rate=limits.max_messages_per_second, burst=limits.message_burst, now=trio.current_time()
-        )
+        now = trio.current_time()
+        bucket = TokenBucket(rate=limits.max_messages_per_second, burst=limits.message_burst, now=now)
         last_429 = -1e9
+        next_ping = now + limits.ping_interval
         try:
             while True:
-                try:
-                    data = await self._ws.get_message()
-                except trio_websocket.ConnectionClosed as exc:
-                    self._mark_gone(_close_text(exc.reason))
-                    return
-                stats.messages_received += 1
+                call_deadline = self._session.next_deadline()
+                wake = next_ping if call_deadline is None else min(next_ping, call_deadline)
+                data: str | bytes | None = None
+                with trio.move_on_at(wake):  # get_message is a channel receive: nothing is lost
+                    try:
+                        data = await self._ws.get_message()
+                    except trio_websocket.ConnectionClosed as exc:
+                        self._mark_gone(_close_text(exc.reason))
+                        return
                 now = trio.current_time()
+                if data is None:  # a deadline
+                    if now >= next_ping:
+                        next_ping = now + limits.ping_interval
+                        if not self._pinging:
+                            self._pinging = True
+                            nursery.start_soon(self._ping)
+                    if await self._call_timer(now):
+                        return
+                    continue
+                stats.messages_received += 1
                 if not bucket.allow(now):
                     stats.rate_limited += 1
                     stats.messages_dropped += 1
@@ -314,34 +332,31 @@ class MccpConnection:
         finally:
             self._inbox_send.close()
 
-    async def _keepalive(self) -> None:
-        while True:
-            await trio.sleep(self._limits.ping_interval)
-            # RFC 6455 section 5.5.2: a peer that receives a Ping MUST answer it with a Pong.
-            try:
-                with trio.move_on_after(self._limits.pong_timeout) as scope:
-                    await self._ws.ping()
-            except trio_websocket.ConnectionClosed:
-                return
-            if scope.cancelled_caught:
-                self._stats.pong_timeouts += 1
-                self._mark_gone("no pong in time")
-                await self._close(1011, "no pong")  # RFC 6455 7.4.1: unexpected condition
-                return
+    async def _ping(self) -> None:
+        """One keep-alive ping; the page is gone if its pong does not come in ``pong_timeout``."""
+        # RFC 6455 section 5.5.2: a peer that receives a Ping MUST answer it with a Pong.
+        try:
+            with trio.move_on_after(self._limits.pong_timeout) as scope:
+                await self._ws.ping()
+        except trio_websocket.ConnectionClosed:
+            return
+        finally:
+            self._pinging = False
+        if scope.cancelled_caught:
+            self._stats.pong_timeouts += 1
+            self._mark_gone("no pong in time")
+            await self._close(1011, "no pong")  # RFC 6455 7.4.1: unexpected condition
 
-    async def _call_timer(self) -> None:
-        while (deadline := self._session.next_deadline()) is not None:
-            await trio.sleep_until(deadline)
-            hangup = self._session.handle_timeout(trio.current_time())
-            if hangup is not None:
-                self._stats.call_timeouts += 1
-                try:
-                    await self.send(hangup)
-                except PageGone:
-                    return
-                self._mark_gone("no call in time")
-                await self._close(1000, "no call in time")
-                return
+    async def _call_timer(self, now: float) -> bool:
+        """``hangup`` 408 once no ``call`` came in time; True when that closed the connection."""
+        hangup = self._session.handle_timeout(now)
+        if hangup is None:
+            return False
+        self._stats.call_timeouts += 1
+        await self.send(hangup)
+        self._mark_gone("no call in time")
+        await self._close(1000, "no call in time")
+        return True
 
 
 def load_page() -> bytes:
@@ -660,20 +675,16 @@ class MccpFront:
             started = trio.current_time()
             log.info("mccp open %s:%d origin=%s", remote[0], remote[1], origin)
             try:
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(mccp._reader)
-                    tasks.start_soon(mccp._keepalive)
-                    tasks.start_soon(mccp._call_timer)
-                    try:
-                        await self.handler(mccp)
-                    except PageGone:
-                        pass
-                    except Exception:
-                        st.handler_failures += 1
-                        log.exception("mccp %s:%d: handler failed", *remote)
-                        with suppress(PageGone, LocalProtocolError):
-                            await mccp.send(Hangup(500, "bridge failure"))
-                    tasks.cancel_scope.cancel()
+                nursery.start_soon(mccp._reader, nursery)
+                try:
+                    await self.handler(mccp)
+                except PageGone:
+                    pass
+                except Exception:
+                    st.handler_failures += 1
+                    log.exception("mccp %s:%d: handler failed", *remote)
+                    with suppress(PageGone, LocalProtocolError):
+                        await mccp.send(Hangup(500, "bridge failure"))
             finally:
                 await mccp._close(1000, "bye")
                 nursery.cancel_scope.cancel()
