@@ -57,6 +57,33 @@ def test_rfc7914_scrypt_vector() -> None:
     assert not entry.matches("passwore")
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    password=st.binary(max_size=40),
+    salt=st.binary(min_size=1, max_size=32),
+    log_n=st.integers(min_value=1, max_value=6),
+    r=st.integers(min_value=1, max_value=8),
+    p=st.integers(min_value=1, max_value=3),
+    dklen=st.integers(min_value=16, max_value=64),
+)
+def test_every_scrypt_implementation_is_rfc7914(
+    password: bytes, salt: bytes, log_n: int, r: int, p: int, dklen: int
+) -> None:
+    # The bridge uses libsodium's scrypt when PyNaCl is installed, else OpenSSL's (hashlib): the
+    # one in use, and libsodium's whenever it can be loaded, give hashlib's bytes.
+    from bridge import extensions
+
+    n = 2**log_n
+    expected = hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=2**26, dklen=dklen)
+    implementations = [extensions.SCRYPT, extensions._openssl_scrypt]
+    sodium = extensions._sodium_scrypt()
+    if sodium is not None:
+        implementations.append(sodium)
+    for scrypt in implementations:
+        assert scrypt(password, salt, n, r, p, dklen, 2**26) == expected
+    assert (extensions.SCRYPT_IMPLEMENTATION == "libsodium") == (sodium is not None)
+
+
 def test_make_extension_hashes_and_checks() -> None:
     ext = make_extension("100", "s3cret", realm="mccp-bridge", salt=b"0123456789abcdef", n=FAST)
     assert ext.check_password("s3cret")
