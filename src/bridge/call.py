@@ -7,25 +7,29 @@ Theory of operation
     route the number (404/480 end here: nothing is sent towards SIP)
     async with open_media(...):                 # ports, ICE-lite + DTLS answer, RTP/AVP offer (503/488)
         page <- trying, progress(answer SDP)    # ICE and DTLS run while the phone rings
-        nursery:
-            page_task       page messages: hangup, dtmf (SIP INFO in dtmf_mode "info"), socket gone
+        nursery (the call's one nursery):
+            (its own task)  the page: messages (hangup, dtmf: SIP INFO in dtmf_mode "info"), its
+                            socket going away, and the SIP side's silence (no RTP for media_timeout
+                            once answered, not on hold) as a deadline of that wait
             ice_dtls_task   media.run_ice_dtls(): the browser port served by the worker's media
                             plane (STUN, DTLS, SRTP -> RTP), this task its timers; MediaEnded ends
                             the call (handshake timeout, DTLS failure, consent lost, no browser media)
             relay_task      media.run_relay(): the SIP port pair served by the plane (RTP -> SRTP,
                             RTCP both ways) while it runs
-            silence_task    no RTP from the SIP side for media_timeout once answered (not on hold)
             sip_task        ua.call(): INVITE ... 180/183/200 ... re-INVITE, INFO, BYE; ring timeout
     page <- hangup(code, reason)                # shielded, bounded
 
 The task that sees the end calls `_Call.finish(code, reason, by)`: the first reason wins and the
-call's cancel scope is cancelled, so the other tasks stop at once. The clean-up is done by the
-context managers on the way out, each bounded and shielded where it must talk to a peer: the SIP
-call sends CANCEL before the answer (and waits for the 487) or BYE after it (`SipUA.call`), the
-media plane sends DTLS close_notify and gives its ports back (`open_media`), and the page gets its
-`hangup` here. A cancellation from outside (the bridge stopping) ends the call the same way with
-503 "bridge is shutting down". Codes follow SIP: 200 for a normal end after the answer, 487 when
-the page hangs up before it, the SIP final response otherwise.
+call's nursery is cancelled, so every task stops at once. The clean-up is done by the context
+managers on the way out, each bounded and shielded where it must talk to a peer: the SIP call
+sends CANCEL before the answer (and waits for the 487) or BYE after it (`SipUA.call`, whose
+hang-up and response reader are shielded from that cancellation), the media plane sends DTLS
+close_notify and gives its ports back (`open_media`), and the page gets its `hangup` here. A
+cancellation from outside (the bridge stopping) ends the call the same way with 503 "bridge is
+shutting down". Codes follow SIP: 200 for a normal end after the answer, 487 when the page hangs
+up before it, the SIP final response otherwise. No task only waits: an established call holds
+these four tasks (and the SIP call's response reader), one nursery here and one in `SipUA.call`
+(memory per call, issue 6).
 
 A bug in one of the call's tasks ends that call only: 500, one error record (`except*` here).
 
@@ -41,7 +45,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 import trio
@@ -79,34 +83,33 @@ class CallEnd:
 class _Call:
     """The state the call's tasks share; `finish` records the end and cancels the call."""
 
-    scope: trio.CancelScope  # the page and media tasks
     started_at: float
-    sip_scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # the SIP event loop
+    scope: trio.CancelScope | None = None  # the call's nursery, once open
     end: CallEnd | None = None
     sip: OutgoingCall | None = None
     answered_at: float | None = None
     first_response_at: float | None = None
     page_gone: bool = False  # the page's socket is gone: nothing more can be sent to it
     # The SIP side's media description last changed (answer, re-INVITE) at `sip_media_at`; the
-    # event is set then and replaced, so the silence task sleeps until a change or its deadline.
+    # page's wait (`page_wait`, its deadline the SIP side's silence) is then woken to re-arm.
     sip_media_at: float | None = None
-    sip_media_changed: trio.Event = field(default_factory=trio.Event)
+    page_wait: trio.CancelScope | None = None
 
     @property
     def answered(self) -> bool:
         return self.answered_at is not None
 
     def sip_media_set(self, now: float) -> None:
-        """Record that the SIP side's media changed (answered, re-INVITE) and wake its watchers."""
+        """Record that the SIP side's media changed (answered, re-INVITE) and wake its watcher."""
         self.sip_media_at = now
-        self.sip_media_changed.set()
-        self.sip_media_changed = trio.Event()
+        if self.page_wait is not None:
+            self.page_wait.cancel()
 
     def finish(self, code: int, reason: str, by: EndedBy) -> None:
         if self.end is None:
             self.end = CallEnd(code, reason, by)
-        self.scope.cancel()
-        self.sip_scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -149,7 +152,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
         await _tell_page(conn, end)
         _log_end(clog, services, request, None, end, started_at, None, None)
         return end
-    state = _Call(trio.CancelScope(), started_at)
+    state = _Call(started_at)
     media: MediaSession | None = None
     try:
         async with open_media(
@@ -168,14 +171,11 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             await conn.send(Progress(media.browser_answer))
             try:
                 async with trio.open_nursery() as call:
+                    state.scope = call.cancel_scope
                     call.start_soon(_sip_task, conn, state, services, route, request, media, clog)
-                    with state.scope:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(_end_on_cancel, state)
-                            nursery.start_soon(_page_task, conn, state, services)
-                            nursery.start_soon(_media_task, media.run_ice_dtls, state)
-                            nursery.start_soon(_media_task, media.run_relay, state)
-                            nursery.start_soon(_sip_silence_task, state, media, config.media_timeout)
+                    call.start_soon(_media_task, media.run_ice_dtls, state)
+                    call.start_soon(_media_task, media.run_relay, state)
+                    await _page(conn, state, services, media, config.media_timeout)
             except* Exception as group:  # a bug in one of the call's tasks: this call ends, not the bridge
                 clog.error("call failed: %r", group.exceptions, exc_info=group)
                 state.end = CallEnd(500, "Server Internal Error", "bridge")
@@ -212,20 +212,27 @@ async def _tell_page(conn: MccpConnection, end: CallEnd) -> None:
             await conn.send(Hangup(end.code, end.reason))
 
 
-async def _end_on_cancel(state: _Call) -> None:
-    """Turn a cancellation from outside (the bridge stopping) into the call's end reason (503)."""
-    try:
-        await trio.sleep_forever()
-    finally:
-        state.finish(503, "bridge is shutting down", "bridge")
-
-
-async def _page_task(conn: MccpConnection, state: _Call, services: CallServices) -> None:
-    """Page messages during the call: hangup, DTMF; the socket going away ends the call."""
+async def _page(
+    conn: MccpConnection, state: _Call, services: CallServices, media: MediaSession, silence_limit: float
+) -> None:
+    """Page messages during the call: hangup, DTMF; the socket going away ends the call. The wait
+    for the next message has the SIP side's silence as its deadline (`_silence_deadline`). Runs in
+    the call's own task, so a cancellation from outside (the bridge stopping) is seen here first:
+    it becomes the call's end, 503."""
+    armed_at: float | None = None
     try:
         while True:
-            message = await conn.receive()
+            deadline, armed_at = _silence_deadline(state, media, silence_limit, armed_at)
+            if trio.current_time() >= deadline:
+                state.finish(408, f"no media from the SIP side for {silence_limit:g} s", "media")
+                return
+            message = None
+            with trio.CancelScope(deadline=deadline) as state.page_wait:
+                message = await conn.receive()  # a channel receive: a cancelled wait loses nothing
+            state.page_wait = None
             match message:
+                case None:
+                    continue  # the deadline, or the SIP side's media changed: re-arm
                 case HangupRequest():
                     if state.answered:
                         state.finish(200, "hung up by the caller", "page")
@@ -242,6 +249,31 @@ async def _page_task(conn: MccpConnection, state: _Call, services: CallServices)
         state.page_gone = True
         code = 200 if state.answered else 487
         state.finish(code, f"page gone: {exc}", "page")
+    except trio.Cancelled:  # without an end recorded, the cancellation came from outside
+        state.finish(503, "bridge is shutting down", "bridge")
+        raise
+
+
+def _silence_deadline(
+    state: _Call, media: MediaSession, limit: float, armed_at: float | None
+) -> tuple[float, float | None]:
+    """When an answered call ends for lack of RTP from the SIP side (rtp.media watches the browser
+    side), and since when silence counts: (deadline, armed_at).
+
+    Silence is expected, and not counted, while the SIP side's SDP says it does not send (recvonly
+    or inactive, RFC 3264 section 8.4), or before the answer: deadline infinity, not armed. Once
+    armed, the deadline is the last SIP-side packet (or the moment the watch began) plus `limit`,
+    recomputed when it passes or the SIP side's media changes. No polling: an established call
+    with media flowing costs one wake-up per `limit` seconds.
+    """
+    negotiation = media.negotiation
+    sip = negotiation.sip if negotiation is not None else None
+    if state.answered_at is None or sip is None or not sip.direction.sends:
+        return math.inf, None
+    if armed_at is None:  # silence counts from when it became unexpected
+        armed_at = state.sip_media_at if state.sip_media_at is not None else trio.current_time()
+    last = media.relay.to_browser.last_packet_time
+    return max(armed_at, last if last is not None else armed_at) + limit, armed_at
 
 
 async def _send_dtmf_info(state: _Call, services: CallServices, digits: str) -> None:
@@ -264,36 +296,6 @@ async def _media_task(run: Callable[[], Awaitable[None]], state: _Call) -> None:
         state.finish(exc.code, exc.reason, "media")
 
 
-async def _sip_silence_task(state: _Call, media: MediaSession, limit: float) -> None:
-    """End an answered call when the SIP side sends no RTP for `limit` seconds (rtp.media
-    watches the browser side). Silence is expected, and not counted, while the SIP side's SDP says
-    it does not send (recvonly or inactive, RFC 3264 section 8.4).
-
-    No polling: the task sleeps until the one deadline that matters, the last SIP-side packet (or
-    the moment the watch began) plus `limit`, and re-arms from the packet times when it passes; a
-    change of the SIP side's media (answer, re-INVITE to or from hold) wakes it early. An
-    established call with media flowing costs one wake-up per `limit` seconds.
-    """
-    armed_at: float | None = None
-    while True:
-        changed = state.sip_media_changed
-        negotiation = media.negotiation
-        sip = negotiation.sip if negotiation is not None else None
-        if state.answered_at is None or sip is None or not sip.direction.sends:
-            armed_at = None
-            await changed.wait()  # nothing to watch until the SIP side's media changes
-            continue
-        if armed_at is None:  # silence counts from when it became unexpected
-            armed_at = state.sip_media_at if state.sip_media_at is not None else trio.current_time()
-        last = media.relay.to_browser.last_packet_time
-        deadline = max(armed_at, last if last is not None else armed_at) + limit
-        if trio.current_time() >= deadline:
-            state.finish(408, f"no media from the SIP side for {limit:g} s", "media")
-            return
-        with trio.move_on_at(deadline):
-            await changed.wait()
-
-
 async def _sip_task(
     conn: MccpConnection,
     state: _Call,
@@ -306,9 +308,9 @@ async def _sip_task(
     """Place the SIP call and follow its events until the call ends; then leaving `ua.call`
     sends CANCEL (and takes the 487) or BYE, bounded by `SipUA.grace`.
 
-    The call's end (`_Call.finish`) cancels `sip_scope`, so `ua.call` is left normally; a
-    cancellation from outside (the bridge stopping) leaves it by cancellation, which the UA handles
-    the same way (its response reader outlives the cancellation until the hang-up is done).
+    The call's end (`_Call.finish`) and a cancellation from outside (the bridge stopping) both
+    leave `ua.call` by cancellation: the UA's hang-up is shielded (bounded by its grace) and its
+    response reader outlives the cancellation until the hang-up is done.
     """
     config = services.config
     async with services.ua.call(
@@ -321,23 +323,21 @@ async def _sip_task(
         state.sip = sip
         clog.ctx["call_id"] = sip.call_id
         clog.info("SIP call %s to %s", sip.call_id, route.target)
-        with state.sip_scope:
-            with trio.move_on_after(config.ring_timeout) as ring:
-                async for event in sip.events:
-                    if await _on_sip_event(event, conn, state, media, sip, clog):
-                        break
-            if ring.cancelled_caught:
-                state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
-            else:
-                async for event in sip.events:
-                    await _on_sip_event(event, conn, state, media, sip, clog)
+        with trio.move_on_after(config.ring_timeout) as ring:
+            async for event in sip.events:
+                if await _on_sip_event(event, conn, state, media, sip, clog):
+                    break
+        if ring.cancelled_caught:
+            state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
+        else:
+            async for event in sip.events:
+                await _on_sip_event(event, conn, state, media, sip, clog)
     if state.end is None:
         ended = sip.ended
         if ended is None:
             state.finish(500, "SIP call ended without a final state", "bridge")
         else:
             state.finish(ended.code, ended.reason, "sip")
-    state.scope.cancel()
 
 
 async def _on_sip_event(
