@@ -2,10 +2,12 @@
 
 One `rtp.media.MediaSession` on loopback sockets, keyed (SRTP AES-GCM, as browsers negotiate) and
 latched, as in an established call. Its sockets are filled with a batch of datagrams from a sender,
-then the plane's handlers (`_on_browser_readable`, `_on_sip_rtp_readable`) drain them: the CPU time
-of that drain over the batch is the edge's cost per datagram (receive, classify, source check,
-unprotect/protect, rewrite, reception statistics, send). The sender's and the receiver's work stay
-outside the timed part. `bare` is the floor: the same socket calls with the SRTP call alone.
+then the edge's datagram readers drain them: the CPU time of that drain over the batch is the edge's
+cost per datagram (receive, classify, source check, unprotect/protect, rewrite, reception
+statistics, send). Twice: through the unconnected sockets (the connected twins kept off) and
+through the connected twins (the steady state of a call, `MediaSession._twin`). The sender's and
+the receiver's work stay outside the timed part. `bare` is the floor: recvfrom_into, the SRTP
+call and sendto on unconnected sockets, nothing else.
 
 Usage: .venv/bin/python bench/relay_edge.py [BATCH] [ROUNDS]   (default 200 datagrams x 200 rounds)
 Prints microseconds of CPU per datagram, best of the rounds' medians over 3 repetitions.
@@ -39,6 +41,7 @@ CERT = DtlsCertificate.generate("bench-edge")
 
 def _udp() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as rtp.ports binds: twins possible
     s.bind(("127.0.0.1", 0))
     s.setblocking(False)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -78,7 +81,8 @@ class Edge:
         media.relay.start_srtp(*srtp_pair(PROFILE, OUR_KEY, BROWSER_KEY))
         media._keyed = True
         browser_addr = self.browser.getsockname()
-        media._media_source = media._last_validated = browser_addr
+        media.ice._validated[browser_addr] = 0.0  # as after its connectivity check
+        media._last_validated = browser_addr
         phone_addr = self.phone.getsockname()
         media.set_sip_remote(SipRemote(phone_addr, phone_addr, SAME))
         self.browser_tx = SrtpTx(PROFILE, BROWSER_KEY)
@@ -119,26 +123,43 @@ def _timed(
     return statistics.median(per)
 
 
+def _serve(one: Callable[[float], bool]) -> Callable[[], None]:
+    def serve() -> None:
+        while one(0.0):
+            pass
+
+    return serve
+
+
 def measure(batch: int, rounds: int) -> dict[str, float]:
-    edge = Edge()
-    media = edge.media
-    try:
-        browser_one = media._browser_datagram
-        sip_one = media._sip_rtp_datagram
+    results: dict[str, float] = {}
+    for twins in (False, True):
+        edge = Edge()
+        media = edge.media
+        try:
+            if not twins:
+                media._twin = lambda leg, peer: None  # type: ignore[method-assign]
+            edge.fill_browser(1)  # the first datagram each way: the source checks (and twins)
+            edge.fill_phone(1)
+            media._browser_datagram(0.0)
+            media._sip_rtp_datagram(0.0)
+            _drain(edge.phone)
+            _drain(edge.browser)
+            if twins and media.edge.twins != 2:
+                raise AssertionError("the twins were not opened")
+            serve_browser = _serve(media._browser_twin_datagram if twins else media._browser_datagram)
+            serve_sip = _serve(media._sip_twin_datagram if twins else media._sip_rtp_datagram)
 
-        def serve_browser() -> None:
-            while browser_one(0.0):
-                pass
-
-        def serve_sip() -> None:
-            while sip_one(0.0):
-                pass
-
-        to_sip = _timed(batch, rounds, edge.fill_browser, serve_browser, edge.phone)
-        to_browser = _timed(batch, rounds, edge.fill_phone, serve_sip, edge.browser)
-    finally:
-        edge.close()
-    return {"browser->SIP": to_sip, "SIP->browser": to_browser, **_bare(batch, rounds)}
+            label = "connected twins" if twins else "unconnected"
+            results[f"browser->SIP, {label}"] = _timed(
+                batch, rounds, edge.fill_browser, serve_browser, edge.phone
+            )
+            results[f"SIP->browser, {label}"] = _timed(
+                batch, rounds, edge.fill_phone, serve_sip, edge.browser
+            )
+        finally:
+            edge.close()
+    return {**results, **_bare(batch, rounds)}
 
 
 def _bare(batch: int, rounds: int) -> dict[str, float]:
@@ -200,7 +221,7 @@ def main() -> None:
     results = trio.run(_main, batch, rounds)
     print(f"relay_edge: {batch} datagrams x {rounds} rounds, best of 3 medians, CPU us per datagram")
     for key in results[0]:
-        print(f"  {key:16s} {min(r[key] for r in results) * 1e6:6.2f}")
+        print(f"  {key:32s} {min(r[key] for r in results) * 1e6:6.2f}")
 
 
 if __name__ == "__main__":

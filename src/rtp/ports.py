@@ -11,6 +11,8 @@ port returned to the pool on exit, whatever ends the call.
   configured host is not an address of this machine, say), which is a configuration error.
 * The scan resumes after the port last handed out (round robin), so a port just released is not
   reused at once: stray packets of the previous call then land on a closed port, not a new call.
+* Sockets are bound with SO_REUSEPORT, so that a call can add connected twins on the same port
+  (rtp.media); a port is still only taken when a probe without the option can bind it.
 * Every socket gets large kernel buffers (4 MiB asked, the kernel caps at net.core.*mem_max; see
   shared/recipes/perf: the default 212 KB buffer holds only 256 packets and loses bursts).
 """
@@ -104,10 +106,17 @@ class PortAllocator:
         `bind` resolved the address again for every socket, a third of an allocation's cost.
         """
         address = self._address if self._address is not None else await self._numeric_address()
+        sockaddr = (address[0], port, *address[1:])
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
+            # SO_REUSEPORT lets the call bind connected twins to the port (rtp.media); a probe
+            # without it first, so that a port any other socket holds (even one of this user's
+            # with SO_REUSEPORT) counts as busy, as without the option.
+            with socket.socket(self._family, socket.SOCK_DGRAM) as probe:
+                probe.bind(sockaddr)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self._tune(sock)
-            sock.bind((address[0], port, *address[1:]))
+            sock.bind(sockaddr)
         except OSError as exc:
             sock.close()
             if exc.errno in _BUSY:

@@ -37,8 +37,11 @@ def rtp(seq: int, ts: int, ssrc: int, payload: bytes, pt: int = 0) -> bytes:
     return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
 
 
-async def udp() -> trio.socket.SocketType:
+async def udp(*, reuse_port: bool = True) -> trio.socket.SocketType:
+    """A loopback socket; with SO_REUSEPORT, as rtp.ports binds media ports (twins possible)."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
     await sock.bind(("127.0.0.1", 0))
     return sock
 
@@ -116,9 +119,10 @@ async def rig(
     browser_expects: str | None = None,
     bridge_expects: str | None = None,
     consent_timeout: float = CONSENT_TIMEOUT,
+    twins: bool = True,
     **kwargs: object,
 ) -> AsyncIterator[Rig]:
-    bsock, srtp_sock, srtcp_sock = await udp(), await udp(), await udp()
+    bsock, srtp_sock, srtcp_sock = [await udp(reuse_port=twins) for _ in range(3)]
     browser_sock, phone, phone_rtcp = await udp(), await udp(), await udp()
     async with open_media_plane() as plane:
         with bsock, srtp_sock, srtcp_sock, browser_sock, phone, phone_rtcp:
@@ -231,6 +235,60 @@ async def test_ice_dtls_and_srtp_both_ways() -> None:
             assert r.media.stats().to_sip.rtcp_packets == 1
             assert r.media.stats().to_browser.rtcp_packets == 1
             nursery.cancel_scope.cancel()
+
+
+async def relay_both_ways(r: Rig, first_seq: int, count: int) -> None:
+    """`count` packets browser -> phone and phone -> browser, each checked where it lands."""
+    assert r.browser.tx is not None
+    bridge_rtp = ("127.0.0.1", r.sip_rtp_port)
+    received = len(r.browser.received)
+    for i in range(count):
+        seq = first_seq + i
+        await r.browser.sock.sendto(
+            r.browser.tx.protect(rtp(seq, 160 * seq, 0x1111, b"\x01" * 160)), r.browser.bridge
+        )
+        data, src = await r.phone.recvfrom(2048)
+        assert data == rtp(seq, 160 * seq, 0x1111, b"\x01" * 160)
+        assert src[1] == r.sip_rtp_port
+        await r.phone.sendto(rtp(seq, 160 * seq, 0x2222, b"\x55" * 160), bridge_rtp)
+    while len(r.browser.received) < received + count:
+        await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("twins", [True, False])
+async def test_connected_twins_carry_the_steady_stream(twins: bool) -> None:
+    """With SO_REUSEPORT ports (rtp.ports) the first media datagram from the browser's nominated
+    address and from the latched SIP source each opens a connected twin on the same port, which
+    then carries that stream both ways; other sources still reach the unconnected socket and its
+    checks, and a port without SO_REUSEPORT simply has no twins."""
+    with trio.fail_after(10):
+        async with rig(twins=twins) as r, trio.open_nursery() as nursery:
+            await connect(r, nursery)
+            phone_addr = r.phone.getsockname()
+            r.media.set_sip_remote(SipRemote(phone_addr, r.phone_rtcp.getsockname(), PCMU))
+            await relay_both_ways(r, 1, 3)
+            edge = r.media.stats().edge
+            assert (edge.twins, edge.twin_failed) == ((2, 0) if twins else (0, 2))
+            assert (r.media._browser_twin is not None) is twins
+            assert (r.media._sip_twin is not None) is twins
+            await relay_both_ways(r, 4, 20)  # through the twins
+            stranger = await udp()
+            with stranger:
+                await stranger.sendto(rtp(9, 0, 0x6666, b"\x66" * 160), ("127.0.0.1", r.sip_rtp_port))
+                await stranger.sendto(rtp(9, 0, 0x6666, b"\x66" * 160), r.browser.bridge)
+                while r.media.stats().edge.unknown_source + r.media.stats().edge.not_validated < 2:
+                    await trio.sleep(0.01)
+            await r.browser.check()  # a consent check on the nominated pair: answered
+            while len(r.browser.stun_replies) < 2:
+                await trio.sleep(0.01)
+            assert r.browser.stun_replies == [200, 200]
+            await relay_both_ways(r, 24, 3)
+            stats = r.media.stats()
+            assert stats.to_sip.packets == stats.to_browser.packets == 26
+            assert stats.edge.send_failed == 0
+            nursery.cancel_scope.cancel()
+        assert r.media._browser_twin is None
+        assert r.media._sip_twin is None
 
 
 async def test_bad_packets_are_dropped_and_counted() -> None:
