@@ -58,7 +58,14 @@ from bench.processes import (
     run_bridge,
 )
 from bench.relay import RESULTS, machine, percentile
-from bridge.extensions import Extension, ExtensionTable, digest_ha1, make_extension, save_extensions
+from bridge.extensions import (
+    SCRYPT_IMPLEMENTATION,
+    Extension,
+    ExtensionTable,
+    digest_ha1,
+    make_extension,
+    save_extensions,
+)
 from rtp.srtp import SrtpTx
 
 COLD_FIRST = 100_000  # cold callers are extensions 100000, 100001, ... (all with CALLER_PASSWORD)
@@ -411,6 +418,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "setup",
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": host,
+        # which scrypt the bridge computes a cold login with (bridge.extensions: libsodium when
+        # PyNaCl is installed, else OpenSSL's; the same venv as this harness)
+        "scrypt_implementation": SCRYPT_IMPLEMENTATION,
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "stamp", "current_n")},
         "bridges": [],
     }
