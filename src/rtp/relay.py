@@ -237,6 +237,7 @@ class Relay:
     def set_codec_map(self, codec_map: CodecMap) -> None:
         """Install a new payload type map (SIP answer, re-INVITE)."""
         self.codec_map = codec_map
+        self._clock_rate = codec_map.clock_rate
         self._to_sip = _route_table(codec_map.to_sip)
         self._to_browser = _route_table(codec_map.to_browser)
 
@@ -280,7 +281,7 @@ class Relay:
                 c.drop(DropCause.MALFORMED)
                 return 0
         _b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(data)
-        c.reception.packet(ssrc, seq, ts, now, self.codec_map.clock_rate)
+        c.reception.packet(ssrc, seq, ts, now, self._clock_rate)
         pt = b1 & 0x7F
         route = self._to_sip[pt]
         if route is None:
@@ -385,7 +386,7 @@ class Relay:
                 return 0
             data[: len(srtcp)] = srtcp
             return len(srtcp)
-        c.reception.packet(ssrc, seq, ts, now, self.codec_map.clock_rate)
+        c.reception.packet(ssrc, seq, ts, now, self._clock_rate)
         route = self._to_browser[b1 & 0x7F]
         if route is None:
             c.drop(DropCause.UNKNOWN_PT)

@@ -197,11 +197,12 @@ class PacketBuffer:
     to 148 bytes when protecting, so `protect_in` takes at most `size - 148` bytes.
     """
 
-    __slots__ = ("_length", "_ptr", "data", "view")
+    __slots__ = ("_length", "_ptr", "data", "protect_limit", "view")
 
     def __init__(self, size: int = 2048) -> None:
         self.data = bytearray(size)
         self.view = memoryview(self.data)
+        self.protect_limit = size - _RTP_TRAILER  # the longest packet `protect_in` takes
         self._ptr = ffi.from_buffer(self.data)
         self._length = ffi.new("int *")
 
@@ -209,26 +210,24 @@ class PacketBuffer:
         return len(self.data)
 
 
-def _in_place(func: Any, ctx: Any, buf: PacketBuffer, n: int, trailer: int, what: str) -> int:
-    if not 0 <= n <= len(buf.data) - trailer:
-        raise SrtpError(SrtpErrorKind.MALFORMED, f"{what}: packet is too long ({n} bytes)")
-    length = buf._length
-    length[0] = n
-    status = func(ctx, buf._ptr, length)
-    if status:
-        raise _status_error(status, what)
-    return int(length[0])
+_srtp_protect = lib.srtp_protect
+_srtp_unprotect = lib.srtp_unprotect
+
+
+def _too_long(what: str, n: int) -> SrtpError:
+    return SrtpError(SrtpErrorKind.MALFORMED, f"{what}: packet is too long ({n} bytes)")
 
 
 class SrtpTx:
     """The sending context of one direction: protects RTP and RTCP with our write key."""
 
-    __slots__ = ("_direct", "_session", "profile")
+    __slots__ = ("_ctx", "_direct", "_session", "profile")
 
     def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
         self.profile = profile
         self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         self._direct = _Direct(self._session)
+        self._ctx = self._direct._ctx
 
     def protect(self, rtp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one RTP packet (RFC 3711 §3.3).
@@ -240,7 +239,14 @@ class SrtpTx:
 
     def protect_in(self, buf: PacketBuffer, n: int) -> int:
         """`protect` on the first `n` bytes of `buf`, in place; returns the SRTP packet's length."""
-        return _in_place(lib.srtp_protect, self._direct._ctx, buf, n, _RTP_TRAILER, "protect")
+        if n > buf.protect_limit:
+            raise _too_long("protect", n)
+        length = buf._length
+        length[0] = n
+        status = _srtp_protect(self._ctx, buf._ptr, length)
+        if status:
+            raise _status_error(status, "protect")
+        return length[0]  # type: ignore[no-any-return]
 
     def protect_rtcp(self, rtcp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one compound RTCP packet (RFC 3711 §3.4), adding the index."""
@@ -250,12 +256,13 @@ class SrtpTx:
 class SrtpRx:
     """The receiving context of one direction: authenticates and decrypts with the peer's key."""
 
-    __slots__ = ("_direct", "_session", "profile")
+    __slots__ = ("_ctx", "_direct", "_session", "profile")
 
     def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
         self.profile = profile
         self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_INBOUND)
         self._direct = _Direct(self._session)
+        self._ctx = self._direct._ctx
 
     def unprotect(self, srtp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
@@ -263,7 +270,12 @@ class SrtpRx:
 
     def unprotect_in(self, buf: PacketBuffer, n: int) -> int:
         """`unprotect` on the first `n` bytes of `buf`, in place; returns the RTP packet's length."""
-        return _in_place(lib.srtp_unprotect, self._direct._ctx, buf, n, 0, "unprotect")
+        length = buf._length  # n <= len(buf): it was received into it
+        length[0] = n
+        status = _srtp_unprotect(self._ctx, buf._ptr, length)
+        if status:
+            raise _status_error(status, "unprotect")
+        return length[0]  # type: ignore[no-any-return]
 
     def unprotect_rtcp(self, srtcp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTCP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
