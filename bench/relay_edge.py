@@ -65,8 +65,8 @@ def _drain(sock: socket.socket) -> int:
 class Edge:
     """A keyed, latched MediaSession and its two peers (the browser's and the phone's sockets)."""
 
-    def __init__(self) -> None:
-        self.plane = MediaPlane()
+    def __init__(self, plane: MediaPlane | None = None) -> None:
+        self.plane = plane or MediaPlane()
         self.browser_port, self.sip_rtp, self.sip_rtcp = _udp(), _udp(), _udp()
         self.browser, self.phone = _udp(), _udp()
         self.media = MediaSession(

@@ -75,7 +75,7 @@ from rtp.sdp_answer import (
     offer_for_sip,
     parse_sip_answer,
 )
-from rtp.srtp import PacketBuffer, keys_from_dtls, srtp_pair
+from rtp.srtp import keys_from_dtls, srtp_pair
 from rtp.stun import Address
 
 __all__ = [
@@ -90,7 +90,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BUFSIZE = 2048
 DRAIN_CAP = 16  # datagrams read from one socket in one plane pass when it has a backlog
 RCVBUF = 1 << 20  # SO_RCVBUF: the default 208 KiB holds only ~256 packets (perf recipe)
 HANDSHAKE_TIMEOUT = 20.0
@@ -243,10 +242,10 @@ class MediaSession:
         self._browser = _raw_socket(browser_sock)
         self._sip_rtp = _raw_socket(sip_rtp_sock)
         self._sip_rtcp = _raw_socket(sip_rtcp_sock)
-        # One receive buffer for the three sockets: their handlers run one at a time, and
-        # each datagram is done with (copied or sent) before the next is read.
-        # SRTP runs in place on it (rtp.srtp.PacketBuffer): the datagram is sent from where it came in.
-        self._pkt = PacketBuffer(BUFSIZE)
+        # The plane's receive buffer, shared by every call of the worker (rtp.plane): handlers
+        # run one at a time and each datagram is done with (sent, copied or dropped) before the
+        # next is read. SRTP runs in place on it: a datagram is sent from where it came in.
+        self._pkt = plane.buffer
         self._buf = self._pkt.data
         self._view = self._pkt.view
         # Connected twins (see `_twin`): the browser's nominated address, the SIP leg's latched RTP source.

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+from rtp.srtp import PacketBuffer
 
 __all__ = [
     "COALESCE",
@@ -97,6 +98,10 @@ class MediaPlane:
         # True during a pass that got `max_events` ready sockets: more are waiting, so each
         # socket likely holds a backlog, and handlers should drain rather than read one datagram.
         self.saturated = False
+        # One receive buffer for every socket of the plane: handlers run one at a time and are
+        # done with a datagram (sent, copied or dropped) before they read the next, so the calls
+        # share it, and it stays in the CPU's cache (a buffer per call is a cold one per packet).
+        self.buffer = PacketBuffer()
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._on_error: dict[int, ErrorHandler | None] = {}
