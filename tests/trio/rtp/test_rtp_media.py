@@ -766,6 +766,7 @@ async def test_ipv6_loopback(plane: MediaPlane) -> None:
 
     async def udp6() -> trio.socket.SocketType:
         sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
         await sock.bind(("::1", 0))
         return sock
 
@@ -793,6 +794,14 @@ async def test_ipv6_loopback(plane: MediaPlane) -> None:
                     await browser.flush()
                     await nursery.start(media.run_ice_dtls)
                     assert media.ice.selected == browser_sock.getsockname()[:2]
+                    while browser.tx is None:
+                        await trio.sleep(0.01)
+                    # SRTP before the SIP answer: counted, and the first opens the IPv6 twin.
+                    for seq in (1, 2, 3):
+                        await browser.send_rtp(seq, 160 * seq, b"\x00" * 160)
+                    while media.stats().edge.no_sip_address < 3:
+                        await trio.sleep(0.01)
+                    assert (media.stats().edge.twins, media.stats().edge.twin_failed) == (1, 0)
                     nursery.cancel_scope.cancel()
             finally:
                 media.close()
