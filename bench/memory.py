@@ -1,4 +1,4 @@
-"""Memory per call, component by component: where the bridge's ~270 KiB per established call goes.
+"""Memory per call, component by component: where the bridge's ~150 KiB per established call goes.
 
     .venv/bin/python -m bench.memory [--n 200] [--only dtls,srtp,...] [--out bench/results/x.json]
     (the tls_ws component opens sockets: run it under scripts/netns_run.sh)
@@ -30,7 +30,13 @@ SRTP keyed, media both ways):
     ws_plain       the same without TLS (the difference is what TLS costs)
     sip            the SIP objects of an answered outgoing call: INVITE, 200, ACK (parsed),
                    Dialog, InviteClientTransaction (Accepted), the call's event channel
-    trio_tasks     the nurseries and tasks of one call (5 nurseries, 13 tasks, all blocked)
+    trio_tasks     the nurseries and tasks of one call (3 nurseries, 7 tasks, all blocked; before
+                   issue 6's diet 5 and 13)
+    call           the whole: RSS growth of a real `mccp-bridge serve` (bench.processes, scrypt N
+                   2^10) per call set up through its real signalling (bench.calls: WSS + MCCP,
+                   ICE, DTLS, SIP to bench.phone_leg), measured like bench.relay's `rss per call`
+                   (baseline before the first call, 12 s after the set-up) but with no media and
+                   no rtpengine: quick, and the number the components should add up to
 
 bench.relay gives the total (RSS of the real bridge with N calls up, minus before, over N); the
 sum of these parts says how much of it is explained.
@@ -44,6 +50,7 @@ import datetime as dt
 import gc
 import inspect
 import json
+import math
 import os
 import secrets
 import ssl
@@ -306,27 +313,41 @@ async def _blocked(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 
 
 async def _one_call_tasks(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    # bridge.call / mccp.server / rtp.media: connection nursery (ws reader), MCCP tasks nursery
-    # (reader, keepalive, call timer, handler), call nursery (sip task), inner nursery (end on
-    # cancel, page, ice_dtls, relay, sip silence), the relay's nursery (two SIP readers).
+    # mccp.server / bridge.call / sip.ua: the connection's nursery (trio-websocket's reader, the
+    # MCCP reader; the connection task runs the call's page loop), the call's nursery (sip task,
+    # ice_dtls, relay) and SipUA.call's (the response reader).
     async with trio.open_nursery() as conn:
-        await conn.start(_blocked)
-        async with trio.open_nursery() as mccp:
+        for _ in range(2):
+            await conn.start(_blocked)
+        async with trio.open_nursery() as call:
             for _ in range(3):
-                await mccp.start(_blocked)
-            async with trio.open_nursery() as call:
                 await call.start(_blocked)
-                async with trio.open_nursery() as inner:
-                    for _ in range(4):
-                        await inner.start(_blocked)
-                    async with trio.open_nursery() as relay:
-                        for _ in range(2):
-                            await relay.start(_blocked)
-                        task_status.started()
-                        await trio.sleep_forever()
+            async with trio.open_nursery() as sip:
+                await sip.start(_blocked)
+                task_status.started()
+                await trio.sleep_forever()
 
 
 # --- measuring ----------------------------------------------------------------------------------
+
+TOP = 0  # --top: print the N biggest allocation sites of the traced objects (stderr)
+
+
+def _traced(n: int, base: int) -> float:
+    """KiB per object traced since `tracemalloc.start()`; with --top, where they were allocated."""
+    gc.collect()
+    if TOP:
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, __file__)])
+        for stat in snapshot.statistics("lineno")[:TOP]:
+            frame = stat.traceback[0]
+            where = frame.filename.split("site-packages/")[-1].split("/src/")[-1]
+            print(
+                f"  {stat.size / n / 1024:7.2f} KiB {stat.count / n:6.1f}  {where}:{frame.lineno}",
+                file=sys.stderr,
+            )
+    traced = (tracemalloc.get_traced_memory()[0] - base) / n / 1024
+    tracemalloc.stop()
+    return traced
 
 
 def measure_sync(build: Callable[[], object], n: int) -> dict[str, float]:
@@ -339,9 +360,7 @@ def measure_sync(build: Callable[[], object], n: int) -> dict[str, float]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     keep += [build() for _ in range(n)]
-    gc.collect()
-    traced = (tracemalloc.get_traced_memory()[0] - base) / n / 1024
-    tracemalloc.stop()
+    traced = _traced(n, base)
     del keep
     return {"rss_kib": round(rss, 2), "traced_kib": round(traced, 2)}
 
@@ -356,9 +375,7 @@ async def measure_async(build: Callable[[], Any], n: int) -> dict[str, float]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     keep += [await build() for _ in range(n)]
-    gc.collect()
-    traced = (tracemalloc.get_traced_memory()[0] - base) / n / 1024
-    tracemalloc.stop()
+    traced = _traced(n, base)
     del keep
     return {"rss_kib": round(rss, 2), "traced_kib": round(traced, 2)}
 
@@ -378,6 +395,36 @@ async def measure_media(n: int) -> dict[str, float]:
     ports = _Ports()
     async with ports.stack:
         return await measure_async(lambda: build_media_session(ports), n)
+
+
+# --- call: the real bridge in a subprocess ------------------------------------------------------
+
+
+async def measure_call(n: int) -> dict[str, float]:
+    from bench.browser_leg import BrowserSocket
+    from bench.calls import bridge_calls
+    from bench.phone_leg import Phone
+    from bench.processes import PHONE, PHONE_PASSWORD, rss_kib_all, run_bridge
+
+    bsock = await BrowserSocket.open()
+    phone_rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await phone_rtp.bind(("127.0.0.1", 0))
+    phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bsock.run)
+        async with run_bridge(scrypt_n=1024, nice=0, workers=1) as bridge:
+            await phone.register(("127.0.0.1", bridge.sip_port), PHONE_PASSWORD)
+            nursery.start_soon(phone.serve)
+            await trio.sleep(0.5)
+            before = rss_kib_all(bridge.pids())
+            async with bridge_calls(bridge.wss_port, bsock, phone, n) as calls:
+                await trio.sleep(12.0)  # bench.relay's settle
+                after = rss_kib_all(bridge.pids())
+                up = len(calls.flows)
+        nursery.cancel_scope.cancel()
+    if up < n:
+        raise RuntimeError(f"{n - up} of {n} calls failed")
+    return {"rss_kib": round((after - before) / up, 2), "traced_kib": math.nan}
 
 
 # --- tls_ws: the server here, the clients in a child process ------------------------------------
@@ -442,9 +489,7 @@ async def measure_tls_ws(n: int, tls: bool = True) -> dict[str, float]:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         await open_clients(n)
-        gc.collect()
-        traced = (tracemalloc.get_traced_memory()[0] - base) / n / 1024
-        tracemalloc.stop()
+        traced = _traced(n, base)
         proc.kill()
         await proc.wait()
         nursery.cancel_scope.cancel()
@@ -510,6 +555,7 @@ TRIO: dict[str, Callable[[int], Any]] = {
     "tls_ws": measure_tls_ws,
     "ws_plain": lambda n: measure_tls_ws(n, tls=False),
     "trio_tasks": measure_tasks,
+    "call": measure_call,
 }
 ORDER = [
     "dtls",
@@ -522,6 +568,7 @@ ORDER = [
     "ws_plain",
     "sip",
     "trio_tasks",
+    "call",
 ]
 
 
@@ -537,6 +584,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="objects per component")
     ap.add_argument("--only", default=",".join(ORDER), help="comma-separated components")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--top", type=int, default=0, help="print each component's N biggest allocation sites")
     ap.add_argument("--component", help=argparse.SUPPRESS)
     ap.add_argument("--client", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
@@ -545,13 +593,25 @@ def main() -> None:
         trio.run(client_main, args.client, not args.plain)
         return
     if args.component:
+        global TOP
+        TOP = args.top
         print(json.dumps(run_component(args.component, args.n)))
         return
     results: dict[str, dict[str, float]] = {}
     print(f"{'component':<15} {'RSS KiB/call':>13} {'traced KiB/call':>16}")
     for name in args.only.split(","):
         out = subprocess.run(
-            [sys.executable, "-m", "bench.memory", "--component", name, "--n", str(args.n)],
+            [
+                sys.executable,
+                "-m",
+                "bench.memory",
+                "--component",
+                name,
+                "--n",
+                str(args.n),
+                "--top",
+                str(args.top),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -560,6 +620,8 @@ def main() -> None:
             print(f"{name:<15} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        if args.top:
+            print(out.stderr, end="")
         print(
             f"{name:<15} {results[name]['rss_kib']:>13.1f} {results[name]['traced_kib']:>16.1f}", flush=True
         )
