@@ -172,7 +172,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             try:
                 async with trio.open_nursery() as call:
                     state.scope = call.cancel_scope
-                    call.start_soon(_sip_task, conn, state, services, route, request, media, clog)
+                    call.start_soon(_sip_task, conn, state, services, route, request, media, clog, call)
                     call.start_soon(_media_task, media.run_ice_dtls, state)
                     call.start_soon(_media_task, media.run_relay, state)
                     await _page(conn, state, services, media, config.media_timeout)
@@ -304,6 +304,7 @@ async def _sip_task(
     request: Call,
     media: MediaSession,
     clog: CallLog,
+    nursery: trio.Nursery,
 ) -> None:
     """Place the SIP call and follow its events until the call ends; then leaving `ua.call`
     sends CANCEL (and takes the 487) or BYE, bounded by `SipUA.grace`.
@@ -319,6 +320,7 @@ async def _sip_task(
         sdp=media.sip_offer.encode(),
         credentials=route.credentials,
         outbound_proxy=route.outbound_proxy,
+        nursery=nursery,  # the response reader in the call's nursery
     ) as sip:
         state.sip = sip
         clog.ctx["call_id"] = sip.call_id

@@ -451,6 +451,7 @@ class OutgoingCall(_Call):
         except TransportError as exc:
             log.info("%s: ACK failed: %s", self.call_id, exc)
         self.state = CallState.CONFIRMED
+        self._invite = None  # confirmed: no CANCEL, no retry (the UA keeps it while a 2xx may come)
         if self._hangup_requested:  # hung up while the 2xx was on its way: end it now (§15)
             self.state = CallState.TERMINATING
             self._end(487, "Request Terminated", "local")

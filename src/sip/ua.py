@@ -242,11 +242,14 @@ class SipUA:
         sdp: bytes,
         credentials: tuple[str, str] | None = None,
         outbound_proxy: tuple[str, int, str] | None = None,
+        nursery: trio.Nursery | None = None,
     ) -> AsyncIterator[OutgoingCall]:
         """Place a call to `target` (a SIP URI) as `caller` (the user part); see OutgoingCall.
 
         `outbound_proxy` is `(host, port, "udp" | "tcp")`; `credentials` `(user, password)` answer
-        one 401/407. Raises SipParseError for a target that is not a SIP URI.
+        one 401/407. The task reading the call's responses runs in `nursery` when given (the
+        caller's own: one nursery less per call), else in one opened here. Raises SipParseError
+        for a target that is not a SIP URI.
         """
         uri = parse_sip_uri(target)
         preloaded: list[NameAddr] = []
@@ -276,26 +279,37 @@ class SipUA:
                 await call.run()
 
         try:
-            async with trio.open_nursery() as nursery:
+            if nursery is not None:
                 nursery.start_soon(run_call)
                 try:
                     yield call
                 finally:
-                    if call.ended is None:
-                        with trio.move_on_after(self.grace, shield=True) as scope:
-                            self._hangups.add(scope)
-                            if self._nursery is None:  # the UA has stopped: nothing can be sent
-                                scope.cancel()
-                            try:
-                                await call.hangup()
-                            finally:
-                                self._hangups.discard(scope)
-                        if scope.cancelled_caught:
-                            call._end(408, "Request Timeout", "timeout")
-                    reader.cancel()
-                    nursery.cancel_scope.cancel()
+                    await self._leave_call(call, reader)
+            else:
+                async with trio.open_nursery() as own:
+                    own.start_soon(run_call)
+                    try:
+                        yield call
+                    finally:
+                        await self._leave_call(call, reader)
+                        own.cancel_scope.cancel()
         finally:
             self._dialogs.pop(call.call_id, None)
+
+    async def _leave_call(self, call: OutgoingCall, reader: trio.CancelScope) -> None:
+        """Hang up a call still going (bounded by `grace`, shielded), then stop its reader."""
+        if call.ended is None:
+            with trio.move_on_after(self.grace, shield=True) as scope:
+                self._hangups.add(scope)
+                if self._nursery is None:  # the UA has stopped: nothing can be sent
+                    scope.cancel()
+                try:
+                    await call.hangup()
+                finally:
+                    self._hangups.discard(scope)
+            if scope.cancelled_caught:
+                call._end(408, "Request Timeout", "timeout")
+        reader.cancel()
 
     def note_upstream_challenge(self, call: OutgoingCall, challenged: bool) -> None:
         if (
