@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -332,6 +333,7 @@ async def _steps(
                     profiler = None
                     if args.profile and not record.get("profile") and rate == max(args.rates):
                         profiler = await start_profile(bridge.pids()[-1], args.seconds)
+                    plane0 = await plane_counters(bridge.wss_port) if args.workers == 1 else None
                     result = await _step(
                         target,
                         calls.flows,
@@ -345,6 +347,9 @@ async def _steps(
                     )
                     index_base += math.ceil(rate * args.seconds / max(1, len(calls.flows))) + 16
                     extra: dict[str, Any] = {"calls_dropped": sum(1 for c in calls.calls if c.dropped)}
+                    if plane0 is not None:
+                        plane1 = await plane_counters(bridge.wss_port)
+                        extra["plane"] = _plane_step(plane0, plane1, args.seconds)
                     if profiler is not None:
                         record["profile"] = await finish_profile(profiler, rate)
                 else:
@@ -373,6 +378,38 @@ async def _steps(
                 step = {"target": target, "rep": rep, "rate_per_direction": rate, **extra, "result": result}
                 record["steps"].append(step)
                 print(_summarise_step(target, rep, rate, result), flush=True)
+
+
+PLANE = re.compile(rb"^mccp_bridge_media_plane_(\w+)_total (\S+)$", re.MULTILINE)
+
+
+async def plane_counters(port: int) -> dict[str, float]:
+    """The media plane's counters (passes, handler_calls, coalesced) from one GET /metrics."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1", https_compatible=True)
+    body = b""
+    try:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        while chunk := await stream.receive_some(65536):
+            body += chunk
+    finally:
+        await stream.aclose()
+    return {m.group(1).decode(): float(m.group(2)) for m in PLANE.finditer(body)}
+
+
+def _plane_step(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Passes per second, sockets served per pass, share of coalesced passes over one step."""
+    passes = after.get("passes", 0) - before.get("passes", 0)
+    calls = after.get("handler_calls", 0) - before.get("handler_calls", 0)
+    coalesced = after.get("coalesced", 0) - before.get("coalesced", 0)
+    return {
+        "passes_per_s": round(passes / seconds, 1),
+        "sockets_per_pass": round(calls / passes, 2) if passes else 0.0,
+        "coalesced_pct": round(100 * coalesced / passes, 1) if passes else 0.0,
+    }
 
 
 def summarise(record: dict[str, Any]) -> dict[str, Any]:

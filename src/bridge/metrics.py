@@ -29,6 +29,10 @@ mccp_bridge_front_failures_total   counter    `cause`: handshake (TLS or head fa
                                               call_timeout (no `call` in time), pong_timeout
 mccp_bridge_sip_messages_total     counter    `direction` (sent, received) by the SIP transport
 mccp_bridge_sip_dropped_total      counter    `cause`: bad_datagram, bad_stream_message, send_error
+mccp_bridge_media_plane_*_total    counter    the worker's media plane (rtp.plane): `passes` (each
+                                              serves every ready socket), `handler_calls` (ready
+                                              sockets served), `coalesced` (passes that ended with
+                                              the coalescing sleep), `handler_errors`
 =================================  =========  ====================================================
 
 Everything that lives elsewhere is read at scrape time: the front door's counters (`BridgeStats`),
@@ -55,6 +59,7 @@ from rtp.relay import DropCause
 if TYPE_CHECKING:
     from bridge.app import BridgeStats
     from rtp.media import MediaStats
+    from rtp.plane import PlaneCounters
     from sip.transport import TransportStats
 
 SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -80,11 +85,13 @@ class _FrontDoor(Collector):
         stats: Callable[[], BridgeStats],
         sip_stats: Callable[[], TransportStats] | None,
         worker: tuple[int, int] = (0, 1),
+        plane: Callable[[], PlaneCounters] | None = None,
     ) -> None:
         self._active_calls = active_calls
         self._stats = stats
         self._sip_stats = sip_stats
         self._worker = worker
+        self._plane = plane
         self.upstream_rejected = 0  # callers whose credentials the upstream refused
 
     def collect(self) -> Iterator[Metric]:
@@ -141,6 +148,15 @@ class _FrontDoor(Collector):
         failures.add_metric(["call_timeout"], front.call_timeouts)
         failures.add_metric(["pong_timeout"], front.pong_timeouts)
         yield failures
+        if self._plane is not None:
+            plane = self._plane()
+            for name, value, what in (
+                ("passes", plane.passes, "Passes of the media plane (each serves every ready socket)"),
+                ("handler_calls", plane.handler_calls, "Ready media sockets served"),
+                ("coalesced", plane.coalesced, "Media plane passes that ended with the coalescing sleep"),
+                ("handler_errors", plane.handler_errors, "Media handlers that raised (a call ended)"),
+            ):
+                yield CounterMetricFamily(f"mccp_bridge_media_plane_{name}", what, value)
         if self._sip_stats is not None:
             sip = self._sip_stats()
             messages = CounterMetricFamily(
@@ -248,9 +264,10 @@ class BridgeMetrics:
         stats: Callable[[], BridgeStats],
         sip_stats: Callable[[], TransportStats] | None = None,
         worker: tuple[int, int] = (0, 1),
+        plane: Callable[[], PlaneCounters] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._front = _FrontDoor(active_calls, stats, sip_stats, worker)
+        self._front = _FrontDoor(active_calls, stats, sip_stats, worker, plane)
         self._media = _Media()
         self.registry.register(self._front)
         self.registry.register(self._media)

@@ -223,16 +223,17 @@ async def bridge_services(
         echo: EchoExtension | None = None
         if config.upstream is None and config.echo_extension:
             echo = await nursery.start(run_echo_extension, config.echo_extension)
+        plane = MediaPlane(coalesce=config.media_coalesce)
         metrics = BridgeMetrics(
             active_calls=lambda: context.active_calls,
             stats=lambda: context.stats,
             sip_stats=lambda: transport.stats,
             worker=(worker.index, worker.count),
+            plane=lambda: plane.counters,
         )
         context.routes["/metrics"] = metrics.scrape
         media_bind = config.listen
         ports = PortAllocator(low, high, media_bind)
-        plane = MediaPlane(coalesce=config.media_coalesce)
         await nursery.start(plane.run)
         share = (
             f" (slice {worker.index + 1} of {worker.count} of {config.rtp_ports[0]}-{config.rtp_ports[1]})"

@@ -38,6 +38,11 @@ async def test_call_end_record_context_and_metrics(tmp_path: Path, caplog: pytes
                 live = await scrape_metrics(bridge)  # media counters move during the call
                 assert metric(live, "mccp_bridge_packets_relayed_total", direction="to_sip") >= 45
                 assert metric(live, "mccp_bridge_packets_relayed_total", direction="to_browser") >= 45
+                # The worker's media plane served every datagram (a pass serves one or more sockets).
+                passes = metric(live, "mccp_bridge_media_plane_passes_total")
+                assert passes >= 1
+                assert metric(live, "mccp_bridge_media_plane_handler_calls_total") >= max(passes, 90)
+                assert metric(live, "mccp_bridge_media_plane_handler_errors_total") == 0
                 await p.hangup()
                 assert (await p.wait_hangup()).code == 200
             assert await sipp_exit(uas) == 0, uas.errors()
