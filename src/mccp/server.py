@@ -28,14 +28,17 @@ the per-address cap at accept, and once the head is read counts the connection (
 the handler as :attr:`MccpConnection.remote`) under the page's address from ``X-Forwarded-For``
 (:func:`~mccp.access.client_address`), 503 beyond the per-address cap.
 
-Each WebSocket connection runs in one nursery (trio-websocket's own reader task is in it too):
-the caller's handler with its :class:`MccpConnection` in the connection's task, and one reader
-task that decodes frames with the pure :class:`~mccp.session.Session`, answers ``ping`` and every
-bad frame itself, applies the rate limit and queues valid page messages. The reader also keeps
-the connection's timers as deadlines on its wait for the next frame: ``hangup`` 408 when no
-``call`` comes in ``call_timeout``, and a WebSocket ping every ``ping_interval``, whose pong is
-awaited (``pong_timeout``, then the page is gone) in a task that lives only that long. No task
-waits for a timer alone: an established call's page costs two tasks (memory per call, issue 6).
+Each WebSocket connection runs in one nursery, with trio-websocket's own reader task in it: the
+caller's handler runs with its :class:`MccpConnection` in the connection's task, and reads the
+page through :meth:`MccpConnection.receive`, which decodes frames with the pure
+:class:`~mccp.session.Session`, answers ``ping`` and every bad frame itself, applies the rate
+limit and returns the next valid page message. While it waits it keeps the connection's timers
+as deadlines of that wait: ``hangup`` 408 when no ``call`` comes in ``call_timeout``, and a
+WebSocket ping every ``ping_interval``, whose pong is awaited (``pong_timeout``, then the page is
+gone) in a task that lives only that long. A page's frames are thus handled while its handler
+waits for one (the bridge's always does, but for the moments of a call's set-up); trio-websocket
+queues them meanwhile. No task of ours waits for a timer, nor stands between the socket and the
+handler: an established call's page costs one task besides the handler's (memory, issue 6).
 Bad input from one client is answered, dropped and counted in :class:`ServerStats`; it never
 ends the server.
 """
@@ -186,6 +189,7 @@ class MccpConnection:
         origin: str | None,
         limits: ServerLimits,
         stats: ServerStats,
+        nursery: trio.Nursery,
     ) -> None:
         self.remote = remote
         """The page's (address, port)."""
@@ -194,8 +198,12 @@ class MccpConnection:
         self._ws = ws
         self._limits = limits
         self._stats = stats
-        self._session = Session(now=trio.current_time(), call_timeout=limits.call_timeout)
-        self._inbox_send, self._inbox = trio.open_memory_channel[PageMessage](8)
+        now = trio.current_time()
+        self._session = Session(now=now, call_timeout=limits.call_timeout)
+        self._bucket = TokenBucket(rate=limits.max_messages_per_second, burst=limits.message_burst, now=now)
+        self._last_429 = -1e9
+        self._next_ping = now + limits.ping_interval
+        self._nursery = nursery  # the connection's: the keep-alive pings run there
         self._gone: str | None = None
         self._pinging = False
 
@@ -212,13 +220,36 @@ class MccpConnection:
     async def receive(self) -> PageMessage:
         """The next valid page message (``call``, ``dtmf``, ``hangup``; ``ping`` is answered here).
 
-        Invalid or out-of-state messages are answered with ``error`` internally and skipped.
-        Raises :class:`PageGone` once the socket has ended and every queued message was taken.
+        Invalid or out-of-state messages are answered with ``error`` internally and skipped; the
+        connection's timers run meanwhile (module docstring). Raises :class:`PageGone` once the
+        socket has ended. A cancelled receive loses no message: a frame is taken from
+        trio-websocket's queue only when it can be handled at once.
         """
-        try:
-            return await self._inbox.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise PageGone(self._gone or "closed") from None
+        limits = self._limits
+        while True:
+            if self._gone is not None:
+                raise PageGone(self._gone)
+            call_deadline = self._session.next_deadline()
+            wake = self._next_ping if call_deadline is None else min(self._next_ping, call_deadline)
+            data: str | bytes | None = None
+            with trio.move_on_at(wake):  # get_message is a channel receive: nothing is lost
+                try:
+                    data = await self._ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    self._mark_gone(_close_text(exc.reason))
+                    raise PageGone(self._gone or "closed") from None
+            now = trio.current_time()
+            if data is None:  # a deadline
+                if now >= self._next_ping:
+                    self._next_ping = now + limits.ping_interval
+                    if not self._pinging:
+                        self._pinging = True
+                        self._nursery.start_soon(self._ping)
+                await self._call_timer(now)
+                continue
+            msg = await self._frame(data, now)
+            if msg is not None:
+                return msg
 
     async def send(self, msg: BridgeMessage) -> None:
         """Send one bridge message.
@@ -265,72 +296,42 @@ class MccpConnection:
             await self._ws.aclose(code, reason)
         self._mark_gone(f"closed by bridge ({code})")
 
-    async def _reader(self, nursery: trio.Nursery) -> None:
-        """Read the page's frames until the socket ends; its timers too (module docstring)."""
+    async def _frame(self, data: str | bytes, now: float) -> PageMessage | None:
+        """One frame from the page: the message the handler gets, or None (answered or dropped)."""
         limits, stats = self._limits, self._stats
-        now = trio.current_time()
-        bucket = TokenBucket(rate=limits.max_messages_per_second, burst=limits.message_burst, now=now)
-        last_429 = -1e9
-        next_ping = now + limits.ping_interval
+        stats.messages_received += 1
+        if not self._bucket.allow(now):
+            stats.rate_limited += 1
+            stats.messages_dropped += 1
+            if now - self._last_429 >= 1.0:  # one 429 a second, not one per dropped frame
+                self._last_429 = now
+                await self._reply_error(ErrorCode.RATE_LIMITED, "too many messages; dropped")
+            return None
+        if len(data) > limits.max_frame_bytes:
+            stats.messages_dropped += 1
+            await self._reply_error(
+                ErrorCode.TOO_BIG, f"frame of {len(data)} over the {limits.max_frame_bytes} limit"
+            )
+            await self._close(1009, "message too big")  # RFC 6455 section 7.4.1
+            raise PageGone(self._gone or "closed")
+        if isinstance(data, bytes):
+            stats.messages_dropped += 1
+            await self._reply_error(ErrorCode.BINARY_FRAME, "binary frame: MCCP uses JSON text frames")
+            return None
         try:
-            while True:
-                call_deadline = self._session.next_deadline()
-                wake = next_ping if call_deadline is None else min(next_ping, call_deadline)
-                data: str | bytes | None = None
-                with trio.move_on_at(wake):  # get_message is a channel receive: nothing is lost
-                    try:
-                        data = await self._ws.get_message()
-                    except trio_websocket.ConnectionClosed as exc:
-                        self._mark_gone(_close_text(exc.reason))
-                        return
-                now = trio.current_time()
-                if data is None:  # a deadline
-                    if now >= next_ping:
-                        next_ping = now + limits.ping_interval
-                        if not self._pinging:
-                            self._pinging = True
-                            nursery.start_soon(self._ping)
-                    if await self._call_timer(now):
-                        return
-                    continue
-                stats.messages_received += 1
-                if not bucket.allow(now):
-                    stats.rate_limited += 1
-                    stats.messages_dropped += 1
-                    if now - last_429 >= 1.0:  # one 429 a second, not one per dropped frame
-                        last_429 = now
-                        await self._reply_error(ErrorCode.RATE_LIMITED, "too many messages; dropped")
-                    continue
-                if len(data) > limits.max_frame_bytes:
-                    stats.messages_dropped += 1
-                    await self._reply_error(
-                        ErrorCode.TOO_BIG, f"frame of {len(data)} over the {limits.max_frame_bytes} limit"
-                    )
-                    await self._close(1009, "message too big")  # RFC 6455 section 7.4.1
-                    return
-                if isinstance(data, bytes):
-                    stats.messages_dropped += 1
-                    await self._reply_error(
-                        ErrorCode.BINARY_FRAME, "binary frame: MCCP uses JSON text frames"
-                    )
-                    continue
-                try:
-                    msg = self._session.receive_text(data)
-                except RemoteProtocolError as exc:
-                    stats.messages_dropped += 1
-                    await self._reply_error(exc.code, exc.reason)
-                    continue
-                match msg:
-                    case Ping():
-                        await self._send_text(self._session.send(Pong()))
-                    case Call() | Dtmf() | HangupRequest():
-                        await self._inbox_send.send(msg)
-                    case _:
-                        assert_never(msg)
-        except PageGone:
-            return
-        finally:
-            self._inbox_send.close()
+            msg = self._session.receive_text(data)
+        except RemoteProtocolError as exc:
+            stats.messages_dropped += 1
+            await self._reply_error(exc.code, exc.reason)
+            return None
+        match msg:
+            case Ping():
+                await self._send_text(self._session.send(Pong()))
+                return None
+            case Call() | Dtmf() | HangupRequest():
+                return msg
+            case _:
+                assert_never(msg)
 
     async def _ping(self) -> None:
         """One keep-alive ping; the page is gone if its pong does not come in ``pong_timeout``."""
@@ -347,16 +348,16 @@ class MccpConnection:
             self._mark_gone("no pong in time")
             await self._close(1011, "no pong")  # RFC 6455 7.4.1: unexpected condition
 
-    async def _call_timer(self, now: float) -> bool:
-        """``hangup`` 408 once no ``call`` came in time; True when that closed the connection."""
+    async def _call_timer(self, now: float) -> None:
+        """``hangup`` 408 once no ``call`` came in time, and the connection closed (PageGone)."""
         hangup = self._session.handle_timeout(now)
         if hangup is None:
-            return False
+            return
         self._stats.call_timeouts += 1
         await self.send(hangup)
         self._mark_gone("no call in time")
         await self._close(1000, "no call in time")
-        return True
+        raise PageGone(self._gone or "no call in time")
 
 
 def load_page() -> bytes:
@@ -671,20 +672,18 @@ class MccpFront:
                 nursery.cancel_scope.cancel()
                 return
             st.websockets_total += 1
-            mccp = MccpConnection(ws, remote=remote, origin=origin, limits=limits, stats=st)
+            mccp = MccpConnection(ws, remote=remote, origin=origin, limits=limits, stats=st, nursery=nursery)
             started = trio.current_time()
             log.info("mccp open %s:%d origin=%s", remote[0], remote[1], origin)
             try:
-                nursery.start_soon(mccp._reader, nursery)
-                try:
-                    await self.handler(mccp)
-                except PageGone:
-                    pass
-                except Exception:
-                    st.handler_failures += 1
-                    log.exception("mccp %s:%d: handler failed", *remote)
-                    with suppress(PageGone, LocalProtocolError):
-                        await mccp.send(Hangup(500, "bridge failure"))
+                await self.handler(mccp)
+            except PageGone:
+                pass
+            except Exception:
+                st.handler_failures += 1
+                log.exception("mccp %s:%d: handler failed", *remote)
+                with suppress(PageGone, LocalProtocolError):
+                    await mccp.send(Hangup(500, "bridge failure"))
             finally:
                 await mccp._close(1000, "bye")
                 nursery.cancel_scope.cancel()

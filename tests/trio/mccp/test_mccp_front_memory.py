@@ -489,7 +489,8 @@ async def test_vanished_page_leaves_no_task(autojump_clock: trio.testing.MockClo
 
         nursery.start_soon(page_side)
         await trio.sleep(1.0)
-        assert len(_all_tasks()) > baseline + 4  # front, reader, keepalive, handler, ws reader...
+        # the front (running the handler) and its ws reader; the page's side and its ws reader
+        assert len(_all_tasks()) == baseline + 4
         inner_cancel.cancel()
         await trio.aclose_forcefully(client)  # the page vanishes: no close frame
         await trio.sleep(1.0)
