@@ -39,9 +39,10 @@ OUR_KEY = bytes(range(50, 50 + PROFILE.key_length + PROFILE.salt_length))
 CERT = DtlsCertificate.generate("bench-edge")
 
 
-def _udp() -> socket.socket:
+def _udp(*, reuse_port: bool = True) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as rtp.ports binds: twins possible
+    if reuse_port:  # as rtp.ports binds: twins possible
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind(("127.0.0.1", 0))
     s.setblocking(False)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -65,9 +66,9 @@ def _drain(sock: socket.socket) -> int:
 class Edge:
     """A keyed, latched MediaSession and its two peers (the browser's and the phone's sockets)."""
 
-    def __init__(self, plane: MediaPlane | None = None) -> None:
+    def __init__(self, plane: MediaPlane | None = None, *, twins: bool = True) -> None:
         self.plane = plane or MediaPlane()
-        self.browser_port, self.sip_rtp, self.sip_rtcp = _udp(), _udp(), _udp()
+        self.browser_port, self.sip_rtp, self.sip_rtcp = (_udp(reuse_port=twins) for _ in range(3))
         self.browser, self.phone = _udp(), _udp()
         self.media = MediaSession(
             browser_sock=self.browser_port,
@@ -134,11 +135,9 @@ def _serve(one: Callable[[float], bool]) -> Callable[[], None]:
 def measure(batch: int, rounds: int) -> dict[str, float]:
     results: dict[str, float] = {}
     for twins in (False, True):
-        edge = Edge()
+        edge = Edge(twins=twins)  # without SO_REUSEPORT on the call's ports, no twins
         media = edge.media
         try:
-            if not twins:
-                media._twin = lambda leg, peer: None  # type: ignore[method-assign]
             edge.fill_browser(1)  # the first datagram each way: the source checks (and twins)
             edge.fill_phone(1)
             media._browser_datagram(0.0)
