@@ -108,7 +108,9 @@ class Params:
         return Params(tuple((n, v) for n, v in self.items if n.lower() != key))
 
     def __str__(self) -> str:
-        return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in self.items)
+        if not self.items:
+            return ""
+        return "".join([f";{n}" if v is None else f";{n}={v}" for n, v in self.items])
 
 
 EMPTY_PARAMS = Params()
