@@ -30,8 +30,8 @@ SRTP keyed, media both ways):
     ws_plain       the same without TLS (the difference is what TLS costs)
     sip            the SIP objects of an answered outgoing call: INVITE, 200, ACK (parsed),
                    Dialog, InviteClientTransaction (Accepted), the call's event channel
-    trio_tasks     the nurseries and tasks of one call (3 nurseries, 7 tasks, all blocked; before
-                   issue 6's diet 5 and 13)
+    trio_tasks     the nurseries and tasks of one call (2 nurseries, 6 tasks, all blocked; 5 and
+                   13 before issue 6's diet)
     call           the whole: RSS growth of a real `mccp-bridge serve` (bench.processes, scrypt N
                    2^10) per call set up through its real signalling (bench.calls: WSS + MCCP,
                    ICE, DTLS, SIP to bench.phone_leg), measured like bench.relay's `rss per call`
@@ -313,19 +313,16 @@ async def _blocked(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 
 
 async def _one_call_tasks(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    # mccp.server / bridge.call / sip.ua: the connection's nursery (trio-websocket's reader, the
-    # MCCP reader; the connection task runs the call's page loop), the call's nursery (sip task,
-    # ice_dtls, relay) and SipUA.call's (the response reader).
+    # This task is the page's connection task (mccp.server, running bridge.call.run_call and its
+    # page loop); the connection's nursery holds trio-websocket's reader, the call's nursery the
+    # SIP task, SipUA.call's response reader, ice_dtls and relay.
     async with trio.open_nursery() as conn:
-        for _ in range(2):
-            await conn.start(_blocked)
+        await conn.start(_blocked)
         async with trio.open_nursery() as call:
-            for _ in range(3):
+            for _ in range(4):
                 await call.start(_blocked)
-            async with trio.open_nursery() as sip:
-                await sip.start(_blocked)
-                task_status.started()
-                await trio.sleep_forever()
+            task_status.started()
+            await trio.sleep_forever()
 
 
 # --- measuring ----------------------------------------------------------------------------------
