@@ -145,7 +145,7 @@ class DtlsState(enum.Enum):
 
 def format_fingerprint(digest: bytes) -> str:
     """Upper-case hex pairs joined by colons, the SDP a=fingerprint form (RFC 8122 section 5)."""
-    return ":".join(f"{b:02X}" for b in digest)
+    return digest.hex(":").upper()
 
 
 def _normalize_fingerprint(alg: str, value: str) -> tuple[str, str]:
