@@ -672,6 +672,7 @@ class MccpFront:
                 nursery.cancel_scope.cancel()
                 return
             st.websockets_total += 1
+            _drop_handshake_state(ws)
             mccp = MccpConnection(ws, remote=remote, origin=origin, limits=limits, stats=st, nursery=nursery)
             started = trio.current_time()
             log.info("mccp open %s:%d origin=%s", remote[0], remote[1], origin)
@@ -695,6 +696,19 @@ class MccpFront:
                     mccp._gone,
                     trio.current_time() - started,
                 )
+
+
+def _drop_handshake_state(ws: trio_websocket.WebSocketConnection) -> None:
+    """Free wsproto's handshake machinery once the connection is open (~1.5 KiB per page).
+
+    trio-websocket keeps its wsproto connection for the socket's life, and wsproto keeps the
+    handshake's h11 connection (state machine, receive buffer) in it, though after the upgrade it
+    only reads the handshake's (empty) event queue (wsproto 1.2-1.3, `WSConnection.events`). Anything
+    else (another version) is left alone.
+    """
+    handshake = getattr(getattr(ws, "_wsproto", None), "handshake", None)
+    if getattr(handshake, "connection", None) is not None and hasattr(handshake, "_h11_connection"):
+        handshake._h11_connection = None  # type: ignore[union-attr]
 
 
 async def open_mccp_listeners(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:

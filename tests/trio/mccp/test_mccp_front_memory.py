@@ -606,3 +606,24 @@ async def test_page_that_stops_reading_cannot_block_the_bridge(
         await client.aclose()
     assert outcome == ["not reading (send timed out after 5 s)"]
     assert f.stats.connections_open == 0
+
+
+async def test_open_connection_holds_no_handshake_state() -> None:
+    """wsproto's handshake machinery (its h11 connection) is freed once the WebSocket is open; the
+    page still talks and closes normally."""
+    held: list[object] = []
+
+    async def handler(conn: MccpConnection) -> None:
+        held.append(conn._ws._wsproto.handshake._h11_connection)
+        assert isinstance(await conn.receive(), Call)
+        await conn.send(Ringing())
+        assert isinstance(await conn.receive(), HangupRequest)
+
+    f = MccpFront(handler, b"<html>")
+    async with trio.open_nursery() as nursery, page(f, nursery) as ws:
+        await ws.send_message(encode(CALL))
+        assert await recv(ws) == Ringing()
+        await ws.send_message(encode(HangupRequest()))
+        with pytest.raises(trio_websocket.ConnectionClosed):
+            await ws.get_message()
+    assert held == [None]
