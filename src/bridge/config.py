@@ -296,18 +296,25 @@ def _text(value: object) -> str:
     return value
 
 
+def _expanded(text: str, value: object) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~name" of a user who does not exist
+        raise _Bad(f"names an unknown user's home directory, {_got(value)}") from None
+
+
 def _path(value: object) -> Path:
     text = _text(value)
     if not text.strip():
         raise _Bad(f"must be a directory path, {_got(value)}")
-    return Path(text).expanduser()
+    return _expanded(text, value)
 
 
 def _optional_file(value: object) -> Path | None:
     text = _text(value)
     if not text.strip():
         return None
-    return Path(text).expanduser()
+    return _expanded(text, value)
 
 
 def _ip_address(value: object) -> str:
