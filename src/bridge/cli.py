@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import os
 import sys
@@ -305,6 +306,7 @@ def _cmd_serve(
     from bridge.services import bridge_services
 
     def started(context: BridgeContext) -> None:
+        _settle_collector()
         if first is not None and context.wss_addresses:
             stdout.write(welcome_text(config, first, context.wss_addresses[0][1]))
             stdout.flush()
@@ -313,6 +315,25 @@ def _cmd_serve(
     if message:
         stderr.write(f"{PROG}: {message}\n")
     return status
+
+
+GC_YOUNG_THRESHOLD = 50_000  # tracked allocations between young collections (CPython's default: 700)
+
+
+def _settle_collector() -> None:
+    """Python's cyclic collector, for a process that serves many long calls (bench/README.md, GC).
+
+    Everything built until the bridge is up (modules, classes, the services) lives as long as the
+    process: `gc.freeze()` takes it out of every later collection, so a full collection walks the
+    calls' objects only. A larger young-generation threshold lets most of one call set-up's
+    objects (short-lived) die before they are promoted, so full collections come less often.
+    (bench.relay --gc-mode probe, 500 calls set up and relayed: longest pause 213 -> 39-63 ms,
+    collection time 1.17 -> 0.35 s; full collections 4 -> 2, the longest 213 -> 39 ms.)
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _serve(run: Callable[[], None]) -> tuple[int, str | None]:
@@ -342,7 +363,9 @@ def _serve_worker(config: Config, args: argparse.Namespace, stderr: TextIO) -> i
         return 1
     _raise_open_files_limit()
     status, message = _serve(
-        lambda: serve_blocking(config, on_started=lambda _: None, services=bridge_services, worker=worker)
+        lambda: serve_blocking(
+            config, on_started=lambda _: _settle_collector(), services=bridge_services, worker=worker
+        )
     )
     if message:
         if worker.control_fd is None:
