@@ -354,9 +354,9 @@ async def test_heap_is_trimmed_once_connections_settle(
     trims: list[int] = []
     trimmed = trio.Event()
 
-    def trim() -> None:
+    def trim() -> None:  # runs in a worker thread
         trims.append(context.active_calls)
-        trimmed.set()
+        trio.from_thread.run_sync(trimmed.set)
 
     with trio.fail_after(10):
         async with running(_config(tmp_path)) as (context, client), trio.open_nursery() as nursery:
