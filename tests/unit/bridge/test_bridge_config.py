@@ -165,7 +165,7 @@ ERRORS = [
     ("allow_file_origin", "maybe", "allow_file_origin: must be true or false, got 'maybe'"),
     ("auth_max_failures", "0", "auth_max_failures: must be an integer 1-1000, got '0'"),
     ("data_dir", " ", "data_dir: must be a directory path, got ' '"),
-    ("data_dir", "~no-such-user-0", "data_dir: names an unknown user's home directory, got '~no-such-user-0'"),
+    ("data_dir", "~nobody-0", "data_dir: names an unknown user's home directory, got '~nobody-0'"),
     ("log_file", "~0/bridge.log", "log_file: names an unknown user's home directory, got '~0/bridge.log'"),
     ("media_coalesce", "0.5", "media_coalesce: must be a number of seconds 0-0.02, got '0.5'"),
 ]

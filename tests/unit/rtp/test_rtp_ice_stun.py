@@ -7,6 +7,7 @@ import contextlib
 import struct
 
 import pytest
+from aioice import stun as aioice_stun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,14 +216,69 @@ def test_binding_error_carries_code() -> None:
         (b"\x00\x01\x00\x08\x21\x12\xa4\x42" + TID + b"\x00\x24\x00\x02\x00\x01\x00\x00", "malformed STUN"),
         # USERNAME that is not UTF-8
         (b"\x00\x01\x00\x08\x21\x12\xa4\x42" + TID + b"\x00\x06\x00\x02\xff\xfe\x00\x00", "malformed STUN"),
-        # unknown method 0x0fff
-        (b"\x0e\xef\x00\x00\x21\x12\xa4\x42" + TID, "malformed STUN"),
+        # a FINGERPRINT that is not the last attribute
+        (
+            SAMPLE_REQUEST[:2] + struct.pack("!H", len(SAMPLE_REQUEST) - 16) + SAMPLE_REQUEST[4:] + bytes(4),
+            "last",
+        ),
         (b"\x00\x01" + struct.pack("!H", 1500) + b"\x21\x12\xa4\x42" + TID + bytes(1500), "too long"),
     ],
 )
 def test_parse_errors_are_precise(data: bytes, message: str) -> None:
     with pytest.raises(StunParseError, match=message):
         parse_stun_untrusted(data)
+
+
+def test_an_unknown_method_parses_and_is_not_binding() -> None:
+    msg = parse_stun_untrusted(b"\x0e\xef\x00\x00\x21\x12\xa4\x42" + TID)  # method 0x0fff
+    assert not msg.is_binding
+    assert msg.cls is StunClass.REQUEST
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=12, max_size=12),
+    st.text(min_size=1, max_size=40),
+    st.integers(0, 2**32 - 1),
+    st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    st.booleans(),
+    st.binary(min_size=1, max_size=24),
+)
+def test_our_parser_reads_what_aioice_reads(
+    tid: bytes,
+    username: str,
+    priority: int,
+    controlling: int | None,
+    controlled: int | None,
+    use_candidate: bool,
+    key: bytes,
+) -> None:
+    """Differential: checks encoded by aioice (binding_request) read the same through our parser
+    as through aioice's, and authenticate under the key they were signed with only."""
+    data = binding_request(
+        tid,
+        username=username,
+        key=key,
+        priority=priority,
+        ice_controlling=controlling,
+        ice_controlled=controlled,
+        use_candidate=use_candidate,
+    )
+    ours = parse_stun_untrusted(data)
+    theirs = aioice_stun.parse_message(data)
+    assert ours.transaction_id == theirs.transaction_id == tid
+    assert ours.username == theirs.attributes["USERNAME"]
+    assert ours.priority == theirs.attributes["PRIORITY"]
+    assert ours.ice_controlling == theirs.attributes.get("ICE-CONTROLLING")
+    assert ours.ice_controlled == theirs.attributes.get("ICE-CONTROLLED")
+    assert ours.use_candidate == ("USE-CANDIDATE" in theirs.attributes)
+    assert ours.has_integrity
+    assert ours.has_fingerprint
+    assert ours.is_binding
+    assert ours.check_integrity(key)
+    assert ours.check_integrity(key) == theirs.check_message_integrity(key)
+    assert not ours.check_integrity(key + b"x")
 
 
 @settings(max_examples=400, deadline=None)
