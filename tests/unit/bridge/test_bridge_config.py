@@ -272,3 +272,19 @@ def test_workers_in_toml(tmp_path: Path) -> None:
     assert load_config(config_path=path, home=tmp_path).worker_count == 3
     path.write_text('workers = "auto"\n')
     assert load_config(config_path=path, home=tmp_path).workers == 0
+
+
+def test_the_collector_is_settled_once_the_bridge_is_up() -> None:
+    """bridge.cli freezes what start-up built and raises the young-generation threshold."""
+    import gc
+
+    from bridge.cli import GC_YOUNG_THRESHOLD, _settle_collector
+
+    before = gc.get_threshold()
+    try:
+        _settle_collector()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
