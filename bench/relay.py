@@ -309,6 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phone_rtp.close()
     phone.sock.close()
     record["summary"] = summarise(record)
+    record["lossless_max"] = lossless_max(record["summary"])
     return record
 
 
@@ -456,6 +457,25 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
             if ratios:
                 targets["cpu_ratio_bridge_over_rtpengine"] = round(statistics.median(ratios), 3)
                 targets["cpu_ratios"] = [round(x, 3) for x in ratios]
+    return out
+
+
+def lossless_max(summary: dict[str, Any]) -> dict[str, Any]:
+    """Per relay, the highest offered rate (packets/s per direction) below which every step lost
+    under 0.1 % (the bursts goal), and the bridge/rtpengine ratio of those rates."""
+    out: dict[str, Any] = {}
+    for target in ("bridge", "rtpengine"):
+        best: float | None = None
+        for rate in sorted(summary, key=float):
+            figures = summary[rate].get(target)
+            if figures is None:
+                continue
+            if figures["loss_pct_max"] >= 0.1:
+                break
+            best = float(rate)
+        out[target] = best
+    if out["bridge"] and out["rtpengine"]:
+        out["ratio"] = round(out["bridge"] / out["rtpengine"], 3)
     return out
 
 

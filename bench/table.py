@@ -57,6 +57,25 @@ def relay_table(record: dict[str, Any]) -> str:
             f"{lat(br)} | {lat(rt) if rt else '-'} | "
             f"{br.get('harness_cpu_pct', '-')} / {rt.get('harness_cpu_pct', '-') if rt else '-'} |"
         )
+    best = record.get("lossless_max")
+    if best and any(t.get("rtpengine") for t in record["summary"].values()):
+        lines += [
+            "",
+            f"Highest offered rate with every step under 0.1 % loss: bridge {best['bridge']}, "
+            f"rtpengine {best['rtpengine']} pps/dir (ratio {best.get('ratio', '-')}).",
+        ]
+    planes = [s["plane"] for s in record["steps"] if s["target"] == "bridge" and s.get("plane")]
+    if planes:
+        lines += [
+            "",
+            "Media plane per bridge step (passes/s, sockets served per pass, coalesced passes %): "
+            + "; ".join(
+                f"{float(s['rate_per_direction']):.0f}: {s['plane']['passes_per_s']:.0f}, "
+                f"{s['plane']['sockets_per_pass']}, {s['plane']['coalesced_pct']}"
+                for s in record["steps"]
+                if s["target"] == "bridge" and s.get("plane")
+            ),
+        ]
     return "\n".join(lines)
 
 

@@ -90,3 +90,7 @@ def test_relay_harness_smoke(tmp_path: Path) -> None:
             assert d["auth_failures"] == 0
             assert d["latency_us"]["p50"] > 0
     assert set(record["summary"]) == {str(float(5 * 50))}
+    assert set(record["lossless_max"]) >= {"bridge", "rtpengine"}
+    planes = [step["plane"] for step in record["steps"] if step["target"] == "bridge"]
+    assert planes
+    assert all(p["passes_per_s"] > 0 and p["sockets_per_pass"] >= 1 for p in planes)
