@@ -419,9 +419,10 @@ async def measure_call(n: int) -> dict[str, float]:
                 after = rss_kib_all(bridge.pids())
                 up = len(calls.flows)
         nursery.cancel_scope.cancel()
-    if up < n:
-        raise RuntimeError(f"{n - up} of {n} calls failed")
-    return {"rss_kib": round((after - before) / up, 2), "traced_kib": math.nan}
+    if not up:
+        raise RuntimeError(f"none of {n} calls was set up")
+    # Per established call, as bench.relay (a set-up can fail on a loaded machine: counted).
+    return {"rss_kib": round((after - before) / up, 2), "traced_kib": math.nan, "failed": n - up}
 
 
 # --- tls_ws: the server here, the clients in a child process ------------------------------------
