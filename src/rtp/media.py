@@ -210,6 +210,7 @@ class MediaSession:
         "_browser_failure",
         "_browser_pass",
         "_browser_twin",
+        "_browser_twin_pass",
         "_browser_twin_peer",
         "_buf",
         "_closed",
@@ -231,6 +232,7 @@ class MediaSession:
         "_sip_rtp",
         "_sip_sdp",
         "_sip_twin",
+        "_sip_twin_pass",
         "_sip_twin_peer",
         "_view",
         "_wakeup",
@@ -304,6 +306,7 @@ class MediaSession:
         self._last_validated: Address | None = None
         self._media_source: Address | None = None  # the last validated source of browser media
         self._browser_pass = self._rtp_pass = self._rtcp_pass = -2  # the plane pass that last served each
+        self._browser_twin_pass = self._sip_twin_pass = -2
         self._last_browser_media: float | None = None
         self._keyed = False  # DTLS connected and SRTP keyed
         self._closed = False
@@ -625,9 +628,13 @@ class MediaSession:
             if not self.ice.is_validated(src):
                 self.edge.not_validated += 1
                 return
-            self._media_source = src  # validated addresses stay so (rtp.ice_lite)
-            if src == self.browser_address and src != self._browser_twin_peer:
+            selected = self.browser_address
+            if src == selected and src != self._browser_twin_peer:
+                # One tuple object for the source, the destination and the twin's peer: the
+                # per-packet comparisons then only see identical items (no string compared).
+                src = selected
                 self._twin("browser", src)
+            self._media_source = src  # validated addresses stay so (rtp.ice_lite)
         if not self._keyed:
             self.edge.before_keys += 1
             return
@@ -773,7 +780,11 @@ class MediaSession:
             if not self._accept_sip_source(self._view[:n], src, False):
                 return
             sip = self._sip
-            if sip is not None and src == sip.rtp and src != self._sip_twin_peer:
+            if sip is not None and src == sip.rtp and src != self._sip_twin_peer and latch is not None:
+                # As for the browser: one tuple object for the latch, the SIP remote and the twin.
+                src = latch.rtp_source or src
+                if sip.rtp is not src:
+                    self._sip = SipRemote(src, sip.rtcp, sip.codec_map, sip.may_send)
                 self._twin("sip", src)
         dest = self.ice.selected or self._last_validated
         if dest is None:
@@ -823,13 +834,14 @@ class MediaSession:
             twin.close()
             self.edge.twin_failed += 1
             return
-        one = self._browser_twin_datagram if leg == "browser" else self._sip_twin_datagram
         on_error = self._on_browser_error if leg == "browser" else self._on_sip_error
         if leg == "browser":
             self._browser_twin, self._browser_twin_peer = twin, peer
+            handler = self._on_browser_twin_readable
         else:
             self._sip_twin, self._sip_twin_peer = twin, peer
-        if not self._register(twin, self._drainer(one), on_error):
+            handler = self._on_sip_twin_readable
+        if not self._register(twin, handler, on_error):
             self._drop_twin(leg)
             return
         self.edge.twins += 1
@@ -843,22 +855,27 @@ class MediaSession:
             self._plane.unregister(twin)  # before close: the epoll keys on the open file
             twin.close()
 
-    def _drainer(self, one: Callable[[float], bool]) -> Callable[[float], None]:
-        """A plane handler reading datagrams with `one` (the rule of `_on_browser_readable`)."""
+    def _on_browser_twin_readable(self, now: float) -> None:
+        """The plane's handler for the browser's twin (the rule of `_on_browser_readable`)."""
         plane = self._plane
-        last_pass = -2
+        passes = plane.counters.passes
+        backlog = plane.saturated or self._browser_twin_pass == passes - 1
+        self._browser_twin_pass = passes
+        if self._browser_twin_datagram(now) and backlog:
+            for _ in range(DRAIN_CAP - 1):
+                if not self._browser_twin_datagram(now):
+                    return
 
-        def handler(now: float) -> None:
-            nonlocal last_pass
-            passes = plane.counters.passes
-            backlog = plane.saturated or last_pass == passes - 1
-            last_pass = passes
-            if one(now) and backlog:
-                for _ in range(DRAIN_CAP - 1):
-                    if not one(now):
-                        return
-
-        return handler
+    def _on_sip_twin_readable(self, now: float) -> None:
+        """The plane's handler for the SIP leg's twin (the rule of `_on_browser_readable`)."""
+        plane = self._plane
+        passes = plane.counters.passes
+        backlog = plane.saturated or self._sip_twin_pass == passes - 1
+        self._sip_twin_pass = passes
+        if self._sip_twin_datagram(now) and backlog:
+            for _ in range(DRAIN_CAP - 1):
+                if not self._sip_twin_datagram(now):
+                    return
 
     def _sip_rtcp_datagram(self, now: float) -> bool:
         """One datagram from the SIP RTCP socket, relayed inline; False if there was none."""
