@@ -44,6 +44,7 @@ once into `bytes` because pylibsrtp accepts nothing else.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -181,11 +182,21 @@ class CodecMap:
         )
 
 
-def _route_table(routes: Mapping[int, PtRoute]) -> list[tuple[int, bytes | None] | None]:
+RouteTable: TypeAlias = tuple[tuple[int, bytes | None] | None, ...]
+
+
+def _route_table(routes: Mapping[int, PtRoute]) -> RouteTable:
+    """The 128-entry lookup by payload type, shared by every call with the same routes."""
+    return _shared_route_table(tuple(sorted(routes.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_route_table(routes: tuple[tuple[int, PtRoute], ...]) -> RouteTable:
+    # Most calls negotiate the same few maps: one table each, not two lists per call (2 KiB).
     table: list[tuple[int, bytes | None] | None] = [None] * 128
-    for pt, route in routes.items():
+    for pt, route in routes:
         table[pt] = (route.out_pt, route.transcode.table)
-    return table
+    return tuple(table)
 
 
 class Relay:
