@@ -9,15 +9,18 @@ through the connected twins (the steady state of a call, `MediaSession._twin`). 
 the receiver's work stay outside the timed part. `bare` is the floor: recvfrom_into, the SRTP
 call and sendto on unconnected sockets, nothing else.
 
-Usage: .venv/bin/python bench/relay_edge.py [BATCH] [ROUNDS]   (default 200 datagrams x 200 rounds)
-Prints microseconds of CPU per datagram, best of the rounds' medians over 3 repetitions.
+Usage: .venv/bin/python bench/relay_edge.py [BATCH] [ROUNDS] [--calls N]
+(default 200 datagrams x 200 rounds). Prints microseconds of CPU per datagram, best of the rounds'
+medians over 3 repetitions. `--calls 500` also measures the twins' path interleaved over 500 calls
+(each datagram to another call, as real traffic): what the per-call objects' cache misses add.
 """
 
 from __future__ import annotations
 
+import argparse
+import resource
 import socket
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -40,10 +43,15 @@ CERT = DtlsCertificate.generate("bench-edge")
 
 
 def _udp(*, reuse_port: bool = True) -> socket.socket:
+    port = 0
+    if reuse_port:  # a port nobody holds: bind(0) with SO_REUSEPORT may share another's
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if reuse_port:  # as rtp.ports binds: twins possible
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind(("127.0.0.1", 0))
+    s.bind(("127.0.0.1", port))
     s.setblocking(False)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     return s
@@ -161,6 +169,48 @@ def measure(batch: int, rounds: int) -> dict[str, float]:
     return {**results, **_bare(batch, rounds)}
 
 
+def interleaved(calls: int, rounds: int) -> dict[str, float]:
+    """`calls` keyed, latched calls with their twins on one plane; each round sends one datagram to
+    every call, then serves them in turn: every packet meets another call's state (as real traffic
+    does), so the per-call objects are no longer in the CPU's caches."""
+    plane = MediaPlane()
+    edges = [Edge(plane) for _ in range(calls)]
+    try:
+        for edge in edges:
+            for _ in range(3):  # the first datagrams each way open the twins
+                if edge.media.edge.twins == 2:
+                    break
+                edge.fill_browser(1)
+                edge.fill_phone(1)
+                while edge.media._browser_datagram(0.0) or edge.media._sip_rtp_datagram(0.0):
+                    pass
+            _drain(edge.phone)
+            _drain(edge.browser)
+            if edge.media.edge.twins != 2:
+                raise AssertionError("the twins were not opened")
+        out: dict[str, float] = {}
+        for label, fill, one, sink in (
+            ("browser->SIP", Edge.fill_browser, "_browser_twin_datagram", "phone"),
+            ("SIP->browser", Edge.fill_phone, "_sip_twin_datagram", "browser"),
+        ):
+            readers = [getattr(e.media, one) for e in edges]
+            per: list[float] = []
+            for _ in range(rounds):
+                for edge in edges:
+                    fill(edge, 1)
+                start = time.process_time()
+                for read in readers:
+                    read(0.0)
+                per.append((time.process_time() - start) / calls)
+                if sum(_drain(getattr(e, sink)) for e in edges) != calls:
+                    raise AssertionError("the edge dropped datagrams")
+            out[f"{label}, {calls} calls interleaved"] = statistics.median(per)
+        return out
+    finally:
+        for edge in edges:
+            edge.close()
+
+
 def _bare(batch: int, rounds: int) -> dict[str, float]:
     """The floor: recvfrom_into + one SRTP call + sendto, nothing else."""
     rx_sock, tx_sock, sink, src = _udp(), _udp(), _udp(), _udp()
@@ -210,17 +260,30 @@ def _bare(batch: int, rounds: int) -> dict[str, float]:
             s.close()
 
 
-async def _main(batch: int, rounds: int) -> list[dict[str, float]]:
-    return [measure(batch, rounds) for _ in range(3)]  # in Trio: the plane closes through it
+async def _main(batch: int, rounds: int, calls: int) -> list[dict[str, float]]:
+    # In Trio: the plane closes through it.
+    return [
+        {**measure(batch, rounds), **(interleaved(calls, max(20, 20_000 // calls)) if calls else {})}
+        for _ in range(3)
+    ]
 
 
 def main() -> None:
-    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-    results = trio.run(_main, batch, rounds)
-    print(f"relay_edge: {batch} datagrams x {rounds} rounds, best of 3 medians, CPU us per datagram")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("batch", nargs="?", type=int, default=200, help="datagrams per round (one call)")
+    parser.add_argument("rounds", nargs="?", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=0, help="also interleave over this many calls")
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 7 descriptors per call
+    results = trio.run(_main, args.batch, args.rounds, args.calls)
+    print(
+        f"relay_edge: {args.batch} datagrams x {args.rounds} rounds, best of 3 medians, CPU us per datagram"
+    )
     for key in results[0]:
-        print(f"  {key:32s} {min(r[key] for r in results) * 1e6:6.2f}")
+        print(f"  {key:40s} {min(r[key] for r in results) * 1e6:6.2f}")
 
 
 if __name__ == "__main__":

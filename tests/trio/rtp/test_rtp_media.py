@@ -37,12 +37,21 @@ def rtp(seq: int, ts: int, ssrc: int, payload: bytes, pt: int = 0) -> bytes:
     return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody holds: bind(0) WITH SO_REUSEPORT may hand out a port that another
+    SO_REUSEPORT socket of this user already has (the kernel lets them share it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 async def udp(*, reuse_port: bool = True) -> trio.socket.SocketType:
     """A loopback socket; with SO_REUSEPORT, as rtp.ports binds media ports (twins possible)."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     if reuse_port:
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-    await sock.bind(("127.0.0.1", 0))
+    await sock.bind(("127.0.0.1", free_port() if reuse_port else 0))
     return sock
 
 
@@ -767,7 +776,7 @@ async def test_ipv6_loopback(plane: MediaPlane) -> None:
     async def udp6() -> trio.socket.SocketType:
         sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        await sock.bind(("::1", 0))
+        await sock.bind(("::1", free_port("::1")))
         return sock
 
     with trio.fail_after(10):
