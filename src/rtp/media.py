@@ -165,6 +165,18 @@ def _raw_socket(sock: _Socket) -> socket.socket:
     return raw
 
 
+def _leg_snapshot(leg: LegCounters) -> LegCounters:
+    # copy.deepcopy took ~70 us per direction (the reception statistics' objects); this ~2 us.
+    return LegCounters(
+        packets=leg.packets,
+        octets=leg.octets,
+        rtcp_packets=leg.rtcp_packets,
+        last_packet_time=leg.last_packet_time,
+        dropped=dict(leg.dropped),
+        reception=leg.reception,
+    )
+
+
 def _addr(raw: Any) -> Address:
     # IPv6 sources come as (host, port, flowinfo, scope_id); the agents key on (host, port).
     return (str(raw[0]), int(raw[1]))
@@ -419,13 +431,16 @@ class MediaSession:
         return self.ice.selected or self._last_validated
 
     def stats(self) -> MediaStats:
-        """A copy of every counter of the call's media plane (for metrics and the end-of-call log)."""
+        """A copy of every counter of the call's media plane (for metrics and the end-of-call log).
+
+        Cheap (metrics take one of every live call at each scrape): the counters are copied, the
+        reception statistics (`LegCounters.reception`) are the live object, read where used."""
         return MediaStats(
             demux=copy.copy(self.demux),
             ice=copy.copy(self.ice.counters),
             dtls=copy.copy(self.dtls.counters),
-            to_sip=copy.deepcopy(self.relay.to_sip),
-            to_browser=copy.deepcopy(self.relay.to_browser),
+            to_sip=_leg_snapshot(self.relay.to_sip),
+            to_browser=_leg_snapshot(self.relay.to_browser),
             edge=copy.copy(self.edge),
             dtls_state=self.dtls.state,
             selected=self.ice.selected,
