@@ -448,8 +448,9 @@ def _log_end(
             dtls=stats.dtls_state.value,
             ice_checks=stats.ice.checks_ok,
         )
-    text = " ".join(f"{key}={_fmt(value)}" for key, value in record.items())
-    clog.info("call end: %s", text, extra={"call": record})
+    if clog.isEnabledFor(logging.INFO):  # the text is built only for a log that shows it
+        text = " ".join(f"{key}={_fmt(value)}" for key, value in record.items())
+        clog.info("call end: %s", text, extra={"call": record})
     services.metrics.call_ended(
         by=end.by,
         code=end.code,
