@@ -56,7 +56,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 from rtp.demux import DemuxCounters, PacketKind, classify
@@ -95,6 +95,7 @@ RCVBUF = 1 << 20  # SO_RCVBUF: the default 208 KiB holds only ~256 packets (perf
 HANDSHAKE_TIMEOUT = 20.0
 MEDIA_TIMEOUT = 30.0
 EMPTY_CODEC_MAP = CodecMap(to_sip={}, to_browser={})
+Leg = Literal["browser", "sip"]  # which leg a connected twin serves
 
 
 class MediaEnded(Exception):
@@ -828,7 +829,7 @@ class MediaSession:
     # twin's datagrams go through the same checks too, with the peer as their source. Needs
     # the port bound with SO_REUSEPORT (rtp.ports); without it the call goes on without twins.
 
-    def _twin(self, leg: str, peer: Address) -> None:
+    def _twin(self, leg: Leg, peer: Address) -> None:
         """Open (or move) the `leg`'s twin, connected to `peer`, served by the plane."""
         self._drop_twin(leg)
         if self._closed:
@@ -861,7 +862,7 @@ class MediaSession:
             return
         self.edge.twins += 1
 
-    def _drop_twin(self, leg: str) -> None:
+    def _drop_twin(self, leg: Leg) -> None:
         if leg == "browser":
             twin, self._browser_twin, self._browser_twin_peer = self._browser_twin, None, None
         else:
