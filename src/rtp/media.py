@@ -64,7 +64,7 @@ from rtp.dtls import DtlsCertificate, DtlsCounters, DtlsEndpoint, DtlsRole, Dtls
 from rtp.errors import LocalProtocolError
 from rtp.ice_lite import CONSENT_TIMEOUT, IceCounters, IceLiteAgent
 from rtp.latch import LEARNING_PACKETS, SourceLatch, Verdict
-from rtp.plane import ErrorHandler, MediaPlane
+from rtp.plane import ErrorHandler, Handler, MediaPlane
 from rtp.relay import CodecMap, LegCounters, Relay
 from rtp.sdp_answer import (
     BrowserNegotiation,
@@ -90,7 +90,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DRAIN_CAP = 16  # datagrams read from one socket in one plane pass when it has a backlog
 RCVBUF = 1 << 20  # SO_RCVBUF: the default 208 KiB holds only ~256 packets (perf recipe)
 HANDSHAKE_TIMEOUT = 20.0
 MEDIA_TIMEOUT = 30.0
@@ -221,9 +220,7 @@ class MediaSession:
     __slots__ = (
         "_browser",
         "_browser_failure",
-        "_browser_pass",
         "_browser_twin",
-        "_browser_twin_pass",
         "_browser_twin_peer",
         "_buf",
         "_closed",
@@ -237,15 +234,12 @@ class MediaSession:
         "_pkt",
         "_plane",
         "_relay_wakeup",
-        "_rtcp_pass",
-        "_rtp_pass",
         "_sip",
         "_sip_failure",
         "_sip_rtcp",
         "_sip_rtp",
         "_sip_sdp",
         "_sip_twin",
-        "_sip_twin_pass",
         "_sip_twin_peer",
         "_view",
         "_wakeup",
@@ -318,8 +312,6 @@ class MediaSession:
         self._dtls_peer: Address | None = None
         self._last_validated: Address | None = None
         self._media_source: Address | None = None  # the last validated source of browser media
-        self._browser_pass = self._rtp_pass = self._rtcp_pass = -2  # the plane pass that last served each
-        self._browser_twin_pass = self._sip_twin_pass = -2
         self._last_browser_media: float | None = None
         self._keyed = False  # DTLS connected and SRTP keyed
         self._closed = False
@@ -529,7 +521,7 @@ class MediaSession:
         self._keyed = True
         self.log.info("DTLS connected (%s), SRTP keyed", profile.name)
 
-    def _register(self, raw: socket.socket, handler: Callable[[float], None], on_error: ErrorHandler) -> bool:
+    def _register(self, raw: socket.socket, handler: Handler, on_error: ErrorHandler) -> bool:
         """Serve `raw` from the plane; False if the plane or this session is already closed."""
         if self._closed:
             return False
@@ -548,14 +540,14 @@ class MediaSession:
     async def run_ice_dtls(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the browser port for the whole call (STUN, DTLS, SRTP, SRTCP); the leg's timers.
 
-        The plane runs `_on_browser_readable` for every datagram; this task only sleeps until
+        The plane runs `_browser_datagram` for every datagram; this task only sleeps until
         the earliest deadline (handshake timeout, DTLS retransmission, ICE consent per RFC 7675,
         no browser media) or until the handler wakes it (a STUN or DTLS datagram, never SRTP).
         Calls `task_status.started()` once DTLS is connected and SRTP is keyed; raises
         `MediaEnded` when the media plane must end the call. Never returns otherwise.
         """
         started_at = trio.current_time()
-        if not self._register(self._browser, self._on_browser_readable, self._on_browser_error):
+        if not self._register(self._browser, self._browser_datagram, self._on_browser_error):
             if self._closed:
                 raise MediaEnded("media session closed", 487)
             raise MediaEnded("media plane closed", 503)
@@ -584,24 +576,6 @@ class MediaSession:
     def _on_browser_error(self, exc: BaseException) -> None:
         self._browser_failure = exc
         self._wakeup.set()
-
-    # Reads per handler call: one, unless the socket was served in the previous pass too (a
-    # backlog: it held more than one datagram) or the plane is saturated (more ready sockets than
-    # one pass takes: every socket likely holds several), then up to DRAIN_CAP. At 50 packets/s per call a
-    # socket almost always holds one datagram, and the read that finds it empty costs a syscall
-    # and an exception (about 2.5 us, some 15 % of a relayed packet); a socket with more is
-    # reported again by the level-triggered epoll on the next pass, and drained from then on.
-
-    def _on_browser_readable(self, now: float) -> None:
-        """The plane's handler for the browser port."""
-        plane = self._plane
-        passes = plane.counters.passes
-        backlog = plane.saturated or self._browser_pass == passes - 1
-        self._browser_pass = passes
-        if self._browser_datagram(now) and backlog:
-            for _ in range(DRAIN_CAP - 1):
-                if not self._browser_datagram(now):
-                    return
 
     def _browser_datagram(self, now: float) -> bool:
         """One datagram from the browser port, relayed or answered inline; False if there was none."""
@@ -717,17 +691,17 @@ class MediaSession:
     async def run_relay(self) -> None:
         """Serve the SIP leg's RTP and RTCP sockets for the whole call; SRTP/SRTCP to the browser.
 
-        The plane runs `_on_sip_rtp_readable` / `_on_sip_rtcp_readable` for every datagram; this
+        The plane runs `_sip_rtp_datagram` / `_sip_rtcp_datagram` for every datagram; this
         task only holds the registration for its lifetime (cancellation ends it; so does
         `close()`, and then it returns). Symmetric RTP (RFC 4961) with strict learning
         (`rtp.latch`): after each new SIP answer the leg latches onto a validated source (the
         SDP's IP at once, another IP after a learning run) and media to SIP goes there; other
         sources are dropped and counted. Never raises on input.
         """
-        if not self._register(self._sip_rtp, self._on_sip_rtp_readable, self._on_sip_error):
+        if not self._register(self._sip_rtp, self._sip_rtp_datagram, self._on_sip_error):
             return
         try:
-            if not self._register(self._sip_rtcp, self._on_sip_rtcp_readable, self._on_sip_error):
+            if not self._register(self._sip_rtcp, self._sip_rtcp_datagram, self._on_sip_error):
                 return
             try:
                 await self._relay_wakeup.wait()
@@ -741,28 +715,6 @@ class MediaSession:
     def _on_sip_error(self, exc: BaseException) -> None:
         self._sip_failure = exc
         self._relay_wakeup.set()
-
-    def _on_sip_rtp_readable(self, now: float) -> None:
-        """The plane's handler for the SIP RTP socket."""
-        plane = self._plane
-        passes = plane.counters.passes
-        backlog = plane.saturated or self._rtp_pass == passes - 1
-        self._rtp_pass = passes
-        if self._sip_rtp_datagram(now) and backlog:
-            for _ in range(DRAIN_CAP - 1):
-                if not self._sip_rtp_datagram(now):
-                    return
-
-    def _on_sip_rtcp_readable(self, now: float) -> None:
-        """The plane's handler for the SIP RTCP socket."""
-        plane = self._plane
-        passes = plane.counters.passes
-        backlog = plane.saturated or self._rtcp_pass == passes - 1
-        self._rtcp_pass = passes
-        if self._sip_rtcp_datagram(now) and backlog:
-            for _ in range(DRAIN_CAP - 1):
-                if not self._sip_rtcp_datagram(now):
-                    return
 
     def _sip_rtp_datagram(self, now: float) -> bool:
         """One datagram from the SIP RTP socket, relayed inline; False if there was none."""
@@ -853,10 +805,10 @@ class MediaSession:
         on_error = self._on_browser_error if leg == "browser" else self._on_sip_error
         if leg == "browser":
             self._browser_twin, self._browser_twin_peer = twin, peer
-            handler = self._on_browser_twin_readable
+            handler = self._browser_twin_datagram
         else:
             self._sip_twin, self._sip_twin_peer = twin, peer
-            handler = self._on_sip_twin_readable
+            handler = self._sip_twin_datagram
         if not self._register(twin, handler, on_error):
             self._drop_twin(leg)
             return
@@ -870,28 +822,6 @@ class MediaSession:
         if twin is not None:
             self._plane.unregister(twin)  # before close: the epoll keys on the open file
             twin.close()
-
-    def _on_browser_twin_readable(self, now: float) -> None:
-        """The plane's handler for the browser's twin (the rule of `_on_browser_readable`)."""
-        plane = self._plane
-        passes = plane.counters.passes
-        backlog = plane.saturated or self._browser_twin_pass == passes - 1
-        self._browser_twin_pass = passes
-        if self._browser_twin_datagram(now) and backlog:
-            for _ in range(DRAIN_CAP - 1):
-                if not self._browser_twin_datagram(now):
-                    return
-
-    def _on_sip_twin_readable(self, now: float) -> None:
-        """The plane's handler for the SIP leg's twin (the rule of `_on_browser_readable`)."""
-        plane = self._plane
-        passes = plane.counters.passes
-        backlog = plane.saturated or self._sip_twin_pass == passes - 1
-        self._sip_twin_pass = passes
-        if self._sip_twin_datagram(now) and backlog:
-            for _ in range(DRAIN_CAP - 1):
-                if not self._sip_twin_datagram(now):
-                    return
 
     def _sip_rtcp_datagram(self, now: float) -> bool:
         """One datagram from the SIP RTCP socket, relayed inline; False if there was none."""

@@ -227,17 +227,17 @@ async def test_a_failing_media_handler_ends_only_that_call(
     serving, and the next call's audio flows both ways."""
     from rtp.media import MediaSession
 
-    real_handler = MediaSession._on_sip_rtp_readable
+    real_handler = MediaSession._sip_rtp_datagram
     first: list[MediaSession] = []
 
-    def failing_handler(self: MediaSession, now: float) -> None:
+    def failing_handler(self: MediaSession, now: float) -> bool:
         if not first:
             first.append(self)
         if self is first[0]:
             raise RuntimeError("injected media handler bug")
-        real_handler(self, now)
+        return real_handler(self, now)
 
-    monkeypatch.setattr(MediaSession, "_on_sip_rtp_readable", failing_handler)
+    monkeypatch.setattr(MediaSession, "_sip_rtp_datagram", failing_handler)
     with trio.fail_after(20):
         async with call_bridge(tmp_path) as bridge, sipp(tmp_path, "uas_echo", calls=2) as uas:
             leaks = Leaks.snapshot(bridge)

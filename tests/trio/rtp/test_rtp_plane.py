@@ -207,3 +207,30 @@ async def test_no_coalescing_when_disabled() -> None:
             assert plane.counters.coalesced == 0
     with pytest.raises(ValueError, match="coalesce"):
         MediaPlane(coalesce=-1)
+
+
+async def test_one_read_per_pass_then_a_drain_while_the_socket_keeps_a_backlog() -> None:
+    """The drain rule (rtp.plane): a handler reads one datagram per call; a socket served in the
+    previous pass too gets up to DRAIN_CAP reads in this one."""
+    from rtp.plane import DRAIN_CAP
+
+    with trio.fail_after(10), udp_pair() as (rx, tx):
+        reads: list[int] = []  # the pass of each successful read
+
+        async with open_media_plane(coalesce=0) as plane:
+
+            def one(now: float) -> bool:
+                try:
+                    rx.recv(2048)
+                except BlockingIOError:
+                    return False
+                reads.append(plane.counters.passes)
+                return True
+
+            total = 2 * DRAIN_CAP + 7
+            for i in range(total):
+                tx.send(b"%d" % i)
+            plane.register(rx, one)
+            await wait_for(lambda: len(reads) == total)
+        per_pass = [reads.count(p) for p in sorted(set(reads))]
+        assert per_pass == [1, DRAIN_CAP, DRAIN_CAP, 6]
