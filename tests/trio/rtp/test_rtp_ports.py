@@ -80,6 +80,24 @@ async def test_busy_ports_are_skipped() -> None:
     assert alloc.in_use == frozenset()
 
 
+async def test_a_port_another_reuseport_socket_holds_is_busy_too() -> None:
+    """Media sockets are bound with SO_REUSEPORT (rtp.media's twins need it), yet a port that
+    another SO_REUSEPORT socket of this user holds (another bridge, say) is skipped, not shared;
+    and the port handed out does accept a twin."""
+    base = _free_range(3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        squatter.bind(("127.0.0.1", base))
+        alloc = PortAllocator(base, base + 1)
+        with trio.fail_after(5):
+            async with alloc.udp() as sock:
+                assert sock.getsockname()[1] == base + 1
+                assert alloc.skipped_busy == 1
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as twin:
+                    twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    twin.bind(("127.0.0.1", base + 1))  # would raise EADDRINUSE without the option
+
+
 async def test_pairs_are_even_odd_and_skip_half_busy_pairs() -> None:
     base = _free_range(6)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
