@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -398,3 +399,20 @@ async def run_rtpengine(*, nice: int, threads: int = 1) -> AsyncIterator[Rtpengi
                 await _stop(proc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def fetch_metrics(port: int) -> bytes:
+    """The body of one GET /metrics on the bridge's HTTPS port (one new connection: one worker)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1", https_compatible=True)
+    body = b""
+    try:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        while chunk := await stream.receive_some(65536):
+            body += chunk
+    finally:
+        await stream.aclose()
+    return body

@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from bench.processes import (
     Bridge,
     calls_per_worker,
     cpu_seconds_all,
+    fetch_metrics,
     pin_harness,
     rss_kib,
     rss_kib_all,
@@ -386,18 +386,7 @@ PLANE = re.compile(rb"^mccp_bridge_media_plane_(\w+)_total (\S+)$", re.MULTILINE
 
 async def plane_counters(port: int) -> dict[str, float]:
     """The media plane's counters (passes, handler_calls, coalesced) from one GET /metrics."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1", https_compatible=True)
-    body = b""
-    try:
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        while chunk := await stream.receive_some(65536):
-            body += chunk
-    finally:
-        await stream.aclose()
+    body = await fetch_metrics(port)
     return {m.group(1).decode(): float(m.group(2)) for m in PLANE.finditer(body)}
 
 

@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import math
 import re
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from bench.processes import (
     calls_per_worker,
     cpu_seconds_all,
     fd_count_all,
+    fetch_metrics,
     pin_harness,
     rss_kib_all,
     run_bridge,
@@ -72,18 +72,7 @@ def slope_per_minute(times: list[float], values: list[float]) -> float | None:
 
 async def active_calls(port: int) -> float:
     """`mccp_bridge_active_calls` from one GET /metrics (one new connection: one worker)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1", https_compatible=True)
-    try:
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        body = b""
-        while chunk := await stream.receive_some(65536):
-            body += chunk
-    finally:
-        await stream.aclose()
+    body = await fetch_metrics(port)
     match = ACTIVE.search(body)
     if match is None:
         raise RuntimeError(f"no mccp_bridge_active_calls in /metrics: {body[:200]!r}")

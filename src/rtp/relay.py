@@ -290,7 +290,7 @@ class Relay:
 
     def browser_rtp(self, srtp: bytes | bytearray | memoryview, now: float) -> Datagram | None:
         """An SRTP packet from the browser -> the RTP packet for the SIP side, or None (counted)."""
-        buf = self._scratch_with(srtp)
+        buf = self._scratch_with(srtp, self.to_sip)
         if buf is None:
             return None
         n = self.browser_rtp_in(buf, len(srtp), now)
@@ -337,14 +337,14 @@ class Relay:
         c.last_packet_time = now
         return n
 
-    def _scratch_with(self, packet: bytes | bytearray | memoryview) -> PacketBuffer | None:
+    def _scratch_with(self, packet: bytes | bytearray | memoryview, leg: LegCounters) -> PacketBuffer | None:
         """The bytes API's buffer (made on first use) holding a copy of `packet`; None if too long."""
         buf = self._scratch
         if buf is None:
             buf = self._scratch = PacketBuffer()
         n = len(packet)
         if n > len(buf) - SRTP_TRAILER_ROOM:
-            self.to_sip.drop(DropCause.MALFORMED)
+            leg.drop(DropCause.MALFORMED)
             return None
         buf.data[:n] = packet
         return buf
@@ -390,15 +390,10 @@ class Relay:
         RTCP arriving on the RTP port (a peer that muxes anyway) is recognised (RFC 5761 §4) and
         handled as `sip_rtcp`.
         """
-        buf = self._scratch
+        buf = self._scratch_with(packet, self.to_browser)
         if buf is None:
-            buf = self._scratch = PacketBuffer()
-        n = len(packet)
-        if n > len(buf) - SRTP_TRAILER_ROOM:
-            self.to_browser.drop(DropCause.MALFORMED)
             return None
-        buf.data[:n] = packet
-        m = self.sip_rtp_in(buf, n, now)
+        m = self.sip_rtp_in(buf, len(packet), now)
         return bytes(buf.view[:m]) if m else None
 
     def sip_rtp_in(self, buf: PacketBuffer, n: int, now: float | None) -> int:
