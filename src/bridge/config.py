@@ -97,6 +97,7 @@ class Config:
     ring_timeout: float = 60.0
     media_timeout: float = 30.0
     media_coalesce: float = 0.001
+    media_c_relay: bool = True
     echo_extension: str = "600"
     realm: str = "mccp-bridge"
     dtmf_mode: DtmfMode = DtmfMode.RFC4733
@@ -468,6 +469,12 @@ SETTINGS: tuple[Setting, ...] = (
         "at high packet rates, serve the media sockets at most once per this many seconds "
         "(a datagram waits at most that long; 0: wake up for every datagram)",
         "SECONDS",
+    ),
+    Setting(
+        "media_c_relay",
+        _boolean,
+        "relay each call's steady media stream in C (rtp._steady) when it was built; false: all in Python",
+        "BOOL",
     ),
     Setting("echo_extension", extension_number, "number of the built-in echo extension", "NUMBER"),
     Setting("realm", _realm, "SIP digest realm of the local extensions", "REALM"),

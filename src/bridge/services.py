@@ -36,7 +36,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.routing import NoRoute, Route, route_call
 from bridge.workers import split_port_range, worker_sip_port
 from rtp.dtls import DtlsCertificate
-from rtp.media import HANDSHAKE_TIMEOUT
+from rtp.media import HANDSHAKE_TIMEOUT, STEADY_IN_C
 from rtp.plane import MediaPlane
 from rtp.ports import PortAllocator
 from sip.registrar import Registrar
@@ -223,7 +223,7 @@ async def bridge_services(
         echo: EchoExtension | None = None
         if config.upstream is None and config.echo_extension:
             echo = await nursery.start(run_echo_extension, config.echo_extension)
-        plane = MediaPlane(coalesce=config.media_coalesce)
+        plane = MediaPlane(coalesce=config.media_coalesce, steady=config.media_c_relay)
         metrics = BridgeMetrics(
             active_calls=lambda: context.active_calls,
             stats=lambda: context.stats,
@@ -239,12 +239,17 @@ async def bridge_services(
             f" (slice {worker.index + 1} of {worker.count} of {config.rtp_ports[0]}-{config.rtp_ports[1]})"
         )
         log.info(
-            "media ports %d-%d%s on %s, advertised to browsers as %s",
+            "media ports %d-%d%s on %s, advertised to browsers as %s; steady stream relayed in %s",
             low,
             high,
             share if worker.count > 1 else "",
             media_bind,
             advertise,
+            "C (rtp._steady)"
+            if config.media_c_relay and STEADY_IN_C
+            else "Python (media_c_relay is off)"
+            if STEADY_IN_C
+            else "Python (rtp._steady was not built: no C compiler at install)",
         )
         services = CallServices(
             context=context,

@@ -78,7 +78,13 @@ from rtp.sdp_answer import (
 from rtp.srtp import keys_from_dtls, srtp_pair
 from rtp.stun import Address
 
+try:  # the steady stream in C (src/rtp/_steady.c), built at install where a compiler is
+    from rtp import _steady
+except ImportError:  # pragma: no cover - without it, the Python relay does everything
+    _steady = None  # type: ignore[assignment]
+
 __all__ = [
+    "STEADY_IN_C",
     "EdgeCounters",
     "MediaEnded",
     "MediaSession",
@@ -95,6 +101,7 @@ HANDSHAKE_TIMEOUT = 20.0
 MEDIA_TIMEOUT = 30.0
 EMPTY_CODEC_MAP = CodecMap(to_sip={}, to_browser={})
 Leg = Literal["browser", "sip"]  # which leg a connected twin serves
+STEADY_IN_C = _steady is not None  # whether rtp._steady was built (see MediaSession._steady_start)
 
 
 class MediaEnded(Exception):
@@ -241,6 +248,7 @@ class MediaSession:
         "_sip_sdp",
         "_sip_twin",
         "_sip_twin_peer",
+        "_steady",
         "_view",
         "_wakeup",
         "browser_answer",
@@ -305,6 +313,7 @@ class MediaSession:
         self._browser_twin_peer: Address | None = None
         self._sip_twin: socket.socket | None = None
         self._sip_twin_peer: Address | None = None
+        self._steady: _steady.SteadyRelay | None = None  # both twins' C relay (see `_steady_start`)
         self._sip: SipRemote | None = None  # where SIP media goes (the latched sources)
         self._sip_sdp: SipRemote | None = None  # what the SIP answer's SDP said
         self._latch: SourceLatch | None = None
@@ -328,6 +337,7 @@ class MediaSession:
         A new address starts a new source latch (`rtp.latch`); the same address keeps the
         latched sources and only changes the payload types the latch admits.
         """
+        self._steady_collect()
         latch, sdp = self._latch, self._sip_sdp
         pts = remote.codec_map.to_browser.keys()
         if latch is None or sdp is None or remote.rtp != sdp.rtp or remote.rtcp != sdp.rtcp:
@@ -343,6 +353,7 @@ class MediaSession:
             )
         self._sip_sdp = remote
         self.relay.set_codec_map(remote.codec_map)
+        self._steady_arm()
 
     def set_sip_answer(self, sdp: str) -> None:
         """Apply the SIP side's answer to `sip_offer` (from a 183 or the 200): its address and
@@ -428,6 +439,8 @@ class MediaSession:
 
         Cheap (metrics take one of every live call at each scrape): the counters are copied, the
         reception statistics (`LegCounters.reception`) are the live object, read where used."""
+        self._steady_collect()
+        self._steady_arm()
         return MediaStats(
             demux=copy.copy(self.demux),
             ice=copy.copy(self.ice.counters),
@@ -559,6 +572,8 @@ class MediaSession:
                 if self._closed:
                     raise MediaEnded("media session closed", 487)
                 now = trio.current_time()
+                self._steady_collect()  # the C relay's counters and times (the media timeout)
+                self._steady_arm()
                 self.dtls.handle_timeout(now)
                 self._flush_dtls()
                 if not reported and self._keyed:
@@ -583,7 +598,9 @@ class MediaSession:
             n, src = self._browser.recvfrom_into(self._buf)
         except OSError:  # BlockingIOError, or e.g. ECONNREFUSED queued by an ICMP error
             return False
+        self._steady_collect()  # no-op without a C relay or once media flows through the twins
         self._browser_process(n, src if len(src) == 2 else _addr(src), now)
+        self._steady_arm()
         return True
 
     def _browser_twin_datagram(self, now: float) -> bool:
@@ -722,7 +739,9 @@ class MediaSession:
             n, src = self._sip_rtp.recvfrom_into(self._buf)
         except OSError:
             return False
+        self._steady_collect()
         self._sip_rtp_process(n, src, now)
+        self._steady_arm()
         return True
 
     def _sip_twin_datagram(self, now: float) -> bool:
@@ -813,8 +832,10 @@ class MediaSession:
             self._drop_twin(leg)
             return
         self.edge.twins += 1
+        self._steady_start()
 
     def _drop_twin(self, leg: Leg) -> None:
+        self._steady_stop()
         if leg == "browser":
             twin, self._browser_twin, self._browser_twin_peer = self._browser_twin, None, None
         else:
@@ -822,6 +843,102 @@ class MediaSession:
         if twin is not None:
             self._plane.unregister(twin)  # before close: the epoll keys on the open file
             twin.close()
+
+    # --- the steady stream in C ------------------------------------------------------------------
+
+    # With both twins up, a `rtp._steady.SteadyRelay` serves them: it relays the steady stream's
+    # datagrams itself (the same results as `_browser_process` / `_sip_rtp_process` with
+    # `rtp.relay`; tests/unit/rtp/test_rtp_steady.py compares them) and punts everything else to
+    # them. While it is armed, it holds the relay's per-packet state; every Python path that
+    # reads or changes that state takes it back first (`_steady_collect`, which disarms) and
+    # re-arms at the end (`_steady_arm`, only in the call's steady state). Never arm in the
+    # middle of handling a datagram: the rest of the handling would change state C holds.
+
+    def _steady_start(self) -> None:
+        """Both twins up: give them to a C relay (not armed yet: the caller's `_steady_arm`)."""
+        browser_twin, sip_twin = self._browser_twin, self._sip_twin
+        if _steady is None or not self._plane.steady or browser_twin is None or sip_twin is None:
+            return
+        self._steady_stop()
+        steady = _steady.SteadyRelay(
+            browser_twin.fileno(),
+            sip_twin.fileno(),
+            self._buf,
+            self._browser_steady_punt,
+            self._sip_steady_punt,
+        )
+        self._steady = steady
+        self._plane.replace(browser_twin, steady.browser)
+        self._plane.replace(sip_twin, steady.sip)
+
+    def _steady_stop(self) -> None:
+        """Back to Python handlers on the twins (one is about to move or close)."""
+        if self._steady is None:
+            return
+        self._steady_collect()
+        self._steady = None
+        if self._browser_twin is not None:
+            self._plane.replace(self._browser_twin, self._browser_twin_datagram)
+        if self._sip_twin is not None:
+            self._plane.replace(self._sip_twin, self._sip_twin_datagram)
+
+    def _steady_collect(self) -> None:
+        """Take the relay's state and the counters back from the C relay; it punts until re-armed."""
+        steady = self._steady
+        if steady is None:
+            return
+        got = steady.collect()
+        if got is None:  # not armed: Python has it all
+            return
+        rewrite, rec_to_sip, rec_to_browser, to_sip, to_browser, (rtp, last_media, send_failed) = got
+        self.relay.absorb_steady(rewrite, rec_to_sip, rec_to_browser, to_sip, to_browser)
+        self.demux.rtp += rtp
+        if last_media is not None:
+            self._last_browser_media = last_media
+        self.edge.send_failed += send_failed
+
+    def _steady_arm(self) -> None:
+        """Arm the C relay when the call is in its steady state: what the Python hot paths check."""
+        steady = self._steady
+        if steady is None or steady.armed:
+            return
+        sip, latch, sip_peer, browser_peer = (
+            self._sip,
+            self._latch,
+            self._sip_twin_peer,
+            self._browser_twin_peer,
+        )
+        if (
+            self._keyed
+            and sip is not None
+            and sip.may_send
+            and latch is not None
+            and sip_peer is not None
+            and sip.rtp == sip_peer
+            and latch.rtp_source == sip_peer
+            and browser_peer is not None
+            and self.browser_address == browser_peer
+            and self._media_source == browser_peer
+        ):
+            args = self.relay.steady_args()
+            if args is not None:
+                steady.arm(*args)
+
+    def _browser_steady_punt(self, n: int, now: float) -> None:
+        """A datagram from the browser's twin that the C relay left to Python (in the buffer)."""
+        self._steady_collect()
+        peer = self._browser_twin_peer
+        if peer is not None:
+            self._browser_process(n, peer, now)
+        self._steady_arm()
+
+    def _sip_steady_punt(self, n: int, now: float) -> None:
+        """A datagram from the SIP leg's twin that the C relay left to Python (in the buffer)."""
+        self._steady_collect()
+        peer = self._sip_twin_peer
+        if peer is not None:
+            self._sip_rtp_process(n, peer, now)
+        self._steady_arm()
 
     def _sip_rtcp_datagram(self, now: float) -> bool:
         """One datagram from the SIP RTCP socket, relayed inline; False if there was none."""
@@ -831,16 +948,20 @@ class MediaSession:
             return False
         if len(src) != 2:
             src = _addr(src)
-        if not self._accept_sip_source(self._view[:n], src, True):
+        self._steady_collect()
+        try:
+            if not self._accept_sip_source(self._view[:n], src, True):
+                return True
+            dest = self.browser_address
+            if dest is None:
+                self.edge.no_browser_address += 1
+                return True
+            out = self.relay.sip_rtcp(self._view[:n], now)
+            if out is not None:
+                self._send(self._browser, out, dest)
             return True
-        dest = self.browser_address
-        if dest is None:
-            self.edge.no_browser_address += 1
-            return True
-        out = self.relay.sip_rtcp(self._view[:n], now)
-        if out is not None:
-            self._send(self._browser, out, dest)
-        return True
+        finally:
+            self._steady_arm()
 
     def _accept_sip_source(self, data: memoryview, src: Address, rtcp: bool) -> bool:
         sip, latch = self._sip, self._latch

@@ -99,11 +99,14 @@ class PlaneCounters:
 class MediaPlane:
     """One epoll for all the media sockets of a worker; `run` is its only task (module docstring)."""
 
-    def __init__(self, *, max_events: int = MAX_EVENTS, coalesce: float = COALESCE) -> None:
+    def __init__(
+        self, *, max_events: int = MAX_EVENTS, coalesce: float = COALESCE, steady: bool = True
+    ) -> None:
         if coalesce < 0:
             raise ValueError("coalesce must be >= 0 seconds")
         self.max_events = max_events
         self.coalesce = coalesce
+        self.steady = steady  # calls may relay their steady stream in C (rtp.media, rtp._steady)
         self.counters = PlaneCounters()
         # True during a pass that got `max_events` ready sockets: more are waiting, so each
         # socket likely holds a backlog, and handlers should drain rather than read one datagram.
@@ -141,6 +144,13 @@ class MediaPlane:
         self._handlers[fd] = handler
         self._on_error[fd] = on_error
         self._served[fd] = -2
+
+    def replace(self, sock: _FileLike, handler: Handler) -> None:
+        """Serve the registered `sock` with `handler` from now on. KeyError if not registered."""
+        fd = sock.fileno()
+        if fd not in self._handlers:
+            raise KeyError(fd)
+        self._handlers[fd] = handler
 
     def unregister(self, sock: _FileLike | int) -> None:
         """Stop serving `sock` (before closing it). Idempotent; safe during a pass."""
@@ -215,10 +225,10 @@ class MediaPlane:
 
 @asynccontextmanager
 async def open_media_plane(
-    *, max_events: int = MAX_EVENTS, coalesce: float = COALESCE
+    *, max_events: int = MAX_EVENTS, coalesce: float = COALESCE, steady: bool = True
 ) -> AsyncIterator[MediaPlane]:
     """A running `MediaPlane` for the block (its task in a nursery of its own); closed on exit."""
-    plane = MediaPlane(max_events=max_events, coalesce=coalesce)
+    plane = MediaPlane(max_events=max_events, coalesce=coalesce, steady=steady)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(plane.run)

@@ -27,12 +27,18 @@ own), the counts summed over every source seen, and the jitter of the source hea
 
 from __future__ import annotations
 
-__all__ = ["MAX_DROPOUT", "MAX_MISORDER", "ReceptionStats", "SourceStats"]
+from typing import TypeAlias
+
+__all__ = ["MAX_DROPOUT", "MAX_MISORDER", "ReceptionStats", "SourceState", "SourceStats"]
 
 MAX_DROPOUT = 3000  # RFC 3550 appendix A.1
 MAX_MISORDER = 100
 RTP_SEQ_MOD = 1 << 16
 _MAX_SOURCES = 16  # per direction; older sources are folded into the totals
+
+# The current source handed to the C relay (rtp._steady) and back: ssrc, base_seq, max_seq, bad_seq,
+# cycles, received, prior_expected, prior_received, transit, jitter, max_jitter.
+SourceState: TypeAlias = tuple[int, int, int, int, int, int, int, int, float | None, float, float]
 
 
 class SourceStats:
@@ -176,6 +182,44 @@ class ReceptionStats:
         source.jitter = jitter
         if jitter > source.max_jitter:
             source.max_jitter = jitter
+
+    def steady_source(self) -> SourceState | None:
+        """The source heard last, for rtp._steady (which counts its packets while it relays)."""
+        s = self._current
+        if s is None:
+            return None
+        return (
+            self._ssrc,
+            s.base_seq,
+            s.max_seq,
+            s.bad_seq,
+            s.cycles,
+            s.received,
+            s.prior_expected,
+            s.prior_received,
+            s.transit,
+            s.jitter,
+            s.max_jitter,
+        )
+
+    def absorb_steady_source(self, state: SourceState | None) -> None:
+        """Take back what `steady_source` gave, as rtp._steady left it."""
+        s = self._current
+        if state is None or s is None or state[0] != self._ssrc:
+            return
+        (
+            _ssrc,
+            s.base_seq,
+            s.max_seq,
+            s.bad_seq,
+            s.cycles,
+            s.received,
+            s.prior_expected,
+            s.prior_received,
+            s.transit,
+            s.jitter,
+            s.max_jitter,
+        ) = state
 
     def _forget_old_sources(self) -> None:
         while len(self._sources) > _MAX_SOURCES:

@@ -52,7 +52,7 @@ from typing import TypeAlias
 from rtp import g711
 from rtp.errors import RtpParseError, SrtpError, SrtpErrorKind
 from rtp.packet import FIXED_HEADER, FIXED_HEADER_TAIL, RTP_HEADER_LENGTH, check_untrusted, is_rtcp
-from rtp.reception import ReceptionStats
+from rtp.reception import ReceptionStats, SourceState
 from rtp.rtcp import RtcpType, rewrite_ssrcs, walk_untrusted
 from rtp.srtp import PacketBuffer, SrtpRx, SrtpTx
 
@@ -60,8 +60,12 @@ __all__ = [
     "CodecMap",
     "DropCause",
     "LegCounters",
+    "LegIncrements",
     "PtRoute",
     "Relay",
+    "RewriteState",
+    "RouteTable",
+    "SteadyArgs",
     "Transcode",
 ]
 
@@ -184,6 +188,20 @@ class CodecMap:
 
 RouteTable: TypeAlias = tuple[tuple[int, bytes | None] | None, ...]
 
+# The state the C relay (rtp._steady) changes and hands back: max_in_seq, last_in_ts, last_out_seq,
+# last_out_ts, last_out_time; and one direction's counters since its last hand-back: packets, octets,
+# last_packet_time, then drops: unknown_pt, srtp_auth, srtp_replay, malformed.
+RewriteState: TypeAlias = tuple[int, int, int, int, float | None]
+LegIncrements: TypeAlias = tuple[int, int, float | None, int, int, int, int]
+SteadyArgs: TypeAlias = tuple[
+    tuple[int, int, int, int],
+    RouteTable,
+    RouteTable,
+    tuple[int, float, bool, int, int, int, int, int, int, int, float | None],
+    SourceState | None,
+    SourceState | None,
+]
+
 
 def _route_table(routes: Mapping[int, PtRoute]) -> RouteTable:
     """The 128-entry lookup by payload type, shared by every call with the same routes."""
@@ -285,6 +303,64 @@ class Relay:
     def sip_ssrc(self) -> int | None:
         """The SSRC of the SIP side's current stream, None before its first packet."""
         return self._in_ssrc if self._started else None
+
+    # -- the C relay's hand-over (rtp._steady, used by rtp.media) ---------------------------
+
+    def steady_args(self) -> SteadyArgs | None:
+        """What `SteadyRelay.arm` takes to relay the steady stream as this object would; None
+        before the SRTP keys. The C relay then owns the state until `absorb_steady`."""
+        tx, rx = self._tx, self._rx
+        if tx is None or rx is None:
+            return None
+        rewrite = (
+            self.ssrc,
+            float(self._clock_rate),
+            self._started,
+            self._in_ssrc,
+            self._seq_delta & 0xFFFF,
+            self._ts_delta & 0xFFFFFFFF,
+            self._max_in_seq,
+            self._last_in_ts,
+            self._last_out_seq,
+            self._last_out_ts,
+            self._last_out_time,
+        )
+        return (
+            (*rx.native, *tx.native),
+            self._to_sip,
+            self._to_browser,
+            rewrite,
+            self.to_sip.reception.steady_source(),
+            self.to_browser.reception.steady_source(),
+        )
+
+    def absorb_steady(
+        self,
+        rewrite: RewriteState,
+        rec_to_sip: SourceState | None,
+        rec_to_browser: SourceState | None,
+        to_sip: LegIncrements,
+        to_browser: LegIncrements,
+    ) -> None:
+        """Take the state back from the C relay (`SteadyRelay.collect`)."""
+        self._max_in_seq, self._last_in_ts, self._last_out_seq, self._last_out_ts, self._last_out_time = (
+            rewrite
+        )
+        self.to_sip.reception.absorb_steady_source(rec_to_sip)
+        self.to_browser.reception.absorb_steady_source(rec_to_browser)
+        for leg, (packets, octets, last, unknown_pt, auth, replay, malformed) in (
+            (self.to_sip, to_sip),
+            (self.to_browser, to_browser),
+        ):
+            leg.packets += packets
+            leg.octets += octets
+            if last is not None:
+                leg.last_packet_time = last
+            dropped = leg.dropped
+            dropped[DropCause.UNKNOWN_PT] += unknown_pt
+            dropped[DropCause.SRTP_AUTH] += auth
+            dropped[DropCause.SRTP_REPLAY] += replay
+            dropped[DropCause.MALFORMED] += malformed
 
     # -- browser -> SIP ---------------------------------------------------------------------
 

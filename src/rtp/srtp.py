@@ -214,6 +214,15 @@ _srtp_protect = lib.srtp_protect
 _srtp_unprotect = lib.srtp_unprotect
 
 
+def _address(pointer: Any) -> int:
+    return int(ffi.cast("uintptr_t", pointer))
+
+
+# libsrtp's entry points as addresses, for the C relay (rtp._steady) to call the same library.
+_PROTECT_ADDRESS = _address(ffi.addressof(lib, "srtp_protect"))
+_UNPROTECT_ADDRESS = _address(ffi.addressof(lib, "srtp_unprotect"))
+
+
 def _too_long(what: str, n: int) -> SrtpError:
     return SrtpError(SrtpErrorKind.MALFORMED, f"{what}: packet is too long ({n} bytes)")
 
@@ -248,6 +257,11 @@ class SrtpTx:
             raise _status_error(status, "protect")
         return length[0]  # type: ignore[no-any-return]
 
+    @property
+    def native(self) -> tuple[int, int]:
+        """(srtp_protect's address, this context's address) for rtp._steady; valid while `self` lives."""
+        return _PROTECT_ADDRESS, _address(self._ctx)
+
     def protect_rtcp(self, rtcp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one compound RTCP packet (RFC 3711 §3.4), adding the index."""
         return self._direct.run(lib.srtp_protect_rtcp, rtcp, _RTCP_TRAILER, "protect_rtcp")
@@ -276,6 +290,11 @@ class SrtpRx:
         if status:
             raise _status_error(status, "unprotect")
         return length[0]  # type: ignore[no-any-return]
+
+    @property
+    def native(self) -> tuple[int, int]:
+        """(srtp_unprotect's address, this context's address) for rtp._steady; valid while `self` lives."""
+        return _UNPROTECT_ADDRESS, _address(self._ctx)
 
     def unprotect_rtcp(self, srtcp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTCP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""

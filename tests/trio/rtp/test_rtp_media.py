@@ -130,11 +130,12 @@ async def rig(
     bridge_expects: str | None = None,
     consent_timeout: float = CONSENT_TIMEOUT,
     twins: bool = True,
+    steady: bool = True,
     **kwargs: object,
 ) -> AsyncIterator[Rig]:
     bsock, srtp_sock, srtcp_sock = [await udp(reuse_port=twins) for _ in range(3)]
     browser_sock, phone, phone_rtcp = await udp(), await udp(), await udp()
-    async with open_media_plane() as plane:
+    async with open_media_plane(steady=steady) as plane:
         with bsock, srtp_sock, srtcp_sock, browser_sock, phone, phone_rtcp:
             media = MediaSession(
                 browser_sock=bsock,
@@ -265,14 +266,15 @@ async def relay_both_ways(r: Rig, first_seq: int, count: int) -> None:
         await trio.sleep(0.01)
 
 
-@pytest.mark.parametrize("twins", [True, False])
-async def test_connected_twins_carry_the_steady_stream(twins: bool) -> None:
+@pytest.mark.parametrize(("twins", "steady"), [(True, True), (True, False), (False, True)])
+async def test_connected_twins_carry_the_steady_stream(twins: bool, steady: bool) -> None:
     """With SO_REUSEPORT ports (rtp.ports) the first media datagram from the browser's nominated
     address and from the latched SIP source each opens a connected twin on the same port, which
-    then carries that stream both ways; other sources still reach the unconnected socket and its
-    checks, and a port without SO_REUSEPORT simply has no twins."""
+    then carries that stream both ways (in C once both are up, rtp._steady, or in Python); other
+    sources still reach the unconnected socket and its checks, and a port without SO_REUSEPORT
+    simply has no twins."""
     with trio.fail_after(10):
-        async with rig(twins=twins) as r, trio.open_nursery() as nursery:
+        async with rig(twins=twins, steady=steady) as r, trio.open_nursery() as nursery:
             await connect(r, nursery)
             phone_addr = r.phone.getsockname()
             r.media.set_sip_remote(SipRemote(phone_addr, r.phone_rtcp.getsockname(), PCMU))
@@ -282,6 +284,11 @@ async def test_connected_twins_carry_the_steady_stream(twins: bool) -> None:
             assert (r.media._browser_twin is not None) is twins
             assert (r.media._sip_twin is not None) is twins
             await relay_both_ways(r, 4, 20)  # through the twins
+            c_relay = r.media._steady
+            assert (c_relay is not None) is (twins and steady)
+            if c_relay is not None:
+                assert c_relay.armed
+                assert c_relay.punts <= 2  # the first datagram of each stream (no source yet)
             stranger = await udp()
             with stranger:
                 await stranger.sendto(rtp(9, 0, 0x6666, b"\x66" * 160), ("127.0.0.1", r.sip_rtp_port))
@@ -295,7 +302,12 @@ async def test_connected_twins_carry_the_steady_stream(twins: bool) -> None:
             await relay_both_ways(r, 24, 3)
             stats = r.media.stats()
             assert stats.to_sip.packets == stats.to_browser.packets == 26
+            assert stats.demux.rtp == 27  # and the stranger's
+            assert stats.to_sip.reception.expected == stats.to_browser.reception.expected == 26
+            assert stats.to_sip.reception.lost == stats.to_browser.reception.lost == 0
             assert stats.edge.send_failed == 0
+            if c_relay is not None:
+                assert c_relay.punts <= 3  # ...and the consent check
             nursery.cancel_scope.cancel()
         assert r.media._browser_twin is None
         assert r.media._sip_twin is None

@@ -1,0 +1,607 @@
+/* rtp._steady: the steady media stream of a call, relayed in C (issue 6).
+
+   A `SteadyRelay` serves the two connected twins of one call (rtp.media): the browser's, connected to its
+   nominated address, and the SIP leg's, connected to the latched RTP source. For each datagram it does what
+   `rtp.media` + `rtp.relay` do in Python for the common case, with the same state and the same results:
+
+     browser -> SIP: SRTP unprotect (libsrtp, the call's own context), RFC 3550 A.1/A.3/A.8 reception
+                     statistics, payload type mapping and G.711 transcoding, send on the SIP twin;
+     SIP -> browser: the same statistics, SSRC/sequence/timestamp rewriting of a continuing stream,
+                     payload type mapping, SRTP protect, send on the browser twin.
+
+   Anything else (RTCP, STUN, DTLS, a header with CSRCs, extension or padding, a new or changed SIP source,
+   a jump, a first packet, a packet while not armed) is "punted": the datagram is left in the shared buffer
+   and the Python handler given at construction runs on it, after which Python re-arms the object with its
+   state (`arm`). While armed, the state lives here; `collect` hands it back (counters as increments) and
+   disarms. The
+   Python relay stays the definition of the behaviour: tests run both on the same packets and compare.
+
+   libsrtp is pylibsrtp's own copy, called through the function pointers and contexts Python passes in
+   (rtp.srtp.SrtpTx.native / SrtpRx.native): one context per direction, whoever calls it.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define MAX_DROPOUT 3000 /* RFC 3550 appendix A.1 */
+#define MAX_MISORDER 100
+#define MAX_TIMESTAMP_JUMP (8000 * 60)
+#define RESTART_GAP 1.0
+#define RTP_SEQ_MOD 65536
+#define TRAILER_ROOM 148 /* the most SRTP may add (rtp.srtp) */
+
+typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
+
+typedef struct {
+    int valid;
+    uint32_t ssrc;
+    int64_t base_seq, max_seq, bad_seq, cycles, received, prior_expected, prior_received;
+    int has_transit;
+    double transit, jitter, max_jitter;
+} source_t;
+
+typedef struct {
+    int64_t packets, octets, unknown_pt, srtp_auth, srtp_replay, malformed;
+    int has_last;
+    double last_packet_time;
+} leg_t;
+
+typedef struct {
+    int16_t out_pt[128];
+    const uint8_t *table[128];
+} routes_t;
+
+typedef struct {
+    PyObject_HEAD
+    int browser_fd, sip_fd;
+    PyObject *buffer;   /* the plane's bytearray */
+    PyObject *browser_punt, *sip_punt;
+    int armed;
+    /* SRTP */
+    srtp_fn unprotect, protect;
+    void *rx, *tx;
+    /* payload types; the tuples are kept for the transcoding tables' lifetime */
+    PyObject *to_sip_obj, *to_browser_obj;
+    routes_t to_sip_routes, to_browser_routes;
+    /* SIP -> browser rewriting (rtp.relay.Relay) */
+    uint32_t our_ssrc;
+    double clock_rate;
+    int started;
+    uint32_t in_ssrc;
+    uint16_t seq_delta;
+    uint32_t ts_delta;
+    uint16_t max_in_seq, last_out_seq;
+    uint32_t last_in_ts, last_out_ts;
+    int has_last_out_time;
+    double last_out_time;
+    /* reception statistics' current source, per direction (named for where the packets go) */
+    source_t rec_to_sip, rec_to_browser;
+    /* counters since the last collect */
+    leg_t to_sip, to_browser;
+    int64_t demux_rtp, send_failed, punts;
+    int has_browser_media;
+    double last_browser_media;
+} SteadyRelay;
+
+/* -- RFC 3550 A.1 / A.3 / A.8, as rtp.reception.SourceStats ------------------------------------------- */
+
+static void add_transit_difference(source_t *s, double d) {
+    if (d < 0)
+        d = -d;
+    if (d > 2147483648.0) /* the RTP timestamp is modulo 2**32: the short way */
+        d = fabs(fmod(d + 2147483648.0, 4294967296.0) - 2147483648.0);
+    double jitter = s->jitter + (d - s->jitter) * 0.0625;
+    s->jitter = jitter;
+    if (jitter > s->max_jitter)
+        s->max_jitter = jitter;
+}
+
+static void update_transit(source_t *s, uint32_t timestamp, double arrival) {
+    double transit = arrival - (double)timestamp;
+    int had = s->has_transit;
+    double previous = s->transit;
+    s->transit = transit;
+    s->has_transit = 1;
+    if (had)
+        add_transit_difference(s, transit - previous);
+}
+
+static void source_update(source_t *s, int64_t seq, uint32_t timestamp, double arrival) {
+    int64_t udelta = (seq - s->max_seq) & 0xFFFF;
+    if (udelta < MAX_DROPOUT) {
+        if (seq < s->max_seq)
+            s->cycles += RTP_SEQ_MOD;
+        s->max_seq = seq;
+    } else if (udelta <= RTP_SEQ_MOD - MAX_MISORDER) {
+        if (seq != s->bad_seq) {
+            s->bad_seq = (seq + 1) & 0xFFFF;
+            return;
+        }
+        s->prior_expected += s->cycles + s->max_seq - s->base_seq + 1;
+        s->prior_received += s->received;
+        s->base_seq = s->max_seq = seq;
+        s->bad_seq = RTP_SEQ_MOD + 1;
+        s->cycles = 0;
+        s->received = 1;
+        s->has_transit = 0;
+        update_transit(s, timestamp, arrival);
+        return;
+    }
+    s->received += 1;
+    update_transit(s, timestamp, arrival);
+}
+
+/* -- helpers ------------------------------------------------------------------------------------------- */
+
+static void count_srtp_failure(leg_t *leg, int status) {
+    if (status == 7)
+        leg->srtp_auth++;
+    else if (status == 9 || status == 10)
+        leg->srtp_replay++;
+    else
+        leg->malformed++;
+}
+
+static void leg_forwarded(leg_t *leg, int64_t octets, double now) {
+    leg->packets++;
+    leg->octets += octets;
+    leg->has_last = 1;
+    leg->last_packet_time = now;
+}
+
+static PyObject *punt(SteadyRelay *self, PyObject *handler, Py_ssize_t n, double now) {
+    self->punts++;
+    PyObject *res = PyObject_CallFunction(handler, "nd", n, now);
+    if (res == NULL)
+        return NULL;
+    Py_DECREF(res);
+    Py_RETURN_TRUE;
+}
+
+/* Receive one datagram into the shared buffer: its length, or -1 if there was none. */
+static Py_ssize_t receive(SteadyRelay *self, int fd, uint8_t **data, Py_ssize_t *size) {
+    *data = (uint8_t *)PyByteArray_AS_STRING(self->buffer);
+    *size = PyByteArray_GET_SIZE(self->buffer);
+    ssize_t n;
+    do {
+        n = recv(fd, *data, (size_t)*size, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -1 : (Py_ssize_t)n;
+}
+
+static void transcode(uint8_t *p, Py_ssize_t start, Py_ssize_t end, const uint8_t *table) {
+    for (Py_ssize_t i = start; i < end; i++)
+        p[i] = table[p[i]];
+}
+
+/* -- the two handlers (rtp.plane calls them with `now`) ------------------------------------------------- */
+
+static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    uint8_t *d;
+    Py_ssize_t size;
+    Py_ssize_t n = receive(self, self->browser_fd, &d, &size);
+    if (n < 0)
+        Py_RETURN_FALSE;
+    /* RTP with a bare header (RFC 7983 §7, RFC 5761 §4); the rest is Python's */
+    if (!self->armed || n < 12 || d[0] != 0x80 || ((d[1] & 0x7F) >= 64 && (d[1] & 0x7F) <= 95))
+        return punt(self, self->browser_punt, n, now);
+    uint32_t ssrc = (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 | (uint32_t)d[10] << 8 | d[11];
+    source_t *rec = &self->rec_to_sip;
+    if (!rec->valid || ssrc != rec->ssrc)
+        return punt(self, self->browser_punt, n, now);
+    leg_t *leg = &self->to_sip;
+    self->demux_rtp++;
+    self->has_browser_media = 1;
+    self->last_browser_media = now;
+    int len = (int)n;
+    int status = self->unprotect(self->rx, d, &len); /* RFC 3711 §3.3: authenticate, then decrypt */
+    if (status) {
+        count_srtp_failure(leg, status);
+        Py_RETURN_TRUE;
+    }
+    uint8_t b1 = d[1];
+    int64_t seq = (int64_t)d[2] << 8 | d[3];
+    uint32_t ts = (uint32_t)d[4] << 24 | (uint32_t)d[5] << 16 | (uint32_t)d[6] << 8 | d[7];
+    source_update(rec, seq, ts, now * self->clock_rate);
+    int pt = b1 & 0x7F;
+    int out_pt = self->to_sip_routes.out_pt[pt];
+    if (out_pt < 0) {
+        leg->unknown_pt++;
+        Py_RETURN_TRUE;
+    }
+    if (out_pt != pt)
+        d[1] = (uint8_t)((b1 & 0x80) | out_pt);
+    if (self->to_sip_routes.table[pt] != NULL)
+        transcode(d, 12, len, self->to_sip_routes.table[pt]);
+    leg_forwarded(leg, len, now);
+    if (send(self->sip_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
+        self->send_failed++;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    uint8_t *d;
+    Py_ssize_t size;
+    Py_ssize_t n = receive(self, self->sip_fd, &d, &size);
+    if (n < 0)
+        Py_RETURN_FALSE;
+    if (!self->armed || n < 12 || n > size - TRAILER_ROOM || d[0] != 0x80 || (d[1] >= 192 && d[1] <= 223))
+        return punt(self, self->sip_punt, n, now);
+    uint8_t b1 = d[1];
+    uint16_t seq = (uint16_t)(d[2] << 8 | d[3]);
+    uint32_t ts = (uint32_t)d[4] << 24 | (uint32_t)d[5] << 16 | (uint32_t)d[6] << 8 | d[7];
+    uint32_t ssrc = (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 | (uint32_t)d[10] << 8 | d[11];
+    /* the continuing stream only (rtp.relay.Relay.sip_rtp_in): a new source or a jump is Python's */
+    if (!self->started || ssrc != self->in_ssrc)
+        return punt(self, self->sip_punt, n, now);
+    int dseq = (int)((uint16_t)(seq - self->max_in_seq + 0x8000)) - 0x8000;
+    if (dseq < -MAX_MISORDER || dseq > MAX_DROPOUT)
+        return punt(self, self->sip_punt, n, now);
+    int forward = dseq > 0;
+    if (forward) {
+        int64_t dts = (int64_t)(uint32_t)(ts - self->last_in_ts + 0x80000000u) - 0x80000000LL;
+        if (dts < 0 || dts > MAX_TIMESTAMP_JUMP)
+            return punt(self, self->sip_punt, n, now);
+    } else if (self->has_last_out_time && now - self->last_out_time > RESTART_GAP) {
+        return punt(self, self->sip_punt, n, now);
+    }
+    source_t *rec = &self->rec_to_browser;
+    if (!rec->valid || ssrc != rec->ssrc)
+        return punt(self, self->sip_punt, n, now);
+    leg_t *leg = &self->to_browser;
+    source_update(rec, seq, ts, now * self->clock_rate);
+    int pt = b1 & 0x7F;
+    int out_pt = self->to_browser_routes.out_pt[pt];
+    if (out_pt < 0) {
+        leg->unknown_pt++;
+        Py_RETURN_TRUE;
+    }
+    uint16_t out_seq = (uint16_t)(seq + self->seq_delta);
+    uint32_t out_ts = ts + self->ts_delta;
+    d[1] = (uint8_t)((b1 & 0x80) | out_pt);
+    d[2] = (uint8_t)(out_seq >> 8);
+    d[3] = (uint8_t)out_seq;
+    d[4] = (uint8_t)(out_ts >> 24);
+    d[5] = (uint8_t)(out_ts >> 16);
+    d[6] = (uint8_t)(out_ts >> 8);
+    d[7] = (uint8_t)out_ts;
+    d[8] = (uint8_t)(self->our_ssrc >> 24);
+    d[9] = (uint8_t)(self->our_ssrc >> 16);
+    d[10] = (uint8_t)(self->our_ssrc >> 8);
+    d[11] = (uint8_t)self->our_ssrc;
+    if (self->to_browser_routes.table[pt] != NULL)
+        transcode(d, 12, n, self->to_browser_routes.table[pt]);
+    int len = (int)n;
+    int status = self->protect(self->tx, d, &len);
+    if (status) {
+        count_srtp_failure(leg, status);
+        Py_RETURN_TRUE;
+    }
+    if (forward) {
+        self->max_in_seq = seq;
+        self->last_in_ts = ts;
+        self->last_out_seq = out_seq;
+        self->last_out_ts = out_ts;
+        self->has_last_out_time = 1;
+        self->last_out_time = now;
+    }
+    leg_forwarded(leg, len, now);
+    if (send(self->browser_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
+        self->send_failed++;
+    Py_RETURN_TRUE;
+}
+
+/* -- arming and collecting ------------------------------------------------------------------------------ */
+
+static int parse_routes(PyObject *seq, routes_t *routes) {
+    if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) != 128) {
+        PyErr_SetString(PyExc_TypeError, "a route table is a tuple of 128 entries");
+        return -1;
+    }
+    for (int pt = 0; pt < 128; pt++) {
+        PyObject *entry = PyTuple_GET_ITEM(seq, pt);
+        routes->out_pt[pt] = -1;
+        routes->table[pt] = NULL;
+        if (entry == Py_None)
+            continue;
+        PyObject *out, *table;
+        if (!PyTuple_Check(entry) || !PyArg_ParseTuple(entry, "OO", &out, &table))
+            return -1;
+        long out_pt = PyLong_AsLong(out);
+        if (out_pt == -1 && PyErr_Occurred())
+            return -1;
+        if (out_pt < 0 || out_pt > 127) {
+            PyErr_SetString(PyExc_ValueError, "payload type out of range");
+            return -1;
+        }
+        routes->out_pt[pt] = (int16_t)out_pt;
+        if (table != Py_None) {
+            if (!PyBytes_Check(table) || PyBytes_GET_SIZE(table) != 256) {
+                PyErr_SetString(PyExc_TypeError, "a transcoding table is 256 bytes");
+                return -1;
+            }
+            routes->table[pt] = (const uint8_t *)PyBytes_AS_STRING(table);
+        }
+    }
+    return 0;
+}
+
+static int parse_source(PyObject *obj, source_t *s) {
+    if (obj == Py_None) {
+        s->valid = 0;
+        return 0;
+    }
+    unsigned long ssrc;
+    long long base_seq, max_seq, bad_seq, cycles, received, prior_expected, prior_received;
+    PyObject *transit;
+    if (!PyArg_ParseTuple(obj, "kLLLLLLLOdd", &ssrc, &base_seq, &max_seq, &bad_seq, &cycles, &received,
+                          &prior_expected, &prior_received, &transit, &s->jitter, &s->max_jitter))
+        return -1;
+    s->ssrc = (uint32_t)ssrc;
+    s->base_seq = base_seq;
+    s->max_seq = max_seq;
+    s->bad_seq = bad_seq;
+    s->cycles = cycles;
+    s->received = received;
+    s->prior_expected = prior_expected;
+    s->prior_received = prior_received;
+    s->has_transit = transit != Py_None;
+    if (s->has_transit) {
+        s->transit = PyFloat_AsDouble(transit);
+        if (s->transit == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    s->valid = 1;
+    return 0;
+}
+
+static PyObject *source_tuple(const source_t *s) {
+    if (!s->valid)
+        Py_RETURN_NONE;
+    PyObject *transit = s->has_transit ? PyFloat_FromDouble(s->transit) : Py_NewRef(Py_None);
+    if (transit == NULL)
+        return NULL;
+    return Py_BuildValue("(kLLLLLLLNdd)", (unsigned long)s->ssrc, (long long)s->base_seq,
+                         (long long)s->max_seq, (long long)s->bad_seq, (long long)s->cycles,
+                         (long long)s->received, (long long)s->prior_expected, (long long)s->prior_received,
+                         transit, s->jitter, s->max_jitter);
+}
+
+static PyObject *optional_time(int has, double t) {
+    return has ? PyFloat_FromDouble(t) : Py_NewRef(Py_None);
+}
+
+static PyObject *leg_tuple(leg_t *leg) {
+    PyObject *last = optional_time(leg->has_last, leg->last_packet_time);
+    if (last == NULL)
+        return NULL;
+    PyObject *res = Py_BuildValue("(LLNLLLL)", (long long)leg->packets, (long long)leg->octets, last,
+                                  (long long)leg->unknown_pt, (long long)leg->srtp_auth,
+                                  (long long)leg->srtp_replay, (long long)leg->malformed);
+    memset(leg, 0, sizeof *leg);
+    return res;
+}
+
+static PyObject *SteadyRelay_arm(SteadyRelay *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"srtp", "to_sip", "to_browser", "rewrite", "rec_to_sip", "rec_to_browser", NULL};
+    PyObject *srtp, *to_sip, *to_browser, *rewrite, *rec_to_sip, *rec_to_browser;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO:arm", kwlist, &srtp, &to_sip, &to_browser, &rewrite,
+                                     &rec_to_sip, &rec_to_browser))
+        return NULL;
+    self->armed = 0; /* a refused arm leaves it punting */
+    unsigned long long unprotect, rx, protect, tx;
+    if (!PyArg_ParseTuple(srtp, "KKKK", &unprotect, &rx, &protect, &tx))
+        return NULL;
+    if (!unprotect || !rx || !protect || !tx) {
+        PyErr_SetString(PyExc_ValueError, "null SRTP handle");
+        return NULL;
+    }
+    unsigned long our_ssrc, in_ssrc, ts_delta, last_in_ts, last_out_ts;
+    unsigned int seq_delta, max_in_seq, last_out_seq;
+    int started;
+    double clock_rate;
+    PyObject *last_out_time;
+    if (!PyArg_ParseTuple(rewrite, "kdpkIkIkIkO", &our_ssrc, &clock_rate, &started, &in_ssrc, &seq_delta,
+                          &ts_delta, &max_in_seq, &last_in_ts, &last_out_seq, &last_out_ts, &last_out_time))
+        return NULL;
+    routes_t sip_routes, browser_routes;
+    source_t rec_sip, rec_browser;
+    if (parse_routes(to_sip, &sip_routes) < 0 || parse_routes(to_browser, &browser_routes) < 0 ||
+        parse_source(rec_to_sip, &rec_sip) < 0 || parse_source(rec_to_browser, &rec_browser) < 0)
+        return NULL;
+    int has_last_out_time = last_out_time != Py_None;
+    double last_out = 0.0;
+    if (has_last_out_time) {
+        last_out = PyFloat_AsDouble(last_out_time);
+        if (last_out == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    self->unprotect = (srtp_fn)(uintptr_t)unprotect;
+    self->rx = (void *)(uintptr_t)rx;
+    self->protect = (srtp_fn)(uintptr_t)protect;
+    self->tx = (void *)(uintptr_t)tx;
+    Py_INCREF(to_sip);
+    Py_INCREF(to_browser);
+    Py_XSETREF(self->to_sip_obj, to_sip);
+    Py_XSETREF(self->to_browser_obj, to_browser);
+    self->to_sip_routes = sip_routes;
+    self->to_browser_routes = browser_routes;
+    self->our_ssrc = (uint32_t)our_ssrc;
+    self->clock_rate = clock_rate;
+    self->started = started;
+    self->in_ssrc = (uint32_t)in_ssrc;
+    self->seq_delta = (uint16_t)seq_delta;
+    self->ts_delta = (uint32_t)ts_delta;
+    self->max_in_seq = (uint16_t)max_in_seq;
+    self->last_in_ts = (uint32_t)last_in_ts;
+    self->last_out_seq = (uint16_t)last_out_seq;
+    self->last_out_ts = (uint32_t)last_out_ts;
+    self->has_last_out_time = has_last_out_time;
+    self->last_out_time = last_out;
+    self->rec_to_sip = rec_sip;
+    self->rec_to_browser = rec_browser;
+    self->armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SteadyRelay_collect(SteadyRelay *self, PyObject *Py_UNUSED(ignored)) {
+    /* (rewrite state, reception sources, leg counters, media counters) since the last collect: the state
+       goes back to Python, so this disarms; None if not armed (Python has the state already) */
+    if (!self->armed)
+        Py_RETURN_NONE;
+    PyObject *last_out_time = optional_time(self->has_last_out_time, self->last_out_time);
+    PyObject *media_time = optional_time(self->has_browser_media, self->last_browser_media);
+    PyObject *rec_sip = source_tuple(&self->rec_to_sip);
+    PyObject *rec_browser = source_tuple(&self->rec_to_browser);
+    PyObject *to_sip = leg_tuple(&self->to_sip);
+    PyObject *to_browser = leg_tuple(&self->to_browser);
+    if (!last_out_time || !media_time || !rec_sip || !rec_browser || !to_sip || !to_browser) {
+        Py_XDECREF(last_out_time);
+        Py_XDECREF(media_time);
+        Py_XDECREF(rec_sip);
+        Py_XDECREF(rec_browser);
+        Py_XDECREF(to_sip);
+        Py_XDECREF(to_browser);
+        return NULL;
+    }
+    PyObject *res = Py_BuildValue("((IkIkN)NNNN(LNL))", (unsigned int)self->max_in_seq,
+                                  (unsigned long)self->last_in_ts, (unsigned int)self->last_out_seq,
+                                  (unsigned long)self->last_out_ts, last_out_time, rec_sip, rec_browser, to_sip,
+                                  to_browser, (long long)self->demux_rtp, media_time, (long long)self->send_failed);
+    self->demux_rtp = 0;
+    self->send_failed = 0;
+    self->has_browser_media = 0;
+    if (res != NULL)
+        self->armed = 0;
+    return res;
+}
+
+static PyObject *SteadyRelay_disarm(SteadyRelay *self, PyObject *Py_UNUSED(ignored)) {
+    self->armed = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SteadyRelay_get_armed(SteadyRelay *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(self->armed);
+}
+
+static PyObject *SteadyRelay_get_punts(SteadyRelay *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(self->punts);
+}
+
+/* -- the type --------------------------------------------------------------------------------------------- */
+
+static int SteadyRelay_init(SteadyRelay *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"browser_fd", "sip_fd", "buffer", "browser_punt", "sip_punt", NULL};
+    int browser_fd, sip_fd;
+    PyObject *buffer, *browser_punt, *sip_punt;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiYOO:SteadyRelay", kwlist, &browser_fd, &sip_fd, &buffer,
+                                     &browser_punt, &sip_punt))
+        return -1;
+    if (PyByteArray_GET_SIZE(buffer) <= TRAILER_ROOM + 12) {
+        PyErr_SetString(PyExc_ValueError, "the buffer is too small");
+        return -1;
+    }
+    if (!PyCallable_Check(browser_punt) || !PyCallable_Check(sip_punt)) {
+        PyErr_SetString(PyExc_TypeError, "the punt handlers must be callable");
+        return -1;
+    }
+    self->browser_fd = browser_fd;
+    self->sip_fd = sip_fd;
+    Py_INCREF(buffer);
+    Py_INCREF(browser_punt);
+    Py_INCREF(sip_punt);
+    Py_XSETREF(self->buffer, buffer);
+    Py_XSETREF(self->browser_punt, browser_punt);
+    Py_XSETREF(self->sip_punt, sip_punt);
+    self->armed = 0;
+    return 0;
+}
+
+static int SteadyRelay_traverse(SteadyRelay *self, visitproc visit, void *arg) {
+    Py_VISIT(self->buffer);
+    Py_VISIT(self->browser_punt);
+    Py_VISIT(self->sip_punt);
+    Py_VISIT(self->to_sip_obj);
+    Py_VISIT(self->to_browser_obj);
+    return 0;
+}
+
+static int SteadyRelay_clear(SteadyRelay *self) {
+    self->armed = 0;
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->browser_punt);
+    Py_CLEAR(self->sip_punt);
+    Py_CLEAR(self->to_sip_obj);
+    Py_CLEAR(self->to_browser_obj);
+    return 0;
+}
+
+static void SteadyRelay_dealloc(SteadyRelay *self) {
+    PyObject_GC_UnTrack(self);
+    SteadyRelay_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef SteadyRelay_methods[] = {
+    {"browser", (PyCFunction)SteadyRelay_browser, METH_O,
+     "browser(now) -> bool: one datagram from the browser's twin, relayed or punted; False if none"},
+    {"sip", (PyCFunction)SteadyRelay_sip, METH_O,
+     "sip(now) -> bool: one datagram from the SIP leg's twin, relayed or punted; False if none"},
+    {"arm", (PyCFunction)(void (*)(void))SteadyRelay_arm, METH_VARARGS | METH_KEYWORDS,
+     "arm(srtp, to_sip, to_browser, rewrite, rec_to_sip, rec_to_browser): take the relay's state"},
+    {"collect", (PyCFunction)SteadyRelay_collect, METH_NOARGS,
+     "collect() -> the state and the counters' increments since the last collect, and disarm; None if not armed"},
+    {"disarm", (PyCFunction)SteadyRelay_disarm, METH_NOARGS, "disarm(): punt every datagram from now on"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef SteadyRelay_getset[] = {
+    {"armed", (getter)SteadyRelay_get_armed, NULL, "whether datagrams are relayed here", NULL},
+    {"punts", (getter)SteadyRelay_get_punts, NULL, "datagrams handed to Python so far", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SteadyRelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtp._steady.SteadyRelay",
+    .tp_basicsize = sizeof(SteadyRelay),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The steady media stream of one call, relayed in C (see the module's source).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SteadyRelay_init,
+    .tp_dealloc = (destructor)SteadyRelay_dealloc,
+    .tp_traverse = (traverseproc)SteadyRelay_traverse,
+    .tp_clear = (inquiry)SteadyRelay_clear,
+    .tp_methods = SteadyRelay_methods,
+    .tp_getset = SteadyRelay_getset,
+};
+
+static struct PyModuleDef steady_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "rtp._steady",
+    .m_doc = "The steady media stream of a call, relayed in C (rtp.media uses it when built).", .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__steady(void) {
+    if (PyType_Ready(&SteadyRelayType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&steady_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SteadyRelayType);
+    if (PyModule_AddObject(m, "SteadyRelay", (PyObject *)&SteadyRelayType) < 0) {
+        Py_DECREF(&SteadyRelayType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

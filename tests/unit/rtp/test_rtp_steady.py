@@ -1,0 +1,346 @@
+"""rtp._steady (the C relay of the steady stream) against rtp.relay (the Python definition).
+
+Each test feeds the same datagrams to a Python `Relay` and to a `SteadyRelay` + its own `Relay`
+(which handles what the C code punts, then re-arms it, as rtp.media does), over datagram socket
+pairs, and compares every output byte and, at the end, every counter and statistic. SRTP is
+deterministic for a key and index, so the browser-bound SRTP must match byte for byte too.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+# Imported, not skipped: the project's install builds it (pyproject.toml), and CI must test it.
+from rtp import _steady as steady
+from rtp.errors import SrtpError
+from rtp.relay import CodecMap, LegCounters, PtRoute, Relay, Transcode
+from rtp.srtp import PacketBuffer, SrtpProfile, SrtpRx, SrtpTx, srtp_pair
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY_BROWSER = bytes(range(30))  # 16-byte key + 14-byte salt (AES-CM); GCM takes 16 + 12
+KEY_OURS = bytes(range(100, 130))
+
+MAPS = {
+    "plain": CodecMap(
+        to_sip={0: PtRoute(0), 8: PtRoute(8), 126: PtRoute(101)},
+        to_browser={0: PtRoute(0), 8: PtRoute(8), 101: PtRoute(126)},
+    ),
+    "transcoding": CodecMap(
+        to_sip={0: PtRoute(8, Transcode.ULAW_TO_ALAW), 126: PtRoute(101)},
+        to_browser={8: PtRoute(0, Transcode.ALAW_TO_ULAW), 101: PtRoute(126)},
+    ),
+}
+
+
+def _keys(profile: SrtpProfile) -> tuple[bytes, bytes]:
+    n = profile.key_length + profile.salt_length
+    return KEY_BROWSER[:n], KEY_OURS[:n]
+
+
+def rtp(
+    pt: int, seq: int, ts: int, ssrc: int, payload: bytes = bytes(range(160)), marker: bool = False
+) -> bytes:
+    b1 = (0x80 if marker else 0) | pt
+    return struct.pack("!BBHII", 0x80, b1, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def python_browser(relay: Relay, buf: PacketBuffer, n: int, now: float) -> bytes | None:
+    """What rtp.media does with a datagram from the browser's nominated address (relay part)."""
+    data = buf.data
+    if n < 2 or not 127 < data[0] < 192:
+        return None  # STUN, DTLS or unknown: not the relay's
+    if 64 <= data[1] & 0x7F <= 95:
+        out = relay.browser_rtcp(bytes(data[:n]), now)
+        return None if out is None else bytes(out)
+    m = relay.browser_rtp_in(buf, n, now)
+    return bytes(data[:m]) if m else None
+
+
+def python_sip(relay: Relay, buf: PacketBuffer, n: int, now: float) -> bytes | None:
+    """What rtp.media does with a datagram from the SIP side's latched RTP source."""
+    m = relay.sip_rtp_in(buf, n, now)
+    return bytes(buf.data[:m]) if m else None
+
+
+class Pair:
+    """The reference relay and the C one, fed the same datagrams."""
+
+    def __init__(self, profile: SrtpProfile, codec_map: CodecMap) -> None:
+        key_browser, key_ours = _keys(profile)
+        kwargs = {"ssrc": 0x11223344, "initial_sequence": 4000, "initial_timestamp": 99}
+        self.ref = Relay(codec_map, **kwargs)
+        self.ref.start_srtp(*srtp_pair(profile, key_ours, key_browser))
+        self.c = Relay(codec_map, **kwargs)
+        self.c.start_srtp(*srtp_pair(profile, key_ours, key_browser))
+        self.browser_tx = SrtpTx(profile, key_browser)  # the browser's sending context
+        self.browser_rx = SrtpRx(profile, key_ours)  # ...and its receiving one
+        self.b_twin, self.b_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.s_twin, self.s_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (self.b_twin, self.b_peer, self.s_twin, self.s_peer):
+            s.setblocking(False)
+        self.buf = PacketBuffer()
+        self.ref_buf = PacketBuffer()
+        self.rearm = True  # after a punt, as rtp.media does
+        self.relay = steady.SteadyRelay(
+            self.b_twin.fileno(), self.s_twin.fileno(), self.buf.data, self._browser_punt, self._sip_punt
+        )
+        self.arm()
+
+    def close(self) -> None:
+        for s in (self.b_twin, self.b_peer, self.s_twin, self.s_peer):
+            s.close()
+
+    def arm(self) -> None:
+        args = self.c.steady_args()
+        assert args is not None
+        self.relay.arm(*args)
+
+    def collect(self) -> None:
+        collected = self.relay.collect()
+        if collected is not None:
+            rewrite, rec_sip, rec_browser, to_sip, to_browser, _media = collected
+            self.c.absorb_steady(rewrite, rec_sip, rec_browser, to_sip, to_browser)
+        assert not self.relay.armed
+
+    def _browser_punt(self, n: int, now: float) -> None:
+        self.collect()
+        out = python_browser(self.c, self.buf, n, now)
+        if out is not None:
+            self.s_twin.send(out)
+        if self.rearm:
+            self.arm()
+
+    def _sip_punt(self, n: int, now: float) -> None:
+        self.collect()
+        out = python_sip(self.c, self.buf, n, now)
+        if out is not None:
+            self.b_twin.send(out)
+        if self.rearm:
+            self.arm()
+
+    def _reference(self, datagram: bytes) -> int:
+        self.ref_buf.data[: len(datagram)] = datagram
+        return len(datagram)
+
+    @staticmethod
+    def _read(sock: socket.socket) -> bytes | None:
+        try:
+            return sock.recv(4096)
+        except BlockingIOError:
+            return None
+
+    def from_browser(self, datagram: bytes, now: float) -> tuple[bytes | None, bytes | None]:
+        want = python_browser(self.ref, self.ref_buf, self._reference(datagram), now)
+        self.b_peer.send(datagram)
+        assert self.relay.browser(now) is True
+        assert self.relay.browser(now) is False  # drained
+        return want, self._read(self.s_peer)
+
+    def from_sip(self, datagram: bytes, now: float) -> tuple[bytes | None, bytes | None]:
+        want = python_sip(self.ref, self.ref_buf, self._reference(datagram), now)
+        self.s_peer.send(datagram)
+        assert self.relay.sip(now) is True
+        assert self.relay.sip(now) is False
+        return want, self._read(self.b_peer)
+
+    def check_same_state(self) -> None:
+        armed = self.relay.armed
+        self.collect()
+        if armed:
+            self.arm()
+        for a, b in ((self.ref.to_sip, self.c.to_sip), (self.ref.to_browser, self.c.to_browser)):
+            _same_leg(a, b)
+        for name in Relay.__slots__:
+            if name in ("_rx", "_tx", "_scratch", "to_sip", "to_browser"):
+                continue
+            assert getattr(self.ref, name) == getattr(self.c, name), name
+
+
+def _same_leg(a: LegCounters, b: LegCounters) -> None:
+    assert (a.packets, a.octets, a.rtcp_packets, a.last_packet_time) == (
+        b.packets,
+        b.octets,
+        b.rtcp_packets,
+        b.last_packet_time,
+    )
+    assert a.dropped == b.dropped
+    ra, rb = a.reception, b.reception
+    assert (ra.expected, ra.lost, ra.max_jitter) == (rb.expected, rb.lost, rb.max_jitter)
+    assert ra.jitter == rb.jitter or (math.isnan(ra.jitter) and math.isnan(rb.jitter))
+    assert ra.steady_source() == rb.steady_source()
+
+
+@contextmanager
+def pair(profile: SrtpProfile = SrtpProfile.AES128_CM_HMAC_SHA1_80, mapping: str = "plain") -> Iterator[Pair]:
+    p = Pair(profile, MAPS[mapping])
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("profile", list(SrtpProfile))
+@pytest.mark.parametrize("mapping", list(MAPS))
+def test_a_steady_call_is_relayed_in_c_like_the_python_relay(profile: SrtpProfile, mapping: str) -> None:
+    with pair(profile, mapping) as p:
+        now = 100.0
+        for i in range(200):
+            now += 0.02
+            got = p.from_browser(p.browser_tx.protect(rtp(0, 1000 + i, 160 * i, 0xB0B0)), now)
+            assert got[0] == got[1]
+            assert got[0] is not None
+            pt = 8 if mapping == "transcoding" else 0
+            got = p.from_sip(rtp(pt, 7 + i, 5000 + 160 * i, 0x5151), now)
+            assert got[0] == got[1]
+            assert got[0] is not None
+            assert p.browser_rx.unprotect(got[1])[12:] == rtp(0, 0, 0, 0)[12:] or mapping == "transcoding"
+        p.check_same_state()
+        # Only the first packet of each direction needed Python (no source yet), then C alone.
+        assert p.relay.punts == 2
+        assert p.c.to_sip.packets == 200
+        assert p.c.to_browser.packets == 200
+
+
+def test_rtcp_stun_and_dtls_are_punted_to_python() -> None:
+    with pair() as p:
+        now = 10.0
+        p.from_browser(p.browser_tx.protect(rtp(0, 1, 160, 0xB0B0)), now)
+        p.from_sip(rtp(0, 1, 160, 0x5151), now)
+        base = p.relay.punts
+        stun = struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, bytes(12))
+        p.from_browser(stun, now)
+        p.from_browser(bytes([22, 254, 253]) + bytes(20), now)  # a DTLS record
+        sr = struct.pack("!BBHI", 0x80, 200, 6, 0x5151) + bytes(20)
+        p.from_sip(sr, now)  # RTCP on the RTP port (RFC 5761 §4)
+        assert p.relay.punts == base + 3
+        p.check_same_state()
+
+
+def test_disarmed_punts_everything_and_nothing_is_counted_twice() -> None:
+    with pair() as p:
+        p.relay.disarm()
+        p.rearm = False
+        for i in range(5):
+            want, got = p.from_sip(rtp(0, i, 160 * i, 0x5151), 1.0 + i * 0.02)
+            assert want == got
+        assert p.relay.punts == 5
+        p.check_same_state()
+
+
+def test_arm_refuses_bad_state() -> None:
+    with pair() as p:
+        args = p.c.steady_args()
+        assert args is not None
+        srtp, to_sip, to_browser, rewrite, rec_sip, rec_browser = args
+        with pytest.raises(TypeError):
+            p.relay.arm(srtp, to_sip[:5], to_browser, rewrite, rec_sip, rec_browser)
+        with pytest.raises(ValueError):
+            p.relay.arm((0, 0, 0, 0), to_sip, to_browser, rewrite, rec_sip, rec_browser)
+        assert not p.relay.armed  # a refused arm leaves it punting
+        bad_routes = ((200, None), *to_sip[1:])
+        with pytest.raises(ValueError):
+            p.relay.arm(srtp, bad_routes, to_browser, rewrite, rec_sip, rec_browser)
+        with pytest.raises(ValueError):
+            steady.SteadyRelay(p.b_twin.fileno(), p.s_twin.fileno(), bytearray(10), print, print)
+        with pytest.raises(TypeError):
+            steady.SteadyRelay(p.b_twin.fileno(), p.s_twin.fileno(), bytes(4096), print, print)
+
+
+# -- the property: any mix of well-formed, odd and hostile packets gives the same results ------------
+
+sip_event = st.tuples(
+    st.just("sip"),
+    st.sampled_from([0x5151, 0x5151, 0x5151, 0x6262]),  # mostly one source, sometimes another
+    st.sampled_from([1, 1, 1, 1, 2, 0, -1, -3, 50, 3001, -150, 30000]),  # sequence steps
+    st.sampled_from([160, 160, 160, 320, 0, -160, 480_001, 1 << 31]),  # timestamp steps
+    st.sampled_from([0, 0, 0, 8, 101, 13]),  # 13: not negotiated
+    st.sampled_from([0.02, 0.02, 0.0, 0.3, 1.5]),  # time steps
+    st.sampled_from(["ok", "ok", "ok", "ok", "marker", "csrc", "short", "rtcp", "garbage"]),
+)
+browser_event = st.tuples(
+    st.just("browser"),
+    st.sampled_from([0xB0B0, 0xB0B0, 0xB0B0, 0xC0C0]),
+    st.sampled_from([1, 1, 1, 2, 0, -1, 3001, 40000]),
+    st.sampled_from([160, 160, 0, -160, 1 << 31]),
+    st.sampled_from([0, 0, 0, 8, 126, 111]),
+    st.sampled_from([0.02, 0.02, 0.0, 0.5]),
+    st.sampled_from(["ok", "ok", "ok", "ok", "tampered", "replayed", "csrc", "rtcp", "garbage"]),
+)
+
+
+def _sip_datagram(ssrc: int, seq: int, ts: int, pt: int, kind: str) -> bytes:
+    match kind:
+        case "marker":
+            return rtp(pt, seq, ts, ssrc, marker=True)
+        case "csrc":
+            return bytes([0x81]) + rtp(pt, seq, ts, ssrc)[1:12] + struct.pack("!I", 77) + bytes(160)
+        case "short":
+            return rtp(pt, seq, ts, ssrc)[:11]
+        case "rtcp":
+            return struct.pack("!BBHI", 0x80, 200, 6, ssrc) + struct.pack("!IIIII", 1, 2, ts, 3, 4)
+        case "garbage":
+            return bytes([0x80, 0x00]) + bytes(3)
+    return rtp(pt, seq, ts, ssrc)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    profile=st.sampled_from(list(SrtpProfile)),
+    mapping=st.sampled_from(list(MAPS)),
+    events=st.lists(st.one_of(sip_event, browser_event), min_size=1, max_size=60),
+)
+def test_any_packet_sequence_gives_the_python_relays_results(
+    profile: SrtpProfile, mapping: str, events: list[tuple[str, int, int, int, int, float, str]]
+) -> None:
+    with pair(profile, mapping) as p:
+        now = 50.0
+        seqs: dict[int, int] = {}
+        stamps: dict[int, int] = {}
+        sent: list[bytes] = []
+        for leg, ssrc, dseq, dts, pt, dt, kind in events:
+            now += dt
+            seq = seqs[ssrc] = (seqs.get(ssrc, 500) + dseq) & 0xFFFF
+            ts = stamps[ssrc] = (stamps.get(ssrc, 7000) + dts) & 0xFFFFFFFF
+            if leg == "sip":
+                want, got = p.from_sip(_sip_datagram(ssrc, seq, ts, pt, kind), now)
+            else:
+                if kind == "replayed" and sent:
+                    datagram = sent[-1]
+                elif kind == "garbage":
+                    datagram = bytes([0x80, pt]) + bytes(5)
+                elif kind == "rtcp":
+                    datagram = p.browser_tx.protect_rtcp(struct.pack("!BBHI", 0x80, 201, 1, ssrc))
+                else:
+                    plain = _sip_datagram(ssrc, seq, ts, pt, "csrc" if kind == "csrc" else "ok")
+                    try:
+                        datagram = p.browser_tx.protect(plain)
+                    except SrtpError:  # the same index again: the browser cannot, a replay can
+                        datagram = sent[-1] if sent else plain
+                    if kind == "tampered":
+                        datagram = datagram[:-1] + bytes([datagram[-1] ^ 1])
+                    else:
+                        sent.append(datagram)
+                want, got = p.from_browser(datagram, now)
+            assert want == got, (leg, kind)
+        p.check_same_state()
+
+
+def test_garbage_on_both_twins_never_raises() -> None:
+    with pair() as p:
+        for n in (0, 1, 2, 11, 12, 13, 2000):
+            for first in (0x00, 0x80, 0x90, 0xFF):
+                datagram = bytes([first]) + bytes(max(n - 1, 0)) if n else b""
+                want, got = p.from_browser(datagram, 1.0)
+                assert want == got
+                want, got = p.from_sip(datagram, 1.0)
+                assert want == got
+        p.check_same_state()
