@@ -4,8 +4,9 @@ One `rtp.media.MediaSession` on loopback sockets, keyed (SRTP AES-GCM, as browse
 latched, as in an established call. Its sockets are filled with a batch of datagrams from a sender,
 then the edge's datagram readers drain them: the CPU time of that drain over the batch is the edge's
 cost per datagram (receive, classify, source check, unprotect/protect, rewrite, reception
-statistics, send). Twice: through the unconnected sockets (the connected twins kept off) and
-through the connected twins (the steady state of a call, `MediaSession._twin`). The sender's and
+statistics, send). Three times: through the unconnected sockets (the connected twins kept off),
+through the connected twins (the steady state of a call, `MediaSession._twin`) in Python, and
+through the twins in C (`rtp._steady`, what the plane runs once both are up). The sender's and
 the receiver's work stay outside the timed part. `bare` is the floor: recvfrom_into, the SRTP
 call and sendto on unconnected sockets, nothing else.
 
@@ -28,7 +29,7 @@ import trio
 from rtp import g711
 from rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from rtp.ice_lite import IceLiteAgent
-from rtp.media import MediaSession, SipRemote
+from rtp.media import STEADY_IN_C, MediaSession, SipRemote
 from rtp.packet import RtpPacket
 from rtp.plane import MediaPlane
 from rtp.relay import CodecMap, PtRoute
@@ -74,8 +75,8 @@ def _drain(sock: socket.socket) -> int:
 class Edge:
     """A keyed, latched MediaSession and its two peers (the browser's and the phone's sockets)."""
 
-    def __init__(self, plane: MediaPlane | None = None, *, twins: bool = True) -> None:
-        self.plane = plane or MediaPlane()
+    def __init__(self, plane: MediaPlane | None = None, *, twins: bool = True, steady: bool = True) -> None:
+        self.plane = plane or MediaPlane(steady=steady)
         self.browser_port, self.sip_rtp, self.sip_rtcp = (_udp(reuse_port=twins) for _ in range(3))
         self.browser, self.phone = _udp(), _udp()
         self.media = MediaSession(
@@ -140,10 +141,21 @@ def _serve(one: Callable[[float], bool]) -> Callable[[], None]:
     return serve
 
 
+def _readers(media: MediaSession) -> tuple[Callable[[float], bool], Callable[[float], bool]]:
+    """What the plane calls for the twins: the C relay's handlers once it exists, else Python's."""
+    if media._steady is not None:
+        if not media._steady.armed:
+            raise AssertionError("the C relay is not armed")
+        return media._steady.browser, media._steady.sip
+    return media._browser_twin_datagram, media._sip_twin_datagram
+
+
 def measure(batch: int, rounds: int) -> dict[str, float]:
     results: dict[str, float] = {}
-    for twins in (False, True):
-        edge = Edge(twins=twins)  # without SO_REUSEPORT on the call's ports, no twins
+    for twins, steady in ((False, False), (True, False), (True, True)):
+        if steady and not STEADY_IN_C:
+            continue
+        edge = Edge(twins=twins, steady=steady)  # without SO_REUSEPORT on the call's ports, no twins
         media = edge.media
         try:
             edge.fill_browser(1)  # the first datagram each way: the source checks (and twins)
@@ -154,10 +166,11 @@ def measure(batch: int, rounds: int) -> dict[str, float]:
             _drain(edge.browser)
             if twins and media.edge.twins != 2:
                 raise AssertionError("the twins were not opened")
-            serve_browser = _serve(media._browser_twin_datagram if twins else media._browser_datagram)
-            serve_sip = _serve(media._sip_twin_datagram if twins else media._sip_rtp_datagram)
+            browser_twin, sip_twin = _readers(media)
+            serve_browser = _serve(browser_twin if twins else media._browser_datagram)
+            serve_sip = _serve(sip_twin if twins else media._sip_rtp_datagram)
 
-            label = "connected twins" if twins else "unconnected"
+            label = ("connected twins, C" if steady else "connected twins") if twins else "unconnected"
             results[f"browser->SIP, {label}"] = _timed(
                 batch, rounds, edge.fill_browser, serve_browser, edge.phone
             )
@@ -169,11 +182,11 @@ def measure(batch: int, rounds: int) -> dict[str, float]:
     return {**results, **_bare(batch, rounds)}
 
 
-def interleaved(calls: int, rounds: int) -> dict[str, float]:
+def interleaved(calls: int, rounds: int, *, steady: bool) -> dict[str, float]:
     """`calls` keyed, latched calls with their twins on one plane; each round sends one datagram to
     every call, then serves them in turn: every packet meets another call's state (as real traffic
     does), so the per-call objects are no longer in the CPU's caches."""
-    plane = MediaPlane()
+    plane = MediaPlane(steady=steady)
     edges = [Edge(plane) for _ in range(calls)]
     try:
         for edge in edges:
@@ -190,10 +203,10 @@ def interleaved(calls: int, rounds: int) -> dict[str, float]:
                 raise AssertionError("the twins were not opened")
         out: dict[str, float] = {}
         for label, fill, one, sink in (
-            ("browser->SIP", Edge.fill_browser, "_browser_twin_datagram", "phone"),
-            ("SIP->browser", Edge.fill_phone, "_sip_twin_datagram", "browser"),
+            ("browser->SIP", Edge.fill_browser, 0, "phone"),
+            ("SIP->browser", Edge.fill_phone, 1, "browser"),
         ):
-            readers = [getattr(e.media, one) for e in edges]
+            readers = [_readers(e.media)[one] for e in edges]
             per: list[float] = []
             for _ in range(rounds):
                 for edge in edges:
@@ -204,7 +217,7 @@ def interleaved(calls: int, rounds: int) -> dict[str, float]:
                 per.append((time.process_time() - start) / calls)
                 if sum(_drain(getattr(e, sink)) for e in edges) != calls:
                     raise AssertionError("the edge dropped datagrams")
-            out[f"{label}, {calls} calls interleaved"] = statistics.median(per)
+            out[f"{label}, {calls} calls interleaved{', C' if steady else ''}"] = statistics.median(per)
         return out
     finally:
         for edge in edges:
@@ -263,7 +276,16 @@ def _bare(batch: int, rounds: int) -> dict[str, float]:
 async def _main(batch: int, rounds: int, calls: int) -> list[dict[str, float]]:
     # In Trio: the plane closes through it.
     return [
-        {**measure(batch, rounds), **(interleaved(calls, max(20, 20_000 // calls)) if calls else {})}
+        {
+            **measure(batch, rounds),
+            **{
+                k: v
+                for steady in ((False, True) if STEADY_IN_C else (False,))
+                for k, v in (
+                    interleaved(calls, max(20, 20_000 // calls), steady=steady) if calls else {}
+                ).items()
+            },
+        }
         for _ in range(3)
     ]
 
