@@ -12,7 +12,16 @@ import sys
 
 import atheris  # type: ignore[import-untyped]
 
-TARGETS = ("mccp_json", "sip_datagram", "sip_stream", "sdp", "stun_ice", "dtls_demux", "rtp_rtcp")
+TARGETS = (
+    "mccp_json",
+    "sip_datagram",
+    "sip_stream",
+    "sdp",
+    "stun_ice",
+    "dtls_demux",
+    "rtp_rtcp",
+    "steady_relay",
+)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 atheris instruments bytecode process-wide and libFuzzer owns the process (it exits on a crash), so
 every target runs as `python -m fuzz._runner <target>`, with the repository's corpus as read-only
 seeds and a temporary directory for new units and crash artifacts. The budget is FUZZ_SECONDS per
-target (7 targets: about 35 s in all); the libFuzzer seed is fixed, so a failure reproduces with
+target (8 targets: about 40 s in all); the libFuzzer seed is fixed, so a failure reproduces with
 the same command. Longer runs by hand: see docs/security.md, "Fuzzing".
 """
 

@@ -2,190 +2,30 @@
 
 Each test feeds the same datagrams to a Python `Relay` and to a `SteadyRelay` + its own `Relay`
 (which handles what the C code punts, then re-arms it, as rtp.media does), over datagram socket
-pairs, and compares every output byte and, at the end, every counter and statistic. SRTP is
-deterministic for a key and index, so the browser-bound SRTP must match byte for byte too.
+pairs (`fuzz.steady_relay.Pair`, also the atheris target), and compares every output byte and, at
+the end, every counter and statistic. SRTP is deterministic for a key and index, so the
+browser-bound SRTP must match byte for byte too.
 """
 
 from __future__ import annotations
 
-import math
-import socket
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
+from fuzz.steady_relay import MAPS, Pair, rtp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 # Imported, not skipped: the project's install builds it (pyproject.toml), and CI must test it.
 from rtp import _steady as steady
 from rtp.errors import SrtpError
-from rtp.relay import CodecMap, LegCounters, PtRoute, Relay, Transcode
-from rtp.srtp import PacketBuffer, SrtpProfile, SrtpRx, SrtpTx, srtp_pair
+from rtp.srtp import SrtpProfile
 
 pytestmark = pytest.mark.timeout(60)
 
-KEY_BROWSER = bytes(range(30))  # 16-byte key + 14-byte salt (AES-CM); GCM takes 16 + 12
-KEY_OURS = bytes(range(100, 130))
 
-MAPS = {
-    "plain": CodecMap(
-        to_sip={0: PtRoute(0), 8: PtRoute(8), 126: PtRoute(101)},
-        to_browser={0: PtRoute(0), 8: PtRoute(8), 101: PtRoute(126)},
-    ),
-    "transcoding": CodecMap(
-        to_sip={0: PtRoute(8, Transcode.ULAW_TO_ALAW), 126: PtRoute(101)},
-        to_browser={8: PtRoute(0, Transcode.ALAW_TO_ULAW), 101: PtRoute(126)},
-    ),
-}
-
-
-def _keys(profile: SrtpProfile) -> tuple[bytes, bytes]:
-    n = profile.key_length + profile.salt_length
-    return KEY_BROWSER[:n], KEY_OURS[:n]
-
-
-def rtp(
-    pt: int, seq: int, ts: int, ssrc: int, payload: bytes = bytes(range(160)), marker: bool = False
-) -> bytes:
-    b1 = (0x80 if marker else 0) | pt
-    return struct.pack("!BBHII", 0x80, b1, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
-
-
-def python_browser(relay: Relay, buf: PacketBuffer, n: int, now: float) -> bytes | None:
-    """What rtp.media does with a datagram from the browser's nominated address (relay part)."""
-    data = buf.data
-    if n < 2 or not 127 < data[0] < 192:
-        return None  # STUN, DTLS or unknown: not the relay's
-    if 64 <= data[1] & 0x7F <= 95:
-        out = relay.browser_rtcp(bytes(data[:n]), now)
-        return None if out is None else bytes(out)
-    m = relay.browser_rtp_in(buf, n, now)
-    return bytes(data[:m]) if m else None
-
-
-def python_sip(relay: Relay, buf: PacketBuffer, n: int, now: float) -> bytes | None:
-    """What rtp.media does with a datagram from the SIP side's latched RTP source."""
-    m = relay.sip_rtp_in(buf, n, now)
-    return bytes(buf.data[:m]) if m else None
-
-
-class Pair:
-    """The reference relay and the C one, fed the same datagrams."""
-
-    def __init__(self, profile: SrtpProfile, codec_map: CodecMap) -> None:
-        key_browser, key_ours = _keys(profile)
-        kwargs = {"ssrc": 0x11223344, "initial_sequence": 4000, "initial_timestamp": 99}
-        self.ref = Relay(codec_map, **kwargs)
-        self.ref.start_srtp(*srtp_pair(profile, key_ours, key_browser))
-        self.c = Relay(codec_map, **kwargs)
-        self.c.start_srtp(*srtp_pair(profile, key_ours, key_browser))
-        self.browser_tx = SrtpTx(profile, key_browser)  # the browser's sending context
-        self.browser_rx = SrtpRx(profile, key_ours)  # ...and its receiving one
-        self.b_twin, self.b_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.s_twin, self.s_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        for s in (self.b_twin, self.b_peer, self.s_twin, self.s_peer):
-            s.setblocking(False)
-        self.buf = PacketBuffer()
-        self.ref_buf = PacketBuffer()
-        self.rearm = True  # after a punt, as rtp.media does
-        self.relay = steady.SteadyRelay(
-            self.b_twin.fileno(), self.s_twin.fileno(), self.buf.data, self._browser_punt, self._sip_punt
-        )
-        self.arm()
-
-    def close(self) -> None:
-        for s in (self.b_twin, self.b_peer, self.s_twin, self.s_peer):
-            s.close()
-
-    def arm(self) -> None:
-        args = self.c.steady_args()
-        assert args is not None
-        self.relay.arm(*args)
-
-    def collect(self) -> None:
-        collected = self.relay.collect()
-        if collected is not None:
-            rewrite, rec_sip, rec_browser, to_sip, to_browser, _media = collected
-            self.c.absorb_steady(rewrite, rec_sip, rec_browser, to_sip, to_browser)
-        assert not self.relay.armed
-
-    def _browser_punt(self, n: int, now: float) -> None:
-        self.collect()
-        out = python_browser(self.c, self.buf, n, now)
-        if out is not None:
-            self.s_twin.send(out)
-        if self.rearm:
-            self.arm()
-
-    def _sip_punt(self, n: int, now: float) -> None:
-        self.collect()
-        out = python_sip(self.c, self.buf, n, now)
-        if out is not None:
-            self.b_twin.send(out)
-        if self.rearm:
-            self.arm()
-
-    def _reference(self, datagram: bytes) -> int:
-        self.ref_buf.data[: len(datagram)] = datagram
-        return len(datagram)
-
-    @staticmethod
-    def _read(sock: socket.socket) -> bytes | None:
-        try:
-            return sock.recv(4096)
-        except BlockingIOError:
-            return None
-
-    def from_browser(self, datagram: bytes, now: float) -> tuple[bytes | None, bytes | None]:
-        want = python_browser(self.ref, self.ref_buf, self._reference(datagram), now)
-        self.b_peer.send(datagram)
-        assert self.relay.browser(now) is True
-        assert self.relay.browser(now) is False  # drained
-        return want, self._read(self.s_peer)
-
-    def from_sip(self, datagram: bytes, now: float) -> tuple[bytes | None, bytes | None]:
-        want = python_sip(self.ref, self.ref_buf, self._reference(datagram), now)
-        self.s_peer.send(datagram)
-        assert self.relay.sip(now) is True
-        assert self.relay.sip(now) is False
-        return want, self._read(self.b_peer)
-
-    def check_same_state(self) -> None:
-        armed = self.relay.armed
-        self.collect()
-        if armed:
-            self.arm()
-        for a, b in ((self.ref.to_sip, self.c.to_sip), (self.ref.to_browser, self.c.to_browser)):
-            _same_leg(a, b)
-        for name in Relay.__slots__:
-            if name in ("_rx", "_tx", "_scratch", "to_sip", "to_browser"):
-                continue
-            assert getattr(self.ref, name) == getattr(self.c, name), name
-
-
-def _same_leg(a: LegCounters, b: LegCounters) -> None:
-    assert (a.packets, a.octets, a.rtcp_packets, a.last_packet_time) == (
-        b.packets,
-        b.octets,
-        b.rtcp_packets,
-        b.last_packet_time,
-    )
-    assert a.dropped == b.dropped
-    ra, rb = a.reception, b.reception
-    assert (ra.expected, ra.lost, ra.max_jitter) == (rb.expected, rb.lost, rb.max_jitter)
-    assert ra.jitter == rb.jitter or (math.isnan(ra.jitter) and math.isnan(rb.jitter))
-    assert ra.steady_source() == rb.steady_source()
-
-
-@contextmanager
-def pair(profile: SrtpProfile = SrtpProfile.AES128_CM_HMAC_SHA1_80, mapping: str = "plain") -> Iterator[Pair]:
-    p = Pair(profile, MAPS[mapping])
-    try:
-        yield p
-    finally:
-        p.close()
+def pair(profile: SrtpProfile = SrtpProfile.AES128_CM_HMAC_SHA1_80, mapping: str = "plain") -> Pair:
+    return Pair(profile, MAPS[mapping])
 
 
 @pytest.mark.parametrize("profile", list(SrtpProfile))
