@@ -443,6 +443,7 @@ def _log_end(
             to_browser_jitter_max_ms=round(to_browser.reception.max_jitter * 1000, 2),
             ringing_dropped=edge.no_sip_address,
             send_failed=edge.send_failed,
+            punted=edge.punted,  # media datagrams the C relay left to Python (0 without it)
             srtp_failures=to_sip.dropped.get(DropCause.SRTP_AUTH, 0)
             + to_sip.dropped.get(DropCause.SRTP_REPLAY, 0),
             dtls=stats.dtls_state.value,

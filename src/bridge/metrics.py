@@ -197,6 +197,7 @@ def _media_counts(media: MediaStats) -> Counter[tuple[str, ...]]:
     for item in fields(media.edge):
         if item.name in _EDGE_DIRECTION:
             out["dropped", _EDGE_DIRECTION[item.name], item.name] += getattr(media.edge, item.name)
+    out["punted",] += media.edge.punted
     out["srtp_failures",] += (
         media.to_sip.dropped[DropCause.SRTP_AUTH] + media.to_sip.dropped[DropCause.SRTP_REPLAY]
     )
@@ -251,6 +252,11 @@ class _Media(Collector):
         yield lost
         yield CounterMetricFamily(
             "mccp_bridge_srtp_failures", "SRTP/SRTCP packets that failed to decrypt", counts["srtp_failures",]
+        )
+        yield CounterMetricFamily(
+            "mccp_bridge_media_punted",
+            "Datagrams of the calls' steady streams that the C relay (rtp._steady) left to Python",
+            counts["punted",],
         )
 
 

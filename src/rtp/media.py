@@ -140,6 +140,7 @@ class EdgeCounters:
     latched: int = 0  # symmetric RTP: latched onto a source other than the SDP's (rtp.latch)
     twins: int = 0  # connected twin sockets opened (see MediaSession._twin)
     twin_failed: int = 0  # ...that could not be (the port was not bound with SO_REUSEPORT)
+    punted: int = 0  # twins' datagrams the C relay left to Python (RTCP, STUN, a new source...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -926,6 +927,7 @@ class MediaSession:
 
     def _browser_steady_punt(self, n: int, now: float) -> None:
         """A datagram from the browser's twin that the C relay left to Python (in the buffer)."""
+        self.edge.punted += 1
         self._steady_collect()
         peer = self._browser_twin_peer
         if peer is not None:
@@ -934,6 +936,7 @@ class MediaSession:
 
     def _sip_steady_punt(self, n: int, now: float) -> None:
         """A datagram from the SIP leg's twin that the C relay left to Python (in the buffer)."""
+        self.edge.punted += 1
         self._steady_collect()
         peer = self._sip_twin_peer
         if peer is not None:
