@@ -94,6 +94,13 @@ async def test_browser_calls_baresip_through_the_embedded_registrar(browser: str
         bridge_log.setLevel(level)
     figures = record_timings(browser, records, sniffer)
     assert all(value >= 0 for value in figures.values()), figures
+    # The call's steady stream, both ways, went through the C relay (rtp._steady): Python saw only
+    # the first packets, RTCP and the consent checks.
+    (end,) = [r for r in records.records if hasattr(r, "call")]
+    call = end.call
+    assert call["to_sip_packets"] > 100, call
+    assert call["to_browser_packets"] > 100, call
+    assert call["punted"] < (call["to_sip_packets"] + call["to_browser_packets"]) / 10, call
 
 
 async def _call_baresip(
