@@ -399,6 +399,8 @@ def _plane_step(before: dict[str, float], after: dict[str, float], seconds: floa
         "passes_per_s": round(passes / seconds, 1),
         "sockets_per_pass": round(calls / passes, 2) if passes else 0.0,
         "coalesced_pct": round(100 * coalesced / passes, 1) if passes else 0.0,
+        # busy passes resumed late (over 2 / 10 / 50 ms): the plane's share of the latency tail
+        **{key: after.get(key, 0) - before.get(key, 0) for key in ("late_2ms", "late_10ms", "late_50ms")},
     }
 
 

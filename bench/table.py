@@ -68,10 +68,13 @@ def relay_table(record: dict[str, Any]) -> str:
     if planes:
         lines += [
             "",
-            "Media plane per bridge step (passes/s, sockets served per pass, coalesced passes %): "
+            "Media plane per bridge step (passes/s, sockets served per pass, coalesced passes %, "
+            "busy passes resumed > 2 / 10 / 50 ms late): "
             + "; ".join(
                 f"{float(s['rate_per_direction']):.0f}: {s['plane']['passes_per_s']:.0f}, "
-                f"{s['plane']['sockets_per_pass']}, {s['plane']['coalesced_pct']}"
+                f"{s['plane']['sockets_per_pass']}, {s['plane']['coalesced_pct']}, "
+                f"{s['plane'].get('late_2ms', '-')}/{s['plane'].get('late_10ms', '-')}/"
+                f"{s['plane'].get('late_50ms', '-')}"
                 for s in record["steps"]
                 if s["target"] == "bridge" and s.get("plane")
             ),

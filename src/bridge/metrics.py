@@ -32,7 +32,9 @@ mccp_bridge_sip_dropped_total      counter    `cause`: bad_datagram, bad_stream_
 mccp_bridge_media_plane_*_total    counter    the worker's media plane (rtp.plane): `passes` (each
                                               serves every ready socket), `handler_calls` (ready
                                               sockets served), `coalesced` (passes that ended with
-                                              the coalescing sleep), `handler_errors`
+                                              the coalescing sleep), `handler_errors`,
+                                              `late_2ms`/`late_10ms`/`late_50ms` (busy passes
+                                              resumed that late: the plane's latency tail)
 =================================  =========  ====================================================
 
 Everything that lives elsewhere is read at scrape time: the front door's counters (`BridgeStats`),
@@ -155,6 +157,9 @@ class _FrontDoor(Collector):
                 ("handler_calls", plane.handler_calls, "Ready media sockets served"),
                 ("coalesced", plane.coalesced, "Media plane passes that ended with the coalescing sleep"),
                 ("handler_errors", plane.handler_errors, "Media handlers that raised (a call ended)"),
+                ("late_2ms", plane.late_2ms, "Busy media plane passes resumed over 2 ms late (rtp.plane)"),
+                ("late_10ms", plane.late_10ms, "...over 10 ms late"),
+                ("late_50ms", plane.late_50ms, "...over 50 ms late"),
             ):
                 yield CounterMetricFamily(f"mccp_bridge_media_plane_{name}", what, value)
         if self._sip_stats is not None:

@@ -94,6 +94,12 @@ class PlaneCounters:
     coalesced: int = 0  # passes that ended with a coalescing sleep (packets faster than `coalesce`)
     handler_calls: int = 0
     handler_errors: int = 0
+    # How late the plane got back after a busy pass (its coalescing sleep's end, or its schedule
+    # point): other tasks ran, the collector ran, or the process waited for a CPU. A datagram that
+    # arrived meanwhile waited that long in its socket: the plane's share of the added latency.
+    late_2ms: int = 0
+    late_10ms: int = 0
+    late_50ms: int = 0
 
 
 class MediaPlane:
@@ -195,11 +201,23 @@ class MediaPlane:
                 # A schedule point after every pass: signalling tasks run however heavy the media.
                 if busy:
                     counters.coalesced += 1
-                    await trio.sleep_until(now + coalesce)
+                    due = now + coalesce
+                    await trio.sleep_until(due)
+                    late = trio.current_time() - due
+                    if late > 0.002:
+                        self._late(late)
                 else:
                     await trio.lowlevel.checkpoint()
         finally:
             self.close()
+
+    def _late(self, late: float) -> None:
+        counters = self.counters
+        counters.late_2ms += 1
+        if late > 0.010:
+            counters.late_10ms += 1
+            if late > 0.050:
+                counters.late_50ms += 1
 
     def _failed(self, fd: int, handler: Handler, exc: Exception) -> None:
         self.counters.handler_errors += 1

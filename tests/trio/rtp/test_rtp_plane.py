@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -234,3 +235,28 @@ async def test_one_read_per_pass_then_a_drain_while_the_socket_keeps_a_backlog()
             await wait_for(lambda: len(reads) == total)
         per_pass = [reads.count(p) for p in sorted(set(reads))]
         assert per_pass == [1, DRAIN_CAP, DRAIN_CAP, 6]
+
+
+async def test_a_busy_pass_that_resumes_late_is_counted() -> None:
+    """`late_*`: a busy pass that runs long (here a handler blocking 60 ms) resumes after its
+    coalescing sleep's end; by how much is counted (the plane's share of the latency tail)."""
+    with trio.fail_after(10), udp_pair() as (a, a_tx), udp_pair() as (b, b_tx):
+        async with open_media_plane(coalesce=0.001) as plane:
+            got_a: list[tuple[bytes, float]] = []
+            got_b: list[tuple[bytes, float]] = []
+            drain_a, drain_b = drainer(a, got_a), drainer(b, got_b)
+
+            def a_then_b(now: float) -> None:
+                drain_a(now)
+                b_tx.send(b"b0")  # ready for the pass right after this one: a busy plane
+
+            def slow_b(now: float) -> None:
+                drain_b(now)
+                time.sleep(0.06)  # blocks the whole worker, as a long collection would
+
+            plane.register(a, a_then_b)
+            plane.register(b, slow_b)
+            assert (plane.counters.late_2ms, plane.counters.late_50ms) == (0, 0)
+            a_tx.send(b"a0")
+            await wait_for(lambda: plane.counters.late_50ms >= 1)
+            assert plane.counters.late_2ms >= plane.counters.late_10ms >= plane.counters.late_50ms >= 1
