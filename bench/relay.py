@@ -215,7 +215,8 @@ def _summarise_step(target: str, rep: int, rate: float, result: dict[str, Any]) 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     host = machine()
     pinned = args.workers == 1
-    pin_harness(args.nice, pin=pinned)
+    harness_nice = args.nice if args.harness_nice is None else args.harness_nice
+    pin_harness(harness_nice, pin=pinned)
     build()
     use_rtpe = args.rtpengine and rtpengine_available()
     record: dict[str, Any] = {
@@ -229,6 +230,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "reps": args.reps,
             "scrypt_n": args.scrypt_n,
             "nice": args.nice,
+            "harness_nice": harness_nice,
             "workers": args.workers,
             "rtpengine_threads": args.workers,
             "pinned": pinned,
@@ -562,6 +564,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="scrypt cost of the caller's password (the bridge's default is 2**14)",
     )
     ap.add_argument("--nice", type=int, default=-20, help="nice of relays and harness (root only)")
+    ap.add_argument(
+        "--harness-nice",
+        type=int,
+        default=None,
+        help="nice of the harness alone (default: --nice); e.g. 0 with --workers 2, where relay and "
+        "harness share the CPUs, so that the relay (either) is not made to wait for the harness",
+    )
     ap.add_argument("--no-rtpengine", dest="rtpengine", action="store_false")
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the bridge during its first step at the top rate"
