@@ -268,8 +268,7 @@ class _WebSocket:
         """Read the page until the connection closes (the connection's task for it)."""
         try:
             while True:
-                for event in self._wsproto.events():
-                    await self._event(event)
+                await self._events()  # (a method: the last event is not kept while reading)
                 try:
                     data = await self._stream.receive_some(RECEIVE_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -279,6 +278,7 @@ class _WebSocket:
                     self._closed = self._closed or "closed (1006)"
                     return
                 self._wsproto.receive_data(bytes(data))
+                del data  # nor the last bytes
         except _WsClosed:
             pass
         finally:
@@ -288,6 +288,10 @@ class _WebSocket:
             self._wake()  # get_message sees the end
             if self._reader_done is not None:
                 self._reader_done.set()
+
+    async def _events(self) -> None:
+        for event in self._wsproto.events():
+            await self._event(event)
 
     async def _event(self, event: WsEvent) -> None:
         match event:
@@ -886,6 +890,7 @@ class MccpFront:
             st.handshake_failures += 1
             return
         accepted.receive_data(trailing)
+        del head, trailing, response  # not kept for the call's life
         # Frames up to twice the limit are read so that they can be refused with an MCCP 413
         # first; `_WebSocket` closes bigger ones with 1009.
         ws = _WebSocket(
