@@ -673,7 +673,9 @@ class MediaSession:
             self.edge.send_failed += 1
 
     def _on_browser_signalling(self, data: memoryview, src: Address, now: float) -> bool:
-        """A datagram that is not RTP/RTCP: STUN, DTLS or unknown. True if it was STUN or DTLS."""
+        """A datagram that is not RTP/RTCP: STUN, DTLS or unknown. True if the timer task must look
+        (DTLS, or STUN before the keys); a consent check on a keyed call only moves the consent
+        deadline later, which the task finds when it wakes (no wake-up per check)."""
         kind = classify(data)
         self.demux.count(kind)
         match kind:
@@ -689,7 +691,7 @@ class MediaSession:
                     if self.dtls.role is DtlsRole.CLIENT and self._dtls_peer is None:
                         self._dtls_peer = src
                         self.dtls.start(now)
-                return True
+                return not self._keyed
             case PacketKind.DTLS:
                 if not self.ice.is_validated(src):
                     self.edge.not_validated += 1

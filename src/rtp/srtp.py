@@ -230,13 +230,15 @@ def _too_long(what: str, n: int) -> SrtpError:
 class SrtpTx:
     """The sending context of one direction: protects RTP and RTCP with our write key."""
 
-    __slots__ = ("_ctx", "_direct", "_session", "profile")
+    __slots__ = ("_ctx", "_direct", "_session", "native", "profile")
 
     def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
         self.profile = profile
         self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         self._direct = _Direct(self._session)
         self._ctx = self._direct._ctx
+        # (srtp_protect's address, this context's) for rtp._steady; valid while `self` lives.
+        self.native = (_PROTECT_ADDRESS, _address(self._ctx))
 
     def protect(self, rtp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one RTP packet (RFC 3711 §3.3).
@@ -257,11 +259,6 @@ class SrtpTx:
             raise _status_error(status, "protect")
         return length[0]  # type: ignore[no-any-return]
 
-    @property
-    def native(self) -> tuple[int, int]:
-        """(srtp_protect's address, this context's address) for rtp._steady; valid while `self` lives."""
-        return _PROTECT_ADDRESS, _address(self._ctx)
-
     def protect_rtcp(self, rtcp: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate one compound RTCP packet (RFC 3711 §3.4), adding the index."""
         return self._direct.run(lib.srtp_protect_rtcp, rtcp, _RTCP_TRAILER, "protect_rtcp")
@@ -270,13 +267,15 @@ class SrtpTx:
 class SrtpRx:
     """The receiving context of one direction: authenticates and decrypts with the peer's key."""
 
-    __slots__ = ("_ctx", "_direct", "_session", "profile")
+    __slots__ = ("_ctx", "_direct", "_session", "native", "profile")
 
     def __init__(self, profile: SrtpProfile, key_salt: bytes) -> None:
         self.profile = profile
         self._session = _session(profile, key_salt, pylibsrtp.Policy.SSRC_ANY_INBOUND)
         self._direct = _Direct(self._session)
         self._ctx = self._direct._ctx
+        # (srtp_unprotect's address, this context's) for rtp._steady; valid while `self` lives.
+        self.native = (_UNPROTECT_ADDRESS, _address(self._ctx))
 
     def unprotect(self, srtp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
@@ -290,11 +289,6 @@ class SrtpRx:
         if status:
             raise _status_error(status, "unprotect")
         return length[0]  # type: ignore[no-any-return]
-
-    @property
-    def native(self) -> tuple[int, int]:
-        """(srtp_unprotect's address, this context's address) for rtp._steady; valid while `self` lives."""
-        return _UNPROTECT_ADDRESS, _address(self._ctx)
 
     def unprotect_rtcp(self, srtcp: bytes | bytearray | memoryview) -> bytes:
         """Authenticate and decrypt one SRTCP packet; raises `SrtpError` (AUTH, REPLAY, MALFORMED)."""
