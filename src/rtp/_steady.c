@@ -50,9 +50,10 @@ typedef struct {
     double last_packet_time;
 } leg_t;
 
-typedef struct {
-    int16_t out_pt[128];
-    const uint8_t *table[128];
+typedef struct { /* 128 + 128 + 32 bytes: a call keeps two */
+    int8_t out_pt[128];        /* -1: not negotiated */
+    uint8_t table_index[128];  /* 0: no transcoding, else tables[i] */
+    const uint8_t *tables[4];
 } routes_t;
 
 typedef struct {
@@ -218,8 +219,8 @@ static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
     }
     if (out_pt != pt)
         d[1] = (uint8_t)((b1 & 0x80) | out_pt);
-    if (self->to_sip_routes.table[pt] != NULL)
-        transcode(d, 12, len, self->to_sip_routes.table[pt]);
+    if (self->to_sip_routes.table_index[pt])
+        transcode(d, 12, len, self->to_sip_routes.tables[self->to_sip_routes.table_index[pt]]);
     leg_forwarded(leg, len, now);
     if (send(self->sip_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
         self->send_failed++;
@@ -279,8 +280,8 @@ static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
     d[9] = (uint8_t)(self->our_ssrc >> 16);
     d[10] = (uint8_t)(self->our_ssrc >> 8);
     d[11] = (uint8_t)self->our_ssrc;
-    if (self->to_browser_routes.table[pt] != NULL)
-        transcode(d, 12, n, self->to_browser_routes.table[pt]);
+    if (self->to_browser_routes.table_index[pt])
+        transcode(d, 12, n, self->to_browser_routes.tables[self->to_browser_routes.table_index[pt]]);
     int len = (int)n;
     int status = self->protect(self->tx, d, &len);
     if (status) {
@@ -308,10 +309,11 @@ static int parse_routes(PyObject *seq, routes_t *routes) {
         PyErr_SetString(PyExc_TypeError, "a route table is a tuple of 128 entries");
         return -1;
     }
+    memset(routes, 0, sizeof *routes);
+    int ntables = 1;
     for (int pt = 0; pt < 128; pt++) {
         PyObject *entry = PyTuple_GET_ITEM(seq, pt);
         routes->out_pt[pt] = -1;
-        routes->table[pt] = NULL;
         if (entry == Py_None)
             continue;
         PyObject *out, *table;
@@ -324,13 +326,24 @@ static int parse_routes(PyObject *seq, routes_t *routes) {
             PyErr_SetString(PyExc_ValueError, "payload type out of range");
             return -1;
         }
-        routes->out_pt[pt] = (int16_t)out_pt;
+        routes->out_pt[pt] = (int8_t)out_pt;
         if (table != Py_None) {
             if (!PyBytes_Check(table) || PyBytes_GET_SIZE(table) != 256) {
                 PyErr_SetString(PyExc_TypeError, "a transcoding table is 256 bytes");
                 return -1;
             }
-            routes->table[pt] = (const uint8_t *)PyBytes_AS_STRING(table);
+            const uint8_t *bytes = (const uint8_t *)PyBytes_AS_STRING(table);
+            int i = 1;
+            while (i < ntables && routes->tables[i] != bytes)
+                i++;
+            if (i == ntables) {
+                if (ntables == 4) {
+                    PyErr_SetString(PyExc_ValueError, "more than 3 transcoding tables");
+                    return -1;
+                }
+                routes->tables[ntables++] = bytes;
+            }
+            routes->table_index[pt] = (uint8_t)i;
         }
     }
     return 0;
