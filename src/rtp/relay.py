@@ -356,11 +356,12 @@ class Relay:
             leg.octets += octets
             if last is not None:
                 leg.last_packet_time = last
-            dropped = leg.dropped
-            dropped[DropCause.UNKNOWN_PT] += unknown_pt
-            dropped[DropCause.SRTP_AUTH] += auth
-            dropped[DropCause.SRTP_REPLAY] += replay
-            dropped[DropCause.MALFORMED] += malformed
+            if unknown_pt or auth or replay or malformed:  # rare (an Enum key hashes in Python)
+                dropped = leg.dropped
+                dropped[DropCause.UNKNOWN_PT] += unknown_pt
+                dropped[DropCause.SRTP_AUTH] += auth
+                dropped[DropCause.SRTP_REPLAY] += replay
+                dropped[DropCause.MALFORMED] += malformed
 
     # -- browser -> SIP ---------------------------------------------------------------------
 
