@@ -336,7 +336,7 @@ async def _steps(
                     profiler = None
                     if args.profile and not record.get("profile") and rate == max(args.rates):
                         profiler = await start_profile(bridge.pids()[-1], args.seconds)
-                    plane0 = await plane_counters(bridge.wss_port) if args.workers == 1 else None
+                    plane0 = await plane_counters(bridge.wss_port, args.workers)
                     result = await _step(
                         target,
                         calls.flows,
@@ -351,8 +351,9 @@ async def _steps(
                     index_base += math.ceil(rate * args.seconds / max(1, len(calls.flows))) + 16
                     extra: dict[str, Any] = {"calls_dropped": sum(1 for c in calls.calls if c.dropped)}
                     if plane0 is not None:
-                        plane1 = await plane_counters(bridge.wss_port)
-                        extra["plane"] = _plane_step(plane0, plane1, args.seconds)
+                        plane1 = await plane_counters(bridge.wss_port, args.workers)
+                        if plane1 is not None:
+                            extra["plane"] = _plane_step(plane0, plane1, args.seconds)
                     if profiler is not None:
                         record["profile"] = await finish_profile(profiler, rate)
                 else:
@@ -384,12 +385,27 @@ async def _steps(
 
 
 PLANE = re.compile(rb"^mccp_bridge_media_plane_(\w+)_total (\S+)$", re.MULTILINE)
+WORKER = re.compile(rb'^mccp_bridge_worker\{index="(\d+)"', re.MULTILINE)
 
 
-async def plane_counters(port: int) -> dict[str, float]:
-    """The media plane's counters (passes, handler_calls, coalesced) from one GET /metrics."""
-    body = await fetch_metrics(port)
-    return {m.group(1).decode(): float(m.group(2)) for m in PLANE.finditer(body)}
+async def plane_counters(port: int, workers: int = 1) -> dict[str, float] | None:
+    """The media planes' counters (passes, handler_calls, coalesced, late_*) summed over the
+    workers: GET /metrics until every worker has answered once (they share the port); None if
+    some worker did not answer within 40 tries."""
+    seen: dict[bytes, dict[str, float]] = {}
+    for _ in range(40):
+        body = await fetch_metrics(port)
+        index = WORKER.search(body)
+        seen[index.group(1) if index else b"0"] = {
+            m.group(1).decode(): float(m.group(2)) for m in PLANE.finditer(body)
+        }
+        if len(seen) >= workers:
+            total: dict[str, float] = {}
+            for counters in seen.values():
+                for key, value in counters.items():
+                    total[key] = total.get(key, 0) + value
+            return total
+    return None
 
 
 def _plane_step(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
