@@ -91,9 +91,9 @@ class _Call:
     first_response_at: float | None = None
     page_gone: bool = False  # the page's socket is gone: nothing more can be sent to it
     # The SIP side's media description last changed (answer, re-INVITE) at `sip_media_at`; the
-    # page's wait (`page_wait`, its deadline the SIP side's silence) is then woken to re-arm.
+    # page's wait (`page`, its deadline the SIP side's silence) is then woken to re-arm.
     sip_media_at: float | None = None
-    page_wait: trio.CancelScope | None = None
+    page: MccpConnection | None = None
 
     @property
     def answered(self) -> bool:
@@ -102,8 +102,8 @@ class _Call:
     def sip_media_set(self, now: float) -> None:
         """Record that the SIP side's media changed (answered, re-INVITE) and wake its watcher."""
         self.sip_media_at = now
-        if self.page_wait is not None:
-            self.page_wait.cancel()
+        if self.page is not None:
+            self.page.wake()
 
     def finish(self, code: int, reason: str, by: EndedBy) -> None:
         if self.end is None:
@@ -152,7 +152,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
         await _tell_page(conn, end)
         _log_end(clog, services, request, None, end, started_at, None, None)
         return end
-    state = _Call(started_at)
+    state = _Call(started_at, page=conn)
     media: MediaSession | None = None
     try:
         async with open_media(
@@ -226,10 +226,7 @@ async def _page(
             if trio.current_time() >= deadline:
                 state.finish(408, f"no media from the SIP side for {silence_limit:g} s", "media")
                 return
-            message = None
-            with trio.CancelScope(deadline=deadline) as state.page_wait:
-                message = await conn.receive()  # a channel receive: a cancelled wait loses nothing
-            state.page_wait = None
+            message = await conn.receive_until(deadline)
             match message:
                 case None:
                     continue  # the deadline, or the SIP side's media changed: re-arm

@@ -50,6 +50,7 @@ ends the server.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import ssl
@@ -433,6 +434,8 @@ class MccpConnection:
         self._nursery = nursery  # the connection's: the keep-alive pings run there
         self._gone: str | None = None
         self._pinging = False
+        self._wait: trio.CancelScope | None = None  # the current wait for the page
+        self._woken = False
 
     @property
     def state(self) -> SessionState:
@@ -449,34 +452,57 @@ class MccpConnection:
 
         Invalid or out-of-state messages are answered with ``error`` internally and skipped; the
         connection's timers run meanwhile (module docstring). Raises :class:`PageGone` once the
-        socket has ended. A cancelled receive loses no message: a frame is taken from
-        trio-websocket's queue only when it can be handled at once.
+        socket has ended. A cancelled receive loses no message: a message is taken from the
+        reader only when it can be handled at once.
         """
+        while True:
+            msg = await self.receive_until(math.inf)
+            if msg is not None:
+                return msg
+
+    async def receive_until(self, deadline: float) -> PageMessage | None:
+        """:meth:`receive`, or None once ``deadline`` passes or :meth:`wake` is called (before or
+        during the wait): the caller's own deadline shares the connection's wait (one cancel
+        scope, not two: memory per call, issue 6)."""
         limits = self._limits
         while True:
             if self._gone is not None:
                 raise PageGone(self._gone)
+            if self._woken:
+                self._woken = False
+                return None
             call_deadline = self._session.next_deadline()
-            wake = self._next_ping if call_deadline is None else min(self._next_ping, call_deadline)
+            wake = min(self._next_ping, deadline)
+            if call_deadline is not None:
+                wake = min(wake, call_deadline)
             data: str | bytes | None = None
-            with trio.move_on_at(wake):  # get_message is a channel receive: nothing is lost
+            with trio.move_on_at(wake) as self._wait:  # get_message loses nothing when cancelled
                 try:
                     data = await self._ws.get_message()
                 except _WsClosed as exc:
                     self._mark_gone(exc.text)
                     raise PageGone(self._gone or "closed") from None
+            self._wait = None
             now = trio.current_time()
-            if data is None:  # a deadline
+            if data is None:  # a deadline, or woken
                 if now >= self._next_ping:
                     self._next_ping = now + limits.ping_interval
                     if not self._pinging:
                         self._pinging = True
                         self._nursery.start_soon(self._ping)
                 await self._call_timer(now)
+                if now >= deadline:
+                    return None
                 continue
             msg = await self._frame(data, now)
             if msg is not None:
                 return msg
+
+    def wake(self) -> None:
+        """Make the current (or next) :meth:`receive_until` return None."""
+        self._woken = True
+        if self._wait is not None:
+            self._wait.cancel()
 
     async def send(self, msg: BridgeMessage) -> None:
         """Send one bridge message.
@@ -791,7 +817,9 @@ class MccpFront:
         st = self.stats
         slot = _Slot(self, remote[0], trio.current_time() + self.limits.handshake_timeout)
         try:
-            await self._serve_one(stream, remote, slot, proxied=proxied)
+            upgrade = await self._serve_one(stream, remote, slot, proxied=proxied)
+            if upgrade is not None:  # served from here: `_serve_one`'s frame is not kept for the call
+                await self._serve_websocket(stream, *upgrade)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             st.handshake_failures += 1  # TLS failure or the client left mid-request
         except Exception:
@@ -803,7 +831,9 @@ class MccpFront:
 
     async def _serve_one(
         self, stream: trio.abc.Stream, remote: tuple[str, int], slot: _Slot, *, proxied: bool
-    ) -> None:
+    ) -> tuple[bytes, bytes, tuple[str, int], str | None] | None:
+        """Read the request head and answer it; an allowed WebSocket upgrade is returned instead
+        (head, bytes after it, remote, origin) for `_serve_websocket`."""
         st, limits = self.stats, self.limits
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_request_head_bytes)
         request: h11.Request | None = None
@@ -813,13 +843,13 @@ class MccpFront:
         slot.end_handshake()
         if slot.scope.cancelled_caught:
             st.handshake_failures += 1
-            return
+            return None
         if request is None:
             if status is not None:
                 st.bad_requests += 1
                 with trio.move_on_after(_CLOSE_GRACE):
                     await _respond(stream, conn, *_text(status, "bad request"))
-            return
+            return None
         st.http_requests += 1
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         headers = {name.lower(): value for name, value in request.headers}
@@ -841,13 +871,9 @@ class MccpFront:
             answer = _text(405, "method not allowed")
         elif path == MCCP_PATH and request.method == b"GET" and upgrade == b"websocket":
             if self.origins.allows(origin, host=host):
-                # wsproto answers the head again; what came after it is the WebSocket's. The h11
-                # state, the parsed head and the raw bytes are dead weight for the call's lifetime.
+                # wsproto answers the head again; what came after it is the WebSocket's.
                 trailing = conn.trailing_data[0]
-                head = raw[: len(raw) - len(trailing)]
-                del conn, request, headers, raw
-                await self._serve_websocket(stream, head, trailing, remote, origin)
-                return
+                return raw[: len(raw) - len(trailing)], trailing, remote, origin
             st.refused_origin += 1
             log.info("mccp %s:%d: WebSocket refused: origin %r not allowed", remote[0], remote[1], origin)
             answer = _text(403, "origin not allowed")
@@ -870,6 +896,7 @@ class MccpFront:
             answer = _text(404, "not found")
         with trio.move_on_after(_CLOSE_GRACE):
             await _respond(stream, conn, *answer, head_only=request.method == b"HEAD")
+        return None
 
     async def _serve_websocket(
         self,
@@ -928,9 +955,9 @@ def _accept_websocket(head: bytes) -> tuple[WSConnection | None, bytes]:
     """wsproto's server handshake (RFC 6455 section 4.2) on a request head: the open connection
     and the 101 response, or (None, the 400 answer) when the head is not a valid upgrade.
 
-    The handshake's h11 connection (state machine, receive buffer) is dropped once it is open
-    (~1.5 KiB per page): wsproto only reads the handshake's (empty) event queue after that
-    (`WSConnection.events`, wsproto 1.2-1.3).
+    The handshake's h11 connection (state machine, receive buffer) and parsed request (every
+    header) are dropped once it is open (~2.5 KiB per page): wsproto only reads the handshake's
+    (empty) event queue after that (`WSConnection.events`, wsproto 1.2-1.3).
     """
     handshake = WSConnection(ConnectionType.SERVER)
     try:
@@ -940,8 +967,10 @@ def _accept_websocket(head: bytes) -> tuple[WSConnection | None, bytes]:
                 response = handshake.send(AcceptConnection())
                 if handshake.connection is None:
                     break
-                if hasattr(handshake.handshake, "_h11_connection"):
-                    handshake.handshake._h11_connection = None  # type: ignore[assignment]
+                state = handshake.handshake
+                if hasattr(state, "_h11_connection") and hasattr(state, "_initiating_request"):
+                    state._h11_connection = None  # type: ignore[assignment]
+                    state._initiating_request = None
                 return handshake, response
     except WsRemoteProtocolError as exc:
         hint = exc.event_hint
