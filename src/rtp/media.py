@@ -18,7 +18,7 @@ API (what `bridge.call` composes into the call nursery)
             ...                                      # later, from the SIP dialog task:
             media.set_sip_answer(sdp_of_183_or_200) # codec map + address: media flows both ways
             body = media.answer_sip_offer(reinvite) # hold/resume/new address from the SIP side
-            final = media.confirm_browser_answer()  # optional: answer naming the SIP codec only
+            final = media.confirm_browser_answer(browser_offer)  # optional: the SIP codec only
     # leaving the block sends DTLS close_notify and gives the three ports back
 
 `MediaSession(...)` can also be built directly from three bound sockets, an `IceLiteAgent`, a
@@ -194,7 +194,6 @@ def _addr(raw: Any) -> Address:
 class Negotiation:
     """The SDP state of both legs, kept so later answers and re-offers stay consistent."""
 
-    browser_offer: str
     browser: BrowserNegotiation
     fingerprint_sha256: str
     candidates: list[Address]
@@ -383,17 +382,18 @@ class MediaSession:
         self._apply_sip_media(neg, sip)
         return answer
 
-    def confirm_browser_answer(self) -> str:
-        """A final answer for the page once the SIP side has chosen its codec: the same ICE and
-        DTLS parameters, listing the SIP side's codec alone if the browser offered it (so no
-        transcoding is needed), else the provisional codecs again."""
+    def confirm_browser_answer(self, browser_offer: str) -> str:
+        """A final answer to the page's `browser_offer` (the one `open_media` answered) once the
+        SIP side has chosen its codec: the same ICE and DTLS parameters, listing the SIP side's
+        codec alone if the browser offered it (so no transcoding is needed), else the provisional
+        codecs again. The offer is not kept for the whole call (~5 KB a call): the caller has it."""
         neg = self._negotiated()
         neg.browser_version += 1
         codecs = [c.name for c in neg.browser.codecs]
         if neg.sip is not None and neg.sip.codec.name in codecs:
             codecs = [neg.sip.codec.name]
         answer, browser = answer_browser_offer(
-            neg.browser_offer,
+            browser_offer,
             ice_ufrag=self.ice.local_ufrag,
             ice_pwd=self.ice.local_pwd,
             fingerprint_sha256=neg.fingerprint_sha256,
@@ -1077,7 +1077,6 @@ async def open_media(
             handshake_timeout=handshake_timeout,
             media_timeout=media_timeout,
             negotiation=Negotiation(
-                browser_offer=browser_offer,
                 browser=browser,
                 fingerprint_sha256=certificate.fingerprint_sha256,
                 candidates=candidates,

@@ -707,9 +707,10 @@ async def test_open_media_passes_the_consent_timeout(plane: MediaPlane) -> None:
 
 async def test_open_media_confirms_the_sip_codec(plane: MediaPlane) -> None:
     ports = LoopbackPorts()
+    offer = browser_offer()
     async with open_media(
         ports,
-        browser_offer(),
+        offer,
         advertise_hosts=["127.0.0.1"],
         sip_host="127.0.0.1",
         certificate=BRIDGE_CERT,
@@ -718,7 +719,7 @@ async def test_open_media_confirms_the_sip_codec(plane: MediaPlane) -> None:
         first = SessionDescription.parse_untrusted(media.browser_answer)
         assert first.media[0].payload_types[:2] == (0, 8)
         media.set_sip_answer(phone_sdp(4000, codec="PCMA"))
-        final = SessionDescription.parse_untrusted(media.confirm_browser_answer())
+        final = SessionDescription.parse_untrusted(media.confirm_browser_answer(offer))
         assert final.media[0].payload_types == (8, 126)
         assert answer_params(str(final))[1:4] == answer_params(str(first))[1:4]
         assert int(final.origin.session_version) == int(first.origin.session_version) + 1
