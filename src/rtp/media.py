@@ -599,9 +599,8 @@ class MediaSession:
             n, src = self._browser.recvfrom_into(self._buf)
         except OSError:  # BlockingIOError, or e.g. ECONNREFUSED queued by an ICMP error
             return False
-        self._steady_collect()  # no-op without a C relay or once media flows through the twins
         self._browser_process(n, src if len(src) == 2 else _addr(src), now)
-        self._steady_arm()
+        self._steady_arm()  # if the datagram took the relay's state back from C (else a no-op)
         return True
 
     def _browser_twin_datagram(self, now: float) -> bool:
@@ -646,6 +645,7 @@ class MediaSession:
         if not self._keyed:
             self.edge.before_keys += 1
             return
+        self._steady_collect()  # relayed in Python: the relay's state back from C first
         self._last_browser_media = now
         sip = self._sip
         if sip is None:  # still ringing: no codec map, no address (not a relay drop)
@@ -680,7 +680,7 @@ class MediaSession:
         self.demux.count(kind)
         match kind:
             case PacketKind.STUN:
-                selected = self.ice.selected
+                selected, before = self.ice.selected, self.browser_address
                 reply = self.ice.handle_stun_untrusted(bytes(data), src, now)
                 if reply is not None:
                     self._send(self._browser, reply, src)
@@ -688,6 +688,8 @@ class MediaSession:
                     self.log.info("ICE: the browser nominated %s:%d", *src)
                 if self.ice.is_validated(src):
                     self._last_validated = src
+                    if self.browser_address != before:
+                        self._steady_collect()  # SIP media goes elsewhere: no longer C's steady state
                     if self.dtls.role is DtlsRole.CLIENT and self._dtls_peer is None:
                         self._dtls_peer = src
                         self.dtls.start(now)
@@ -742,9 +744,8 @@ class MediaSession:
             n, src = self._sip_rtp.recvfrom_into(self._buf)
         except OSError:
             return False
-        self._steady_collect()
         self._sip_rtp_process(n, src, now)
-        self._steady_arm()
+        self._steady_arm()  # if the datagram took the relay's state back from C (else a no-op)
         return True
 
     def _sip_twin_datagram(self, now: float) -> bool:
@@ -780,6 +781,7 @@ class MediaSession:
         if dest is None:
             self.edge.no_browser_address += 1
             return
+        self._steady_collect()  # relayed in Python: the relay's state back from C first
         m = self.relay.sip_rtp_in(self._pkt, n, now)
         if m:
             try:
@@ -853,9 +855,12 @@ class MediaSession:
     # datagrams itself (the same results as `_browser_process` / `_sip_rtp_process` with
     # `rtp.relay`; tests/unit/rtp/test_rtp_steady.py compares them) and punts everything else to
     # them. While it is armed, it holds the relay's per-packet state; every Python path that
-    # reads or changes that state takes it back first (`_steady_collect`, which disarms) and
-    # re-arms at the end (`_steady_arm`, only in the call's steady state). Never arm in the
-    # middle of handling a datagram: the rest of the handling would change state C holds.
+    # reads or changes that state, or changes what the steady state is (where media goes), takes
+    # it back first (`_steady_collect`, which disarms), and the datagram handlers re-arm at their
+    # end (`_steady_arm`: a no-op while armed, and arms only in the call's steady state). Never
+    # arm in the middle of handling a datagram: the rest of it would change state C holds.
+    # Datagrams that touch none of it (a stranger's garbage on the unconnected sockets, a STUN
+    # check from another candidate) leave the C relay armed and cost nothing more.
 
     def _steady_start(self) -> None:
         """Both twins up: give them to a C relay (not armed yet: the caller's `_steady_arm`)."""
@@ -953,7 +958,6 @@ class MediaSession:
             return False
         if len(src) != 2:
             src = _addr(src)
-        self._steady_collect()
         try:
             if not self._accept_sip_source(self._view[:n], src, True):
                 return True
@@ -1011,6 +1015,7 @@ class MediaSession:
                     "SIP %s comes from %s:%d, not %s:%d: latched",
                     "RTCP" if rtcp else "RTP", *now_latched, *expected,
                 )  # fmt: skip
+        self._steady_collect()  # media to SIP goes elsewhere: no longer C's steady state
         self._sip = SipRemote(rtp_to, rtcp_to, sip.codec_map, sip.may_send)
 
 
