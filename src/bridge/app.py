@@ -385,7 +385,14 @@ class BridgeContext:
             with trio.CancelScope() as scope:
                 self._scopes.add(scope)
                 try:
-                    await self._handle(conn, conn_log)
+                    accepted = await self._admit(conn, conn_log)
+                    if accepted is not None:  # run from here: `_admit`'s frame is not kept for the call
+                        self._calls += 1
+                        try:
+                            assert self._call_handler is not None, "served only after the services start"
+                            await self._call_handler(conn, accepted)
+                        finally:
+                            self._calls -= 1
                 finally:
                     self._scopes.discard(scope)
             if scope.cancelled_caught:
@@ -433,21 +440,22 @@ class BridgeContext:
         with trio.move_on_after(CLOSE_TIMEOUT):
             await conn.send(Hangup(code, reason))
 
-    async def _handle(self, conn: MccpConnection, conn_log: ConnectionLog) -> None:
+    async def _admit(self, conn: MccpConnection, conn_log: ConnectionLog) -> AuthenticatedCall | None:
+        """The page's first `call`, authenticated, or None (refused, or no call)."""
         if self.stopping:
             conn_log.info("refused: the bridge is stopping")
             self.stats.refused_stopping += 1
             await self._refuse(conn, 503, "bridge is shutting down")
-            return
+            return None
         if conn.origin == "null" and not self.config.allow_file_origin:
             conn_log.info("refused: page opened from file:// and allow_file_origin is off")
             self.stats.refused_file_origin += 1
             await self._refuse(conn, 403, "pages opened from file:// are not allowed")
-            return
+            return None
         call = await self._first_call(conn, conn_log)
         if call is None:
             self.stats.no_call += 1
-            return
+            return None
         result = await self._authenticate(conn.remote[0], call)
         if result.delay:
             await trio.sleep(result.delay)
@@ -462,21 +470,16 @@ class BridgeContext:
             else:
                 self.stats.refused_credentials += 1
             await self._refuse(conn, code, REASONS[code])
-            return
+            return None
         mode = "upstream" if result.outcome is AuthOutcome.UPSTREAM else "local"
         conn_log.info("call from %s to %s authenticated (%s)", call.clr, call.cld, mode)
         accepted = AuthenticatedCall(call, (conn.remote[0], conn.remote[1]), result, conn_log)
         if self._still_stopping():  # stop() came while this call was being authenticated
             self.stats.refused_stopping += 1
             await self._refuse(conn, 503, "bridge is shutting down")
-            return
+            return None
         self.stats.calls_accepted += 1
-        self._calls += 1
-        try:
-            assert self._call_handler is not None, "connections are served only after the services start"
-            await self._call_handler(conn, accepted)
-        finally:
-            self._calls -= 1
+        return accepted
 
     async def _first_call(self, conn: MccpConnection, conn_log: ConnectionLog) -> Call | None:
         backstop = self.config.call_timeout + FIRST_MESSAGE_SLACK
