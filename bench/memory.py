@@ -248,7 +248,7 @@ async def build_media_session(ports: _Ports) -> object:
         )
     )
     media.set_sip_answer(SIP_ANSWER)
-    media.confirm_browser_answer()
+    media.confirm_browser_answer(OFFER)
     return media
 
 

@@ -61,7 +61,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NoReturn, assert_never
 
@@ -118,19 +118,31 @@ class StartupError(Exception):
     """The bridge cannot start (certificate, extensions, page); `str()` is one line for the user."""
 
 
-@dataclass(frozen=True, slots=True)
+# What an `AuthenticatedCall.call` holds as its SDP once the offer was taken (an empty description).
+OFFER_TAKEN = "v=0"
+
+
+@dataclass(slots=True)
 class AuthenticatedCall:
     """A `call` that passed authentication, handed to the `CallHandler`.
 
     `auth.outcome` is `ACCEPTED` (a local extension, password checked here) or `UPSTREAM` (not checked
     here: use `call.clr` / `call.pwd` to answer the upstream's digest challenge, and report a refusal
-    with `BridgeContext.upstream_rejected`).
+    with `BridgeContext.upstream_rejected`). The handler takes the page's SDP offer with `take_offer`.
     """
 
     call: Call
     remote: tuple[str, int]
     auth: AuthResult
     log: logging.LoggerAdapter[logging.Logger] = field(repr=False, compare=False)
+
+    def take_offer(self) -> str:
+        """The page's SDP offer, handed over once: `call` keeps its other fields, and `OFFER_TAKEN`
+        as its SDP (the offer, ~5 KB from a browser, is not kept for the call's life; memory per
+        call, issue 6)."""
+        offer = self.call.sdp
+        self.call = replace(self.call, sdp=OFFER_TAKEN)
+        return offer
 
     @property
     def caller(self) -> str:
@@ -474,6 +486,7 @@ class BridgeContext:
         mode = "upstream" if result.outcome is AuthOutcome.UPSTREAM else "local"
         conn_log.info("call from %s to %s authenticated (%s)", call.clr, call.cld, mode)
         accepted = AuthenticatedCall(call, (conn.remote[0], conn.remote[1]), result, conn_log)
+        conn.release_call()  # the call is `accepted`'s now (and its offer the handler's)
         if self._still_stopping():  # stop() came while this call was being authenticated
             self.stats.refused_stopping += 1
             await self._refuse(conn, 503, "bridge is shutting down")

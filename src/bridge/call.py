@@ -142,6 +142,7 @@ def call_logger(accepted: AuthenticatedCall) -> CallLog:
 
 async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: CallServices) -> CallEnd:
     """Run one call to its end (see the module docstring); returns how it ended."""
+    offer = accepted.take_offer()  # not kept for the call's life (nor in `request`)
     request = accepted.call
     clog = call_logger(accepted)
     config = services.config
@@ -157,7 +158,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
     try:
         async with open_media(
             services.ports,
-            request.sdp,
+            offer,
             advertise_hosts=services.advertise_hosts,
             sip_host=services.sip_media_host,
             certificate=services.certificate,
@@ -166,6 +167,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             media_timeout=config.media_timeout,
             logger=clog,
         ) as media:
+            del offer
             services.metrics.media_opened(id(media), media.stats)
             await conn.send(Trying())
             await conn.send(Progress(media.browser_answer))

@@ -444,8 +444,12 @@ class MccpConnection:
 
     @property
     def call(self) -> Call | None:
-        """The page's ``call`` message once it was received."""
+        """The page's ``call`` message once it was received (until :meth:`release_call`)."""
         return self._session.call
+
+    def release_call(self) -> None:
+        """Let go of the ``call`` message (and its SDP offer): the handler has it."""
+        self._session.release_call()
 
     async def receive(self) -> PageMessage:
         """The next valid page message (``call``, ``dtmf``, ``hangup``; ``ping`` is answered here).

@@ -81,7 +81,7 @@ class Session:
     def __init__(self, *, now: float, call_timeout: float = 10.0, max_chars: int = MAX_MESSAGE_CHARS) -> None:
         self.state = SessionState.AWAITING_CALL
         self.call: Call | None = None
-        """The accepted ``call`` message, once there is one."""
+        """The accepted ``call`` message, once there is one (until :meth:`release_call`)."""
         self.answer_sdp: str | None = None
         """The last SDP sent in ``progress`` or ``answer``."""
         self.ended_by: str | None = None
@@ -101,6 +101,11 @@ class Session:
         msg = decode_untrusted(text, max_chars=self._max_chars)
         self.receive(msg)
         return msg
+
+    def release_call(self) -> None:
+        """Let go of the ``call`` message (its SDP offer is ~5 KB from a browser) once whoever needs
+        it has it; the session's state is unchanged."""
+        self.call = None
 
     def receive(self, msg: PageMessage) -> None:
         """Accept an already decoded page message, or raise RemoteProtocolError (409)."""
