@@ -321,8 +321,9 @@ class OutgoingCall(_Call):
         self.state = CallState.CALLING
         self.cseq = 1
         self.events = CallEvents()
-        self._provisional = trio.Event()
-        self._final = trio.Event()
+        self._provisional = False  # a provisional response came
+        self._final = False  # the final response came (or the INVITE failed)
+        self._progress: trio.Event | None = None  # made by hangup() to wait for either
         self._done = trio.Event()
         self._hangup_requested = False
         self._invite: Request | None = None
@@ -337,13 +338,13 @@ class OutgoingCall(_Call):
         self._hangup_requested = True
         if self.state in (CallState.CALLING, CallState.PROCEEDING):
             # §9.1: a CANCEL SHOULD NOT be sent before a provisional response arrived.
-            with trio.move_on_after(64 * self.ua.t1):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_wait_then_cancel, self._provisional, nursery.cancel_scope)
-                    nursery.start_soon(_wait_then_cancel, self._final, nursery.cancel_scope)
+            if not (self._provisional or self._final):
+                progress = self._progress = self._progress or trio.Event()
+                with trio.move_on_after(64 * self.ua.t1):
+                    await progress.wait()
             if (
-                not self._final.is_set()
-                and self._provisional.is_set()
+                not self._final
+                and self._provisional
                 and self._invite is not None
                 and self.first_hop is not None
             ):
@@ -451,16 +452,16 @@ class OutgoingCall(_Call):
                     continue
                 break
         except TransactionTimeout:
-            self._final.set()
+            self._set_final()
             self._end(408, "Request Timeout", "timeout")
             return
         except TransportError as exc:
-            self._final.set()
+            self._set_final()
             log.info("%s: cannot reach %s: %s", self.call_id, self.first_hop or self.hop, exc)
             # A failed DNS lookup says which name and why, for the page's hangup reason.
             self._end(503, str(exc) if isinstance(exc, ResolveError) else "Service Unavailable", "local")
             return
-        self._final.set()
+        self._set_final()
         self.ua.note_upstream_challenge(self, self._challenged)
         if response.status in (401, 407) and self._challenged:
             self._end(403, "Forbidden (authentication failed)", "remote")
@@ -492,10 +493,21 @@ class OutgoingCall(_Call):
             return None
         return (challenge.reply_header, str(creds))
 
+    def _set_final(self) -> None:
+        self._final = True
+        self._progressed()
+
+    def _progressed(self) -> None:
+        """A provisional or the final response came: wake hangup() if it waits for one."""
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.set()
+
     def _on_provisional(self, response: Response) -> None:
         if self.state is CallState.CALLING:
             self.state = CallState.PROCEEDING
-        self._provisional.set()
+        self._provisional = True
+        self._progressed()
         match response.status:
             case 100:
                 self._emit(Trying())
@@ -599,11 +611,6 @@ async def end_unwanted_answer_bye(ua: SipUA, dialog: Dialog, transport: Transpor
         log.info("%s: BYE of an unwanted 2xx answered %d", dialog.call_id, response.status)
     except (TransactionTimeout, TransportError) as exc:
         log.info("%s: BYE of an unwanted 2xx failed: %s", dialog.call_id, exc or type(exc).__name__)
-
-
-async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 class IncomingCall(_Call):
