@@ -234,8 +234,8 @@ class _WebSocket:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while self._message is None:
-            if self._closed is not None:
-                raise _WsClosed(self._closed)
+            if self._closed is not None or not self._reading:
+                raise _WsClosed(self._closed or "closed")
             await self._park()
         message, self._message = self._message, None
         self._wake()  # the reader, waiting for the slot
@@ -284,9 +284,9 @@ class _WebSocket:
         except _WsClosed:
             pass
         finally:
+            # Cancelled (the bridge stopping), the reader leaves the connection open for writing:
+            # the call's `hangup` still goes out.
             self._reading = False
-            if self._closed is None:
-                self._closed = "closed"
             self._wake()  # get_message sees the end
             if self._reader_done is not None:
                 self._reader_done.set()
