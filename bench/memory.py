@@ -29,8 +29,8 @@ SRTP keyed, media both ways):
                    mccp.server.serve_mccp (the client side runs in a child process)
     ws_plain       the same without TLS (the difference is what TLS costs)
     sip            the SIP objects of an answered outgoing call: INVITE, 200, ACK (parsed),
-                   Dialog, InviteClientTransaction (Accepted), the call's event channel
-    trio_tasks     the nurseries and tasks of one call (2 nurseries, 6 tasks, all blocked; 5 and
+                   Dialog, InviteClientTransaction (Accepted), the call's event queue
+    trio_tasks     the nurseries and tasks of one call (2 nurseries, 5 tasks, all blocked; 5 and
                    13 before issue 6's diet)
     call           the whole: RSS growth of a real `mccp-bridge serve` (bench.processes, scrypt N
                    2^10) per call set up through its real signalling (bench.calls: WSS + MCCP,
@@ -300,8 +300,9 @@ def build_sip() -> object:
     tx.receive(ok, 0.1)
     dialog = Dialog.from_uac_response(invite, ok, NameAddr(SipUri("127.0.0.1", "100")))
     ack = dialog.ack(ok, parse_via("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK" + token))
-    send, receive = trio.open_memory_channel[object](256)
-    return invite, ok, ack, dialog, tx, send, receive, offer.encode()
+    from sip.calls import CallEvents
+
+    return invite, ok, ack, dialog, tx, CallEvents(), offer.encode()
 
 
 # --- the trio components ------------------------------------------------------------------------
@@ -314,12 +315,12 @@ async def _blocked(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 
 async def _one_call_tasks(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     # This task is the page's connection task (mccp.server, running bridge.call.run_call and its
-    # page loop); the connection's nursery holds trio-websocket's reader, the call's nursery the
-    # SIP task, SipUA.call's response reader, ice_dtls and relay.
+    # page loop); the connection's nursery holds the WebSocket's reader, the call's nursery the
+    # SIP task, ice_dtls and relay (SipUA.call's response reader ends with the 200's ACK).
     async with trio.open_nursery() as conn:
         await conn.start(_blocked)
         async with trio.open_nursery() as call:
-            for _ in range(4):
+            for _ in range(3):
                 await call.start(_blocked)
             task_status.started()
             await trio.sleep_forever()
