@@ -91,9 +91,9 @@ class _Call:
     first_response_at: float | None = None
     page_gone: bool = False  # the page's socket is gone: nothing more can be sent to it
     # The SIP side's media description last changed (answer, re-INVITE) at `sip_media_at`; the
-    # page's wait (`page`, its deadline the SIP side's silence) is then woken to re-arm.
+    # page's wait (`page_wait`, its deadline the SIP side's silence) is then woken to re-arm.
     sip_media_at: float | None = None
-    page: MccpConnection | None = None
+    page_wait: trio.CancelScope | None = None
 
     @property
     def answered(self) -> bool:
@@ -102,8 +102,8 @@ class _Call:
     def sip_media_set(self, now: float) -> None:
         """Record that the SIP side's media changed (answered, re-INVITE) and wake its watcher."""
         self.sip_media_at = now
-        if self.page is not None:
-            self.page.wake()
+        if self.page_wait is not None:
+            self.page_wait.cancel()
 
     def finish(self, code: int, reason: str, by: EndedBy) -> None:
         if self.end is None:
@@ -153,7 +153,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
         await _tell_page(conn, end)
         _log_end(clog, services, request, None, end, started_at, None, None)
         return end
-    state = _Call(started_at, page=conn)
+    state = _Call(started_at)
     media: MediaSession | None = None
     try:
         async with open_media(
@@ -228,7 +228,10 @@ async def _page(
             if trio.current_time() >= deadline:
                 state.finish(408, f"no media from the SIP side for {silence_limit:g} s", "media")
                 return
-            message = await conn.receive_until(deadline)
+            message = None
+            with trio.CancelScope(deadline=deadline) as state.page_wait:
+                message = await conn.receive()  # a channel receive: a cancelled wait loses nothing
+            state.page_wait = None
             match message:
                 case None:
                     continue  # the deadline, or the SIP side's media changed: re-arm

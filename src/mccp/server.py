@@ -18,12 +18,9 @@ accepted connection first goes through a small HTTP front:
 2. ``GET /`` and ``GET /lite.html`` get the page, ``GET`` of a caller-supplied route gets that
    route's answer, anything else 404/405/426, and the connection is closed;
 3. ``GET /mccp`` with ``Upgrade: websocket`` and an allowed ``Origin`` (:class:`~mccp.access.OriginPolicy`,
-   else 403) gets wsproto's handshake answer (RFC 6455 section 4.2; the bytes read after the head
-   are the WebSocket's) and becomes a :class:`_WebSocket`. The extra routes (``/metrics``) answer
+   else 403) is handed to ``trio_websocket.wrap_server_stream`` over a :class:`_ReplayStream` that
+   gives back the bytes already read before reading on. The extra routes (``/metrics``) answer
    only a :class:`~mccp.access.RouteAccess` that permits the client (else 403).
-
-A TLS connection's socket is read 2 KiB at a time (:class:`_SmallReads`): OpenSSL's memory BIO
-keeps a buffer the size of the largest read for the connection's life.
 
 A listener served with ``proxied=True`` is the plain-WS one behind a TLS-terminating proxy: it
 takes connections only from ``trusted_proxies`` (others are closed at accept), exempts them from
@@ -31,8 +28,7 @@ the per-address cap at accept, and once the head is read counts the connection (
 the handler as :attr:`MccpConnection.remote`) under the page's address from ``X-Forwarded-For``
 (:func:`~mccp.access.client_address`), 503 beyond the per-address cap.
 
-Each WebSocket connection runs in one nursery, with its reader task in it (wsproto over the
-stream; it answers the page's pings and Close, and hands over one message at a time): the
+Each WebSocket connection runs in one nursery, with trio-websocket's own reader task in it: the
 caller's handler runs with its :class:`MccpConnection` in the connection's task, and reads the
 page through :meth:`MccpConnection.receive`, which decodes frames with the pure
 :class:`~mccp.session.Session`, answers ``ping`` and every bad frame itself, applies the rate
@@ -40,8 +36,8 @@ limit and returns the next valid page message. While it waits it keeps the conne
 as deadlines of that wait: ``hangup`` 408 when no ``call`` comes in ``call_timeout``, and a
 WebSocket ping every ``ping_interval``, whose pong is awaited (``pong_timeout``, then the page is
 gone) in a task that lives only that long. A page's frames are thus handled while its handler
-waits for one (the bridge's always does, but for the moments of a call's set-up); the reader
-holds one meanwhile. No task of ours waits for a timer, nor stands between the socket and the
+waits for one (the bridge's always does, but for the moments of a call's set-up); trio-websocket
+queues them meanwhile. No task of ours waits for a timer, nor stands between the socket and the
 handler: an established call's page costs one task besides the handler's (memory, issue 6).
 Bad input from one client is answered, dropped and counted in :class:`ServerStats`; it never
 ends the server.
@@ -50,11 +46,8 @@ ends the server.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import socket
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -62,20 +55,7 @@ from importlib import resources
 from typing import assert_never
 
 import h11
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.events import Event as WsEvent
-from wsproto.events import Ping as WsPing
-from wsproto.events import Pong as WsPong
-from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+import trio_websocket
 
 import trio
 
@@ -102,12 +82,10 @@ MCCP_PATH = "/mccp"
 RouteHandler = Callable[[], Awaitable[tuple[int, str, bytes]]]
 # Time allowed for closing handshakes (WebSocket close, TLS close_notify) before a forced close.
 _CLOSE_GRACE = 2.0
-# Refusals at accept come in floods: each kind is logged at most once per this many seconds.
-_REFUSAL_LOG_INTERVAL = 10.0
 # Bytes read from a TLS connection's socket at a time (see `_SmallReads`).
 TLS_READ_BYTES = 2048
-# Bytes read from the page's stream at a time once the WebSocket is open.
-RECEIVE_BYTES = 4096
+# Refusals at accept come in floods: each kind is logged at most once per this many seconds.
+_REFUSAL_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -174,212 +152,6 @@ class PageGone(Exception):
         self.reason = reason
 
 
-class _WsClosed(Exception):
-    """The page's WebSocket is closed; ``text`` says how (it becomes :class:`PageGone`'s reason)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-
-class _WebSocket:
-    """The page's open WebSocket (RFC 6455): wsproto's connection over the stream (memory, issue 6).
-
-    One reader task (:meth:`run_reader`, in the connection's nursery) reads the stream, answers the
-    page's pings and its Close, notes the pong of ours, and hands each whole message over one
-    slot to :meth:`get_message` (read by the handler's task); it reads on once the message is
-    taken. Every write is whole: shielded from cancellation (half a frame would break the TLS
-    stream for every later message) and bounded by ``send_timeout`` instead, after which the page
-    counts as gone. In place of trio-websocket's connection, whose message channel, events, lock
-    and handshake state cost ~5 KiB more per call.
-    """
-
-    __slots__ = (
-        "_closed",
-        "_lock",
-        "_max_size",
-        "_message",
-        "_parts",
-        "_pong",
-        "_reader_done",
-        "_reading",
-        "_send_timeout",
-        "_size",
-        "_stream",
-        "_waiter",
-        "_wsproto",
-    )
-
-    def __init__(
-        self, stream: trio.abc.Stream, ws: WSConnection, *, max_message_size: int, send_timeout: float
-    ) -> None:
-        self._stream = stream
-        self._wsproto = ws
-        self._max_size = max_message_size
-        self._send_timeout = send_timeout
-        self._parts: list[str | bytes] = []  # the fragments of a message being received
-        self._size = 0
-        self._lock = trio.StrictFIFOLock()  # one writer at a time: the handler, the call, a ping
-        self._closed: str | None = None  # how it closed (PageGone's reason)
-        self._message: str | bytes | None = None  # the slot between the reader and get_message
-        self._waiter: trio.lowlevel.Task | None = None  # the one side waiting on the slot
-        self._pong: tuple[bytes, trio.Event] | None = None  # our ping in flight
-        self._reader_done: trio.Event | None = None  # made by aclose, set when the reader ends
-        self._reading = True  # until the reader ends
-
-    async def get_message(self) -> str | bytes:
-        """The next whole message; raises :class:`_WsClosed` once the connection is closed.
-
-        A cancelled call loses no message.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while self._message is None:
-            if self._closed is not None or not self._reading:
-                raise _WsClosed(self._closed or "closed")
-            await self._park()
-        message, self._message = self._message, None
-        self._wake()  # the reader, waiting for the slot
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return message
-
-    async def send_message(self, text: str) -> None:
-        await self._send(TextMessage(text))
-
-    async def ping(self) -> None:
-        """Send a ping and wait for its pong (RFC 6455 section 5.5.2)."""
-        payload = os.urandom(4)
-        pong = trio.Event()
-        self._pong = (payload, pong)
-        await self._send(WsPing(payload))
-        await pong.wait()
-
-    async def aclose(self, code: int, reason: str) -> None:
-        """Close: our Close frame, the reader's seeing the page's answer, then the stream. Bound it
-        from outside (``_CLOSE_GRACE``). Idempotent."""
-        if self._closed is None and self._wsproto.state is ConnectionState.OPEN:
-            with suppress(_WsClosed):
-                await self._send(CloseConnection(code, reason))
-        self._closed = self._closed or f"closed ({code}{' ' + reason if reason else ''})"
-        if self._reading and self._wsproto.state is ConnectionState.LOCAL_CLOSING:
-            # RFC 6455 section 7.1.2: the page answers our Close; the reader sees it.
-            self._reader_done = self._reader_done or trio.Event()
-            await self._reader_done.wait()
-        await self._close_stream()
-
-    async def run_reader(self) -> None:
-        """Read the page until the connection closes (the connection's task for it)."""
-        try:
-            while True:
-                await self._events()  # (a method: the last event is not kept while reading)
-                try:
-                    data = await self._stream.receive_some(RECEIVE_BYTES)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data or self._wsproto.state is ConnectionState.CLOSED:
-                    # RFC 6455 section 7.1.5: closed without a Close frame, 1006
-                    self._closed = self._closed or "closed (1006)"
-                    return
-                self._wsproto.receive_data(bytes(data))
-                del data  # nor the last bytes
-        except _WsClosed:
-            pass
-        finally:
-            # Cancelled (the bridge stopping), the reader leaves the connection open for writing:
-            # the call's `hangup` still goes out.
-            self._reading = False
-            self._wake()  # get_message sees the end
-            if self._reader_done is not None:
-                self._reader_done.set()
-
-    async def _events(self) -> None:
-        for event in self._wsproto.events():
-            await self._event(event)
-
-    async def _event(self, event: WsEvent) -> None:
-        match event:
-            case TextMessage() | BytesMessage():
-                if self._closed is not None:
-                    return  # closing: what the page sends until its Close is dropped
-                self._size += len(event.data)
-                if self._size > self._max_size:
-                    self._parts, self._size = [], 0
-                    reason = f"Exceeded maximum message size: {self._max_size} bytes"
-                    with suppress(_WsClosed):
-                        await self._send(CloseConnection(1009, reason))  # RFC 6455 section 7.4.1
-                    self._closed = self._closed or f"closed (1009 {reason})"
-                    self._wake()  # get_message sees the end; this reads on until the page's Close
-                    return
-                data = event.data
-                self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
-                if event.message_finished:
-                    parts, self._parts, self._size = self._parts, [], 0
-                    message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
-                    while self._message is not None:
-                        await self._park()  # until get_message takes the one before
-                    self._message = message
-                    self._wake()
-            case WsPing():
-                if self._closed is None:
-                    await self._send(event.response())  # RFC 6455 section 5.5.2
-            case WsPong():
-                pong = self._pong
-                if pong is not None and bytes(event.payload) == pong[0]:
-                    self._pong = None
-                    pong[1].set()
-            case CloseConnection():
-                # RFC 6455 section 5.5.1: the page's Close is answered with one (a malformed frame,
-                # wsproto's close with 1002/1007, gets ours), then the server closes the socket.
-                text = f"closed ({event.code}{' ' + event.reason if event.reason else ''})"
-                if self._wsproto.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                    with suppress(_WsClosed):
-                        await self._send(event.response())
-                self._closed = self._closed or text
-                await self._close_stream()
-                raise _WsClosed(text)
-            case _:
-                pass  # no other event comes after the handshake
-
-    async def _park(self) -> None:
-        """Wait until the other side of the slot wakes this task (cancellable)."""
-        self._waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _wake(self) -> None:
-        task, self._waiter = self._waiter, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    async def _send(self, event: WsEvent) -> None:
-        if self._closed is not None or self._wsproto.state not in (
-            ConnectionState.OPEN,
-            ConnectionState.REMOTE_CLOSING,
-        ):
-            raise _WsClosed(self._closed or "closed")
-        data = self._wsproto.send(event)
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(self._send_timeout) as bound:
-                try:
-                    async with self._lock:
-                        await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._closed = self._closed or "closed (1006)"
-                    raise _WsClosed(self._closed) from None
-        if bound.cancelled_caught:
-            self._closed = self._closed or f"not reading (send timed out after {self._send_timeout:g} s)"
-            raise _WsClosed(self._closed)
-
-    async def _close_stream(self) -> None:
-        with trio.move_on_after(_CLOSE_GRACE, shield=True) as scope:
-            await self._stream.aclose()
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self._stream)
-
-
 class _SmallReads(trio.abc.Stream):
     """The TCP stream under a TLS connection, read `TLS_READ_BYTES` at a time (memory, issue 6).
 
@@ -407,12 +179,40 @@ class _SmallReads(trio.abc.Stream):
         await self._inner.aclose()
 
 
+class _ReplayStream(trio.abc.Stream):
+    """A stream that first returns ``prefix`` (bytes already read), then reads ``inner``."""
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return bytes(await self._inner.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(_CLOSE_GRACE, shield=True) as scope:
+            await self._inner.aclose()
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self._inner)
+
+
 class MccpConnection:
     """One page's MCCP connection, as the bridge's handler sees it."""
 
     def __init__(
         self,
-        ws: _WebSocket,
+        ws: trio_websocket.WebSocketConnection,
         *,
         remote: tuple[str, int],
         origin: str | None,
@@ -435,8 +235,6 @@ class MccpConnection:
         self._nursery = nursery  # the connection's: the keep-alive pings run there
         self._gone: str | None = None
         self._pinging = False
-        self._wait: trio.CancelScope | None = None  # the current wait for the page
-        self._woken = False
 
     @property
     def state(self) -> SessionState:
@@ -449,7 +247,8 @@ class MccpConnection:
         return self._session.call
 
     def release_call(self) -> None:
-        """Let go of the ``call`` message (and its SDP offer): the handler has it."""
+        """Let go of the ``call`` message (its SDP offer is ~5 KB from a browser) once the bridge
+        has it (memory per call, issue 6); the session's state is unchanged."""
         self._session.release_call()
 
     async def receive(self) -> PageMessage:
@@ -457,57 +256,34 @@ class MccpConnection:
 
         Invalid or out-of-state messages are answered with ``error`` internally and skipped; the
         connection's timers run meanwhile (module docstring). Raises :class:`PageGone` once the
-        socket has ended. A cancelled receive loses no message: a message is taken from the
-        reader only when it can be handled at once.
+        socket has ended. A cancelled receive loses no message: a frame is taken from
+        trio-websocket's queue only when it can be handled at once.
         """
-        while True:
-            msg = await self.receive_until(math.inf)
-            if msg is not None:
-                return msg
-
-    async def receive_until(self, deadline: float) -> PageMessage | None:
-        """:meth:`receive`, or None once ``deadline`` passes or :meth:`wake` is called (before or
-        during the wait): the caller's own deadline shares the connection's wait (one cancel
-        scope, not two: memory per call, issue 6)."""
         limits = self._limits
         while True:
             if self._gone is not None:
                 raise PageGone(self._gone)
-            if self._woken:
-                self._woken = False
-                return None
             call_deadline = self._session.next_deadline()
-            wake = min(self._next_ping, deadline)
-            if call_deadline is not None:
-                wake = min(wake, call_deadline)
+            wake = self._next_ping if call_deadline is None else min(self._next_ping, call_deadline)
             data: str | bytes | None = None
-            with trio.move_on_at(wake) as self._wait:  # get_message loses nothing when cancelled
+            with trio.move_on_at(wake):  # get_message is a channel receive: nothing is lost
                 try:
                     data = await self._ws.get_message()
-                except _WsClosed as exc:
-                    self._mark_gone(exc.text)
+                except trio_websocket.ConnectionClosed as exc:
+                    self._mark_gone(_close_text(exc.reason))
                     raise PageGone(self._gone or "closed") from None
-            self._wait = None
             now = trio.current_time()
-            if data is None:  # a deadline, or woken
+            if data is None:  # a deadline
                 if now >= self._next_ping:
                     self._next_ping = now + limits.ping_interval
                     if not self._pinging:
                         self._pinging = True
                         self._nursery.start_soon(self._ping)
                 await self._call_timer(now)
-                if now >= deadline:
-                    return None
                 continue
             msg = await self._frame(data, now)
             if msg is not None:
                 return msg
-
-    def wake(self) -> None:
-        """Make the current (or next) :meth:`receive_until` return None."""
-        self._woken = True
-        if self._wait is not None:
-            self._wait.cancel()
 
     async def send(self, msg: BridgeMessage) -> None:
         """Send one bridge message.
@@ -528,12 +304,17 @@ class MccpConnection:
         if self._gone is not None:
             raise PageGone(self._gone)
         # A send cut by a cancellation would leave half a frame on the TLS stream and break it for
-        # every later message (the call's `hangup` included): `_WebSocket` shields and bounds it.
-        try:
-            await self._ws.send_message(text)
-        except _WsClosed as exc:
-            self._mark_gone(exc.text)
-            raise PageGone(self._gone or "closed") from None
+        # every later message (the call's `hangup` included): the write is shielded, bounded instead.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._limits.send_timeout) as bound:
+                try:
+                    await self._ws.send_message(text)
+                except trio_websocket.ConnectionClosed as exc:
+                    self._mark_gone(_close_text(exc.reason))
+                    raise PageGone(self._gone or "closed") from None
+        if bound.cancelled_caught:
+            self._mark_gone(f"not reading (send timed out after {self._limits.send_timeout:g} s)")
+            raise PageGone(self._gone or "send timed out")
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _reply_error(self, code: ErrorCode, reason: str) -> None:
@@ -592,7 +373,7 @@ class MccpConnection:
         try:
             with trio.move_on_after(self._limits.pong_timeout) as scope:
                 await self._ws.ping()
-        except _WsClosed:
+        except trio_websocket.ConnectionClosed:
             return
         finally:
             self._pinging = False
@@ -616,6 +397,12 @@ class MccpConnection:
 def load_page() -> bytes:
     """The bundled web page, ``static/lite.html`` (pass it as ``serve_mccp(page=...)``)."""
     return resources.files("mccp").joinpath("static/lite.html").read_bytes()
+
+
+def _close_text(reason: trio_websocket.CloseReason | None) -> str:
+    if reason is None:
+        return "closed"
+    return f"closed ({reason.code}{' ' + reason.reason if reason.reason else ''})"
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, int]:
@@ -822,9 +609,7 @@ class MccpFront:
         st = self.stats
         slot = _Slot(self, remote[0], trio.current_time() + self.limits.handshake_timeout)
         try:
-            upgrade = await self._serve_one(stream, remote, slot, proxied=proxied)
-            if upgrade is not None:  # served from here: `_serve_one`'s frame is not kept for the call
-                await self._serve_websocket(stream, *upgrade)
+            await self._serve_one(stream, remote, slot, proxied=proxied)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             st.handshake_failures += 1  # TLS failure or the client left mid-request
         except Exception:
@@ -836,9 +621,7 @@ class MccpFront:
 
     async def _serve_one(
         self, stream: trio.abc.Stream, remote: tuple[str, int], slot: _Slot, *, proxied: bool
-    ) -> tuple[bytes, bytes, tuple[str, int], str | None] | None:
-        """Read the request head and answer it; an allowed WebSocket upgrade is returned instead
-        (head, bytes after it, remote, origin) for `_serve_websocket`."""
+    ) -> None:
         st, limits = self.stats, self.limits
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_request_head_bytes)
         request: h11.Request | None = None
@@ -848,13 +631,13 @@ class MccpFront:
         slot.end_handshake()
         if slot.scope.cancelled_caught:
             st.handshake_failures += 1
-            return None
+            return
         if request is None:
             if status is not None:
                 st.bad_requests += 1
                 with trio.move_on_after(_CLOSE_GRACE):
                     await _respond(stream, conn, *_text(status, "bad request"))
-            return None
+            return
         st.http_requests += 1
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         headers = {name.lower(): value for name, value in request.headers}
@@ -876,9 +659,10 @@ class MccpFront:
             answer = _text(405, "method not allowed")
         elif path == MCCP_PATH and request.method == b"GET" and upgrade == b"websocket":
             if self.origins.allows(origin, host=host):
-                # wsproto answers the head again; what came after it is the WebSocket's.
-                trailing = conn.trailing_data[0]
-                return raw[: len(raw) - len(trailing)], trailing, remote, origin
+                # The h11 state and the parsed head are dead weight for the call's lifetime (~2.8 KiB).
+                del conn, request, headers
+                await self._serve_websocket(stream, raw, remote, origin)
+                return
             st.refused_origin += 1
             log.info("mccp %s:%d: WebSocket refused: origin %r not allowed", remote[0], remote[1], origin)
             answer = _text(403, "origin not allowed")
@@ -901,36 +685,28 @@ class MccpFront:
             answer = _text(404, "not found")
         with trio.move_on_after(_CLOSE_GRACE):
             await _respond(stream, conn, *answer, head_only=request.method == b"HEAD")
-        return None
 
     async def _serve_websocket(
-        self,
-        stream: trio.abc.Stream,
-        head: bytes,
-        trailing: bytes,
-        remote: tuple[str, int],
-        origin: str | None,
+        self, stream: trio.abc.Stream, raw: bytes, remote: tuple[str, int], origin: str | None
     ) -> None:
         st, limits = self.stats, self.limits
-        accepted, response = _accept_websocket(head)
-        sent = False
-        with trio.move_on_after(limits.handshake_timeout):
-            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(response)
-                sent = True
-        if accepted is None or not sent:
-            st.handshake_failures += 1
-            return
-        accepted.receive_data(trailing)
-        del head, trailing, response  # not kept for the call's life
-        # Frames up to twice the limit are read so that they can be refused with an MCCP 413
-        # first; `_WebSocket` closes bigger ones with 1009.
-        ws = _WebSocket(
-            stream, accepted, max_message_size=2 * limits.max_frame_bytes, send_timeout=limits.send_timeout
-        )
-        st.websockets_total += 1
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ws.run_reader)
+            ws: trio_websocket.WebSocketConnection | None = None
+            with trio.move_on_after(limits.handshake_timeout):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    _ReplayStream(stream, raw),
+                    # Frames up to twice the limit are read so that they can be refused with an
+                    # MCCP 413 first; trio-websocket closes bigger ones itself (1009).
+                    max_message_size=2 * limits.max_frame_bytes,
+                )
+                ws = await request.accept()
+            if ws is None:
+                st.handshake_failures += 1
+                nursery.cancel_scope.cancel()
+                return
+            st.websockets_total += 1
+            _drop_handshake_state(ws)
             mccp = MccpConnection(ws, remote=remote, origin=origin, limits=limits, stats=st, nursery=nursery)
             started = trio.current_time()
             log.info("mccp open %s:%d origin=%s", remote[0], remote[1], origin)
@@ -956,49 +732,17 @@ class MccpFront:
                 )
 
 
-def _accept_websocket(head: bytes) -> tuple[WSConnection | None, bytes]:
-    """wsproto's server handshake (RFC 6455 section 4.2) on a request head: the open connection
-    and the 101 response, or (None, the 400 answer) when the head is not a valid upgrade.
+def _drop_handshake_state(ws: trio_websocket.WebSocketConnection) -> None:
+    """Free wsproto's handshake machinery once the connection is open (~1.5 KiB per page).
 
-    The handshake's state is dropped once it is open (`_drop_handshake_state`).
+    trio-websocket keeps its wsproto connection for the socket's life, and wsproto keeps the
+    handshake's h11 connection (state machine, receive buffer) in it, though after the upgrade it
+    only reads the handshake's (empty) event queue (wsproto 1.2-1.3, `WSConnection.events`). Anything
+    else (another version) is left alone.
     """
-    handshake = WSConnection(ConnectionType.SERVER)
-    try:
-        handshake.receive_data(head)
-        for event in handshake.events():
-            if isinstance(event, Request):
-                response = handshake.send(AcceptConnection())
-                if handshake.connection is None:
-                    break
-                _drop_handshake_state(handshake)
-                return handshake, response
-    except WsRemoteProtocolError as exc:
-        hint = exc.event_hint
-        if isinstance(hint, RejectConnection):
-            return None, handshake.send(hint)
-    return None, b""
-
-
-def _drop_handshake_state(ws: WSConnection) -> None:
-    """Free what wsproto keeps of the handshake, and its idle event queues (~4 KiB per page).
-
-    After the upgrade wsproto (1.2-1.3) only reads the handshake's event queue (`WSConnection.events`,
-    empty for good: only the handshake's `receive_data` fills it), and fills the connection's only
-    on `receive_data(None)`, which `_WebSocket` never calls (the end of the stream is its own).
-    So the h11 connection (state machine, receive buffer) and the parsed request (every header)
-    go, and the two empty deques (~760 bytes each) become empty tuples. Another wsproto layout is
-    left alone.
-    """
-    handshake, connection = ws.handshake, ws.connection
-    names = ("_h11_connection", "_initiating_request", "_events")
-    if connection is None or not all(hasattr(handshake, name) for name in names):
-        return
-    if handshake._events or getattr(connection, "_events", None) != deque():
-        return
-    handshake._h11_connection = None  # type: ignore[assignment]
-    handshake._initiating_request = None
-    handshake._events = ()  # type: ignore[assignment]
-    connection._events = ()  # type: ignore[assignment]
+    handshake = getattr(getattr(ws, "_wsproto", None), "handshake", None)
+    if getattr(handshake, "connection", None) is not None and hasattr(handshake, "_h11_connection"):
+        handshake._h11_connection = None  # type: ignore[union-attr]
 
 
 async def open_mccp_listeners(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:

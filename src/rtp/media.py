@@ -1067,6 +1067,7 @@ async def open_media(
             session_id=session_id,
             ssrc=relay.ssrc,
         )
+        del browser_offer  # the caller has it: not kept for the call's life by this frame (~5 KB)
         sip_offer = offer_for_sip(host=sip_host, rtp_port=sip_rtp_port, session_id=session_id)
         role = DtlsRole.CLIENT if browser.we_are_dtls_client else DtlsRole.SERVER
         session = MediaSession(
