@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.timeout(30)]
 TARGET = f"sip:uas@127.0.0.1:{SIPP_PORT}"
 
 
-async def _until(call_events: trio.MemoryReceiveChannel[CallEvent], kind: type) -> list[CallEvent]:
+async def _until(call_events: AsyncIterable[CallEvent], kind: type) -> list[CallEvent]:
     seen: list[CallEvent] = []
     async for event in call_events:
         seen.append(event)
