@@ -240,10 +240,14 @@ async def test_oversized_frames_are_refused(tmp_path: Path, monkeypatch: pytest.
                 assert isinstance(reply, ErrorReply), reply
                 assert reply.code == 413
             async with mccp_client("127.0.0.7", bridge.wss) as ws:
-                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+
+                async def send_oversized_then_read() -> None:
                     # The bridge may refuse (1009) while the frame is still being sent.
                     await ws.send_message("x" * (4 * limit))
                     await read_until_closed(ws)
+
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await send_oversized_then_read()
                 assert closed.value.reason.code in (1009, 1000), closed.value.reason
             gauges.report("oversized frames")
             await gauges.assert_back()
