@@ -34,7 +34,10 @@ SRTP/SRTCP relayed to the SIP leg inline (unprotect, rewrite, send); the task it
 its earliest deadline (handshake, DTLS retransmission, consent, no media) or until a STUN/DTLS
 datagram wakes it (never SRTP). While `run_relay` runs, the plane serves the SIP leg's RTP and
 RTCP sockets and sends SRTP/SRTCP to the browser's nominated address. Sends are non-blocking
-`sendto`; a full socket buffer drops (counted).
+`sendto`; a full socket buffer drops (counted). Once media flows both ways, each leg's stream comes
+on a connected twin socket (`_twin`), and both twins are served by the C relay `rtp._steady` when it
+was built: the same results as the Python path, which it hands everything unusual to
+(`_steady_start`).
 
 Ending: `run_ice_dtls` raises `MediaEnded` when ICE+DTLS do not complete within
 `handshake_timeout`, when DTLS fails (including a fingerprint mismatch), when the peer closes
