@@ -62,9 +62,10 @@ typedef struct {
     PyObject *buffer;   /* the plane's bytearray */
     PyObject *browser_punt, *sip_punt;
     int armed;
-    /* SRTP */
+    /* SRTP: the contexts, and their Python owners, kept alive while they may be used */
     srtp_fn unprotect, protect;
     void *rx, *tx;
+    PyObject *srtp_owners;
     /* payload types; the tuples are kept for the transcoding tables' lifetime */
     PyObject *to_sip_obj, *to_browser_obj;
     routes_t to_sip_routes, to_browser_routes;
@@ -413,7 +414,8 @@ static PyObject *SteadyRelay_arm(SteadyRelay *self, PyObject *args, PyObject *kw
         return NULL;
     self->armed = 0; /* a refused arm leaves it punting */
     unsigned long long unprotect, rx, protect, tx;
-    if (!PyArg_ParseTuple(srtp, "KKKK", &unprotect, &rx, &protect, &tx))
+    PyObject *owners = Py_None;
+    if (!PyArg_ParseTuple(srtp, "KKKK|O", &unprotect, &rx, &protect, &tx, &owners))
         return NULL;
     if (!unprotect || !rx || !protect || !tx) {
         PyErr_SetString(PyExc_ValueError, "null SRTP handle");
@@ -443,6 +445,8 @@ static PyObject *SteadyRelay_arm(SteadyRelay *self, PyObject *args, PyObject *kw
     self->rx = (void *)(uintptr_t)rx;
     self->protect = (srtp_fn)(uintptr_t)protect;
     self->tx = (void *)(uintptr_t)tx;
+    Py_INCREF(owners);
+    Py_XSETREF(self->srtp_owners, owners);
     Py_INCREF(to_sip);
     Py_INCREF(to_browser);
     Py_XSETREF(self->to_sip_obj, to_sip);
@@ -547,6 +551,7 @@ static int SteadyRelay_traverse(SteadyRelay *self, visitproc visit, void *arg) {
     Py_VISIT(self->sip_punt);
     Py_VISIT(self->to_sip_obj);
     Py_VISIT(self->to_browser_obj);
+    Py_VISIT(self->srtp_owners);
     return 0;
 }
 
@@ -557,6 +562,7 @@ static int SteadyRelay_clear(SteadyRelay *self) {
     Py_CLEAR(self->sip_punt);
     Py_CLEAR(self->to_sip_obj);
     Py_CLEAR(self->to_browser_obj);
+    Py_CLEAR(self->srtp_owners);
     return 0;
 }
 

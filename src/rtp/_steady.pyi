@@ -18,7 +18,7 @@ class SteadyRelay:
     def sip(self, now: float, /) -> bool: ...
     def arm(
         self,
-        srtp: tuple[int, int, int, int],
+        srtp: tuple[int, int, int, int] | tuple[int, int, int, int, object],
         to_sip: RouteTable,
         to_browser: RouteTable,
         rewrite: tuple[int, float, bool, int, int, int, int, int, int, int, float | None],

@@ -194,7 +194,7 @@ RouteTable: TypeAlias = tuple[tuple[int, bytes | None] | None, ...]
 RewriteState: TypeAlias = tuple[int, int, int, int, float | None]
 LegIncrements: TypeAlias = tuple[int, int, float | None, int, int, int, int]
 SteadyArgs: TypeAlias = tuple[
-    tuple[int, int, int, int],
+    tuple[int, int, int, int, object],
     RouteTable,
     RouteTable,
     tuple[int, float, bool, int, int, int, int, int, int, int, float | None],
@@ -326,7 +326,7 @@ class Relay:
             self._last_out_time,
         )
         return (
-            (*rx.native, *tx.native),
+            (*rx.native, *tx.native, (rx, tx)),  # the C relay keeps the owners of the contexts alive
             self._to_sip,
             self._to_browser,
             rewrite,

@@ -9,6 +9,7 @@ browser-bound SRTP must match byte for byte too.
 
 from __future__ import annotations
 
+import gc
 import struct
 
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 # Imported, not skipped: the project's install builds it (pyproject.toml), and CI must test it.
 from rtp import _steady as steady
 from rtp.errors import SrtpError
-from rtp.srtp import SrtpProfile
+from rtp.srtp import SrtpProfile, srtp_pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,3 +185,19 @@ def test_garbage_on_both_twins_never_raises() -> None:
                 want, got = p.from_sip(datagram, 1.0)
                 assert want == got
         p.check_same_state()
+
+
+def test_the_c_relay_keeps_the_owners_of_its_srtp_contexts_alive() -> None:
+    """It calls libsrtp on raw context pointers: their Python owners must outlive its use of them,
+    even if the relay let go of them (no use after free)."""
+    with pair() as p:
+        tx, rx = p.c._tx, p.c._rx
+        assert tx is not None
+        assert rx is not None
+        held = [r for r in gc.get_referents(p.relay) if isinstance(r, tuple) and tx in r]
+        assert held == [(rx, tx)]
+        p.c.start_srtp(*srtp_pair(SrtpProfile.AES128_CM_HMAC_SHA1_80, bytes(30), bytes(30)))
+        del tx, rx
+        gc.collect()
+        assert p.from_sip(rtp(0, 1, 160, 0x5151), 1.0)[1] is not None  # punted, relayed, re-armed
+        assert p.from_sip(rtp(0, 2, 320, 0x5151), 1.02)[1] is not None  # relayed in C
