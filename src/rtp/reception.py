@@ -27,7 +27,8 @@ own), the counts summed over every source seen, and the jitter of the source hea
 
 from __future__ import annotations
 
-from typing import TypeAlias
+import operator
+from typing import TypeAlias, cast
 
 __all__ = ["MAX_DROPOUT", "MAX_MISORDER", "ReceptionStats", "SourceState", "SourceStats"]
 
@@ -39,6 +40,19 @@ _MAX_SOURCES = 16  # per direction; older sources are folded into the totals
 # The current source handed to the C relay (rtp._steady) and back: ssrc, base_seq, max_seq, bad_seq,
 # cycles, received, prior_expected, prior_received, transit, jitter, max_jitter.
 SourceState: TypeAlias = tuple[int, int, int, int, int, int, int, int, float | None, float, float]
+_STEADY_FIELDS = (  # SourceState after the SSRC, in its order (rtp/_steady.c parses the same)
+    "base_seq",
+    "max_seq",
+    "bad_seq",
+    "cycles",
+    "received",
+    "prior_expected",
+    "prior_received",
+    "transit",
+    "jitter",
+    "max_jitter",
+)
+_steady_fields = operator.attrgetter(*_STEADY_FIELDS)
 
 
 class SourceStats:
@@ -188,38 +202,15 @@ class ReceptionStats:
         s = self._current
         if s is None:
             return None
-        return (
-            self._ssrc,
-            s.base_seq,
-            s.max_seq,
-            s.bad_seq,
-            s.cycles,
-            s.received,
-            s.prior_expected,
-            s.prior_received,
-            s.transit,
-            s.jitter,
-            s.max_jitter,
-        )
+        return cast("SourceState", (self._ssrc, *_steady_fields(s)))
 
     def absorb_steady_source(self, state: SourceState | None) -> None:
         """Take back what `steady_source` gave, as rtp._steady left it."""
         s = self._current
         if state is None or s is None or state[0] != self._ssrc:
             return
-        (
-            _ssrc,
-            s.base_seq,
-            s.max_seq,
-            s.bad_seq,
-            s.cycles,
-            s.received,
-            s.prior_expected,
-            s.prior_received,
-            s.transit,
-            s.jitter,
-            s.max_jitter,
-        ) = state
+        for name, value in zip(_STEADY_FIELDS, state[1:], strict=True):
+            setattr(s, name, value)
 
     def _forget_old_sources(self) -> None:
         while len(self._sources) > _MAX_SOURCES:
