@@ -76,7 +76,8 @@ class Edge:
     """A keyed, latched MediaSession and its two peers (the browser's and the phone's sockets)."""
 
     def __init__(self, plane: MediaPlane | None = None, *, twins: bool = True, steady: bool = True) -> None:
-        self.plane = plane or MediaPlane(steady=steady)
+        self.own_plane = plane is None
+        self.plane = plane if plane is not None else MediaPlane(steady=steady)
         self.browser_port, self.sip_rtp, self.sip_rtcp = (_udp(reuse_port=twins) for _ in range(3))
         self.browser, self.phone = _udp(), _udp()
         self.media = MediaSession(
@@ -113,7 +114,8 @@ class Edge:
 
     def close(self) -> None:
         self.media.close()
-        self.plane.close()
+        if self.own_plane:
+            self.plane.close()
         for s in (self.browser_port, self.sip_rtp, self.sip_rtcp, self.browser, self.phone):
             s.close()
 
@@ -186,7 +188,7 @@ def interleaved(calls: int, rounds: int, *, steady: bool) -> dict[str, float]:
     """`calls` keyed, latched calls with their twins on one plane; each round sends one datagram to
     every call, then serves them in turn: every packet meets another call's state (as real traffic
     does), so the per-call objects are no longer in the CPU's caches."""
-    plane = MediaPlane(steady=steady)
+    plane = MediaPlane(steady=steady, max_events=calls + 1)  # one pass serves every call
     edges = [Edge(plane) for _ in range(calls)]
     try:
         for edge in edges:
@@ -218,10 +220,32 @@ def interleaved(calls: int, rounds: int, *, steady: bool) -> dict[str, float]:
                 if sum(_drain(getattr(e, sink)) for e in edges) != calls:
                     raise AssertionError("the edge dropped datagrams")
             out[f"{label}, {calls} calls interleaved{', C' if steady else ''}"] = statistics.median(per)
+        # Both directions at once, served by the plane's pass as in the bridge: the Python pass,
+        # and with the C relay also the pass in C (rtp._steady.Dispatcher).
+        passes = [("python pass", plane._serve_in_python)]
+        if plane.passes_in_c:
+            passes.append(("C pass", plane.serve_pass))
+        for label, serve_pass in passes:
+            failures: list[tuple[int, Callable[[float], bool | None], Exception]] = []
+            per = []
+            for _ in range(rounds):
+                for edge in edges:
+                    edge.fill_browser(1)
+                    edge.fill_phone(1)
+                start = time.process_time()
+                while serve_pass(0.0, failures):
+                    pass
+                per.append((time.process_time() - start) / (2 * calls))
+                if failures:
+                    raise AssertionError(f"a handler failed: {failures[0][2]!r}")
+                if (got := sum(_drain(e.phone) + _drain(e.browser) for e in edges)) != 2 * calls:
+                    raise AssertionError(f"the plane relayed {got} of {2 * calls} datagrams")
+            out[f"both ways, {calls} calls, {label}{', C relay' if steady else ''}"] = statistics.median(per)
         return out
     finally:
         for edge in edges:
             edge.close()
+        plane.close()
 
 
 def _bare(batch: int, rounds: int) -> dict[str, float]:

@@ -27,6 +27,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "_steady.h"
+
 #define MAX_DROPOUT 3000 /* RFC 3550 appendix A.1 */
 #define MAX_MISORDER 100
 #define MAX_TIMESTAMP_JUMP (8000 * 60)
@@ -88,6 +90,8 @@ typedef struct {
     int has_browser_media;
     double last_browser_media;
 } SteadyRelay;
+
+static PyTypeObject SteadyRelayType;
 
 /* -- RFC 3550 A.1 / A.3 / A.8, as rtp.reception.SourceStats ------------------------------------------- */
 
@@ -155,13 +159,14 @@ static void leg_forwarded(leg_t *leg, int64_t octets, double now) {
     leg->last_packet_time = now;
 }
 
-static PyObject *punt(SteadyRelay *self, PyObject *handler, Py_ssize_t n, double now) {
+/* 1, or -1 with the Python handler's exception set */
+static int punt(SteadyRelay *self, PyObject *handler, Py_ssize_t n, double now) {
     self->punts++;
     PyObject *res = PyObject_CallFunction(handler, "nd", n, now);
     if (res == NULL)
-        return NULL;
+        return -1;
     Py_DECREF(res);
-    Py_RETURN_TRUE;
+    return 1;
 }
 
 /* Receive one datagram into the shared buffer: its length, or -1 if there was none. */
@@ -182,15 +187,13 @@ static void transcode(uint8_t *p, Py_ssize_t start, Py_ssize_t end, const uint8_
 
 /* -- the two handlers (rtp.plane calls them with `now`) ------------------------------------------------- */
 
-static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
-    double now = PyFloat_AsDouble(arg);
-    if (now == -1.0 && PyErr_Occurred())
-        return NULL;
+/* 1: a datagram was read (relayed, dropped or punted), 0: none, -1: a punt handler raised */
+static int browser_datagram(SteadyRelay *self, double now) {
     uint8_t *d;
     Py_ssize_t size;
     Py_ssize_t n = receive(self, self->browser_fd, &d, &size);
     if (n < 0)
-        Py_RETURN_FALSE;
+        return 0;
     /* RTP with a bare header (RFC 7983 §7, RFC 5761 §4); the rest is Python's */
     if (!self->armed || n < 12 || d[0] != 0x80 || ((d[1] & 0x7F) >= 64 && (d[1] & 0x7F) <= 95))
         return punt(self, self->browser_punt, n, now);
@@ -206,7 +209,7 @@ static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
     int status = self->unprotect(self->rx, d, &len); /* RFC 3711 §3.3: authenticate, then decrypt */
     if (status) {
         count_srtp_failure(leg, status);
-        Py_RETURN_TRUE;
+        return 1;
     }
     uint8_t b1 = d[1];
     int64_t seq = (int64_t)d[2] << 8 | d[3];
@@ -216,7 +219,7 @@ static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
     int out_pt = self->to_sip_routes.out_pt[pt];
     if (out_pt < 0) {
         leg->unknown_pt++;
-        Py_RETURN_TRUE;
+        return 1;
     }
     if (out_pt != pt)
         d[1] = (uint8_t)((b1 & 0x80) | out_pt);
@@ -225,18 +228,16 @@ static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
     leg_forwarded(leg, len, now);
     if (send(self->sip_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
         self->send_failed++;
-    Py_RETURN_TRUE;
+    return 1;
 }
 
-static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
-    double now = PyFloat_AsDouble(arg);
-    if (now == -1.0 && PyErr_Occurred())
-        return NULL;
+/* 1: a datagram was read (relayed, dropped or punted), 0: none, -1: a punt handler raised */
+static int sip_datagram(SteadyRelay *self, double now) {
     uint8_t *d;
     Py_ssize_t size;
     Py_ssize_t n = receive(self, self->sip_fd, &d, &size);
     if (n < 0)
-        Py_RETURN_FALSE;
+        return 0;
     if (!self->armed || n < 12 || n > size - TRAILER_ROOM || d[0] != 0x80 || (d[1] >= 192 && d[1] <= 223))
         return punt(self, self->sip_punt, n, now);
     uint8_t b1 = d[1];
@@ -266,7 +267,7 @@ static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
     int out_pt = self->to_browser_routes.out_pt[pt];
     if (out_pt < 0) {
         leg->unknown_pt++;
-        Py_RETURN_TRUE;
+        return 1;
     }
     uint16_t out_seq = (uint16_t)(seq + self->seq_delta);
     uint32_t out_ts = ts + self->ts_delta;
@@ -287,7 +288,7 @@ static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
     int status = self->protect(self->tx, d, &len);
     if (status) {
         count_srtp_failure(leg, status);
-        Py_RETURN_TRUE;
+        return 1;
     }
     if (forward) {
         self->max_in_seq = seq;
@@ -300,7 +301,48 @@ static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
     leg_forwarded(leg, len, now);
     if (send(self->browser_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
         self->send_failed++;
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+static PyObject *as_result(int r) {
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return as_result(browser_datagram(self, now));
+}
+
+static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return as_result(sip_datagram(self, now));
+}
+
+/* -- for the plane's dispatcher (_dispatch.c): its handlers that are these methods, called directly ------- */
+
+int steady_kind(PyObject *handler) {
+    if (!PyCFunction_Check(handler))
+        return STEADY_OTHER;
+    PyObject *owner = PyCFunction_GET_SELF(handler);
+    if (owner == NULL || Py_TYPE(owner) != &SteadyRelayType)
+        return STEADY_OTHER;
+    PyCFunction f = PyCFunction_GET_FUNCTION(handler);
+    if (f == (PyCFunction)SteadyRelay_browser)
+        return STEADY_BROWSER;
+    if (f == (PyCFunction)SteadyRelay_sip)
+        return STEADY_SIP;
+    return STEADY_OTHER;
+}
+
+int steady_datagram(PyObject *handler, int kind, double now) {
+    SteadyRelay *relay = (SteadyRelay *)PyCFunction_GET_SELF(handler);
+    return kind == STEADY_BROWSER ? browser_datagram(relay, now) : sip_datagram(relay, now);
 }
 
 /* -- arming and collecting ------------------------------------------------------------------------------ */
@@ -611,7 +653,7 @@ static struct PyModuleDef steady_module = {
 };
 
 PyMODINIT_FUNC PyInit__steady(void) {
-    if (PyType_Ready(&SteadyRelayType) < 0)
+    if (PyType_Ready(&SteadyRelayType) < 0 || PyType_Ready(&DispatcherType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&steady_module);
     if (m == NULL)
@@ -619,6 +661,12 @@ PyMODINIT_FUNC PyInit__steady(void) {
     Py_INCREF(&SteadyRelayType);
     if (PyModule_AddObject(m, "SteadyRelay", (PyObject *)&SteadyRelayType) < 0) {
         Py_DECREF(&SteadyRelayType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DispatcherType);
+    if (PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
+        Py_DECREF(&DispatcherType);
         Py_DECREF(m);
         return NULL;
     }

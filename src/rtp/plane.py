@@ -17,6 +17,7 @@ and processes it inline, returning True if there was one. `MediaPlane.run` is on
         for fd, _ in events:
             if handlers[fd](now) and backlog(fd):     # one read, or a drain (below)
                 ... up to DRAIN_CAP - 1 more reads
+        ... unregister the handlers that raised (below)
         await trio.sleep_until(start + coalesce)     # if busy (below), else a plain checkpoint
 
 Coalescing (interrupt mitigation, as NAPI does for network cards): when packets come faster than
@@ -46,6 +47,13 @@ file, so a closed duplicate of a still-open socket would otherwise stay register
 
 A handler that raises (a bug: bad input is the handler's to drop and count) is unregistered, the
 error counted and logged, and its `on_error` callback told; the plane and the other calls go on.
+
+The pass in C: with `steady` (calls relay their steady stream in C, rtp._steady), a pass is run by
+`rtp._steady.Dispatcher` (src/rtp/_dispatch.c): the same loop and drain rule, without building the
+event list, looking up and calling a Python handler and testing its result per ready socket, and
+with a SteadyRelay's handlers run directly. That loop was most of the Python left per relayed
+packet (bench/README.md). The Python pass below stays the definition, and the one used without
+the extension or with `steady=False`; tests run both.
 """
 
 from __future__ import annotations
@@ -60,6 +68,11 @@ from typing import Protocol
 
 import trio
 from rtp.srtp import PacketBuffer
+
+try:  # the pass in C (src/rtp/_dispatch.c), built with rtp._steady where a compiler is
+    from rtp import _steady
+except ImportError:  # pragma: no cover - the wheel without its extension
+    _steady = None  # type: ignore[assignment]
 
 __all__ = [
     "COALESCE",
@@ -122,14 +135,30 @@ class MediaPlane:
         # share it, and it stays in the CPU's cache (a buffer per call is a cold one per packet).
         self.buffer = PacketBuffer()
         self._epoll = select.epoll()
+        self._dispatcher = (
+            _steady.Dispatcher(self._epoll.fileno(), max_events, DRAIN_CAP)
+            if steady and _steady is not None
+            else None
+        )
         self._handlers: dict[int, Handler] = {}
         self._on_error: dict[int, ErrorHandler | None] = {}
         self._served: dict[int, int] = {}  # fd -> the pass that last served it (the drain rule)
+        self._passes = 0  # the Python pass's own count (the drain rule)
+        self._failures: list[tuple[int, Handler, Exception]] = []  # of the last pass (`run`)
+        # One pass: serve_pass(now, failures) -> the number of ready sockets (0: none was ready)
+        self.serve_pass: Callable[[float, list[tuple[int, Handler, Exception]]], int] = (
+            self._dispatcher.serve if self._dispatcher is not None else self._serve_in_python
+        )
         self._closed = False
 
     def __len__(self) -> int:
         """The number of registered descriptors."""
         return len(self._handlers)
+
+    @property
+    def passes_in_c(self) -> bool:
+        """Whether each pass runs in C (rtp._steady.Dispatcher; the module docstring)."""
+        return self._dispatcher is not None
 
     @property
     def closed(self) -> bool:
@@ -146,16 +175,28 @@ class MediaPlane:
         fd = sock.fileno()
         if fd in self._handlers:
             raise ValueError(f"descriptor {fd} is already registered")
-        self._epoll.register(fd, select.EPOLLIN)
+        if self._dispatcher is not None:
+            self._dispatcher.add(fd, handler)
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            if self._dispatcher is not None:
+                self._dispatcher.remove(fd)
+            raise
         self._handlers[fd] = handler
         self._on_error[fd] = on_error
         self._served[fd] = -2
 
     def replace(self, sock: _FileLike, handler: Handler) -> None:
-        """Serve the registered `sock` with `handler` from now on. KeyError if not registered."""
+        """Serve the registered `sock` with `handler` from now on. KeyError if not registered;
+        nothing once the plane is closed (as `unregister`)."""
         fd = sock.fileno()
+        if self._closed:
+            return
         if fd not in self._handlers:
             raise KeyError(fd)
+        if self._dispatcher is not None:
+            self._dispatcher.replace(fd, handler)
         self._handlers[fd] = handler
 
     def unregister(self, sock: _FileLike | int) -> None:
@@ -163,6 +204,8 @@ class MediaPlane:
         fd = sock if isinstance(sock, int) else sock.fileno()
         self._on_error.pop(fd, None)
         self._served.pop(fd, None)
+        if self._dispatcher is not None:
+            self._dispatcher.remove(fd)
         if self._handlers.pop(fd, None) is None or self._closed:
             return
         with suppress(OSError):
@@ -170,34 +213,27 @@ class MediaPlane:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the registered sockets until cancelled; the epoll is closed on the way out."""
-        epoll, handlers, served, counters = self._epoll, self._handlers, self._served, self.counters
+        epoll, counters, max_events = self._epoll, self.counters, self.max_events
+        serve = self.serve_pass
         coalesce, last = self.coalesce, -math.inf
+        failures = self._failures
         task_status.started()
         try:
             while True:
-                events = epoll.poll(0, self.max_events)
-                if not events:
+                now = trio.current_time()
+                ready = serve(now, failures)
+                if not ready:
                     await trio.lowlevel.wait_readable(epoll)
                     continue
-                now = trio.current_time()
                 busy = now - last < 2 * coalesce  # the previous pass, or the one before its sleep
                 last = now
-                saturated = self.saturated = len(events) >= self.max_events
-                passes = counters.passes = counters.passes + 1
-                counters.handler_calls += len(events)
-                for fd, _mask in events:
-                    handler = handlers.get(fd)
-                    if handler is None:  # unregistered earlier in this pass
-                        continue
-                    backlog = saturated or served[fd] == passes - 1
-                    served[fd] = passes
-                    try:
-                        if handler(now) and backlog:
-                            for _ in range(DRAIN_CAP - 1):
-                                if not handler(now) or handlers.get(fd) is not handler:
-                                    break
-                    except Exception as exc:  # a bug in one call's handler: that call only
+                self.saturated = ready >= max_events
+                counters.passes += 1
+                counters.handler_calls += ready
+                if failures:
+                    for fd, handler, exc in failures:
                         self._failed(fd, handler, exc)
+                    failures.clear()
                 # A schedule point after every pass: signalling tasks run however heavy the media.
                 if busy:
                     counters.coalesced += 1
@@ -210,6 +246,33 @@ class MediaPlane:
                     await trio.lowlevel.checkpoint()
         finally:
             self.close()
+
+    def _serve_in_python(self, now: float, failures: list[tuple[int, Handler, Exception]]) -> int:
+        """One pass (the module docstring): the number of ready sockets, 0 if none was ready.
+
+        A handler's Exception goes to `failures` as (fd, handler, exception), for `run` to handle
+        after the pass. `rtp._steady.Dispatcher.serve` is the same in C.
+        """
+        events = self._epoll.poll(0, self.max_events)
+        if not events:
+            return 0
+        handlers, served = self._handlers, self._served
+        saturated = len(events) >= self.max_events
+        passes = self._passes = self._passes + 1
+        for fd, _mask in events:
+            handler = handlers.get(fd)
+            if handler is None:  # unregistered earlier in this pass
+                continue
+            backlog = saturated or served[fd] == passes - 1
+            served[fd] = passes
+            try:
+                if handler(now) and backlog:
+                    for _ in range(DRAIN_CAP - 1):
+                        if not handler(now) or handlers.get(fd) is not handler:
+                            break
+            except Exception as exc:  # a bug in one call's handler: that call only
+                failures.append((fd, handler, exc))
+        return len(events)
 
     def _late(self, late: float) -> None:
         counters = self.counters
@@ -234,6 +297,9 @@ class MediaPlane:
         if self._closed:
             return
         self._closed = True
+        if self._dispatcher is not None:
+            for fd in self._handlers:
+                self._dispatcher.remove(fd)
         self._handlers.clear()
         self._on_error.clear()
         self._served.clear()

@@ -13,6 +13,14 @@ import trio
 from rtp.plane import MediaPlane, open_media_plane
 
 
+@pytest.fixture(params=[False, True], ids=["python", "c"])
+def in_c(request: pytest.FixtureRequest) -> bool:
+    """Each test runs with the pass in Python (the definition) and in C (rtp._steady.Dispatcher)."""
+    assert MediaPlane(steady=True).passes_in_c, "rtp._steady was not built"
+    assert not MediaPlane(steady=False).passes_in_c
+    return bool(request.param)
+
+
 @contextmanager
 def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """(receiver, sender): non-blocking loopback sockets, the sender connected to the receiver."""
@@ -41,9 +49,9 @@ async def wait_for(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.005)
 
 
-async def test_every_registered_socket_is_served_with_one_now_per_pass() -> None:
+async def test_every_registered_socket_is_served_with_one_now_per_pass(in_c: bool) -> None:
     with trio.fail_after(10), udp_pair() as (a, a_tx), udp_pair() as (b, b_tx):
-        async with open_media_plane() as plane:
+        async with open_media_plane(steady=in_c) as plane:
             got_a: list[tuple[bytes, float]] = []
             got_b: list[tuple[bytes, float]] = []
             plane.register(a, drainer(a, got_a))
@@ -66,7 +74,7 @@ async def test_every_registered_socket_is_served_with_one_now_per_pass() -> None
             assert len(plane) == 1
 
 
-async def test_a_capped_handler_is_served_again_and_other_tasks_run_between_passes() -> None:
+async def test_a_capped_handler_is_served_again_and_other_tasks_run_between_passes(in_c: bool) -> None:
     """Level-triggered: a handler that takes one datagram per call still gets them all, one pass
     each, and a busy signalling task keeps running while they are (no starvation)."""
     with trio.fail_after(10), udp_pair() as (rx, tx):
@@ -83,7 +91,7 @@ async def test_a_capped_handler_is_served_again_and_other_tasks_run_between_pass
                 ticks += 1
                 await trio.sleep(0)
 
-        async with open_media_plane() as plane, trio.open_nursery() as nursery:
+        async with open_media_plane(steady=in_c) as plane, trio.open_nursery() as nursery:
             nursery.start_soon(ticker)
             for i in range(50):
                 tx.send(b"%d" % i)
@@ -95,11 +103,11 @@ async def test_a_capped_handler_is_served_again_and_other_tasks_run_between_pass
             nursery.cancel_scope.cancel()
 
 
-async def test_a_handler_may_unregister_another_during_a_pass() -> None:
+async def test_a_handler_may_unregister_another_during_a_pass(in_c: bool) -> None:
     """Both sockets are ready in the same pass; whichever handler runs first unregisters (and
     closes) the other, which is then not served."""
     with trio.fail_after(10), udp_pair() as (a, a_tx), udp_pair() as (b, b_tx):
-        async with open_media_plane() as plane:
+        async with open_media_plane(steady=in_c) as plane:
             served: list[str] = []
 
             def make(name: str, me: socket.socket, other: socket.socket) -> Callable[[float], None]:
@@ -122,9 +130,9 @@ async def test_a_handler_may_unregister_another_during_a_pass() -> None:
             assert len(plane) == 0
 
 
-async def test_a_failing_handler_is_unregistered_and_the_others_go_on() -> None:
+async def test_a_failing_handler_is_unregistered_and_the_others_go_on(in_c: bool) -> None:
     with trio.fail_after(10), udp_pair() as (bad, bad_tx), udp_pair() as (good, good_tx):
-        async with open_media_plane() as plane:
+        async with open_media_plane(steady=in_c) as plane:
             errors: list[BaseException] = []
 
             def broken(now: float) -> None:
@@ -145,9 +153,9 @@ async def test_a_failing_handler_is_unregistered_and_the_others_go_on() -> None:
             assert plane.counters.handler_errors == 1
 
 
-async def test_registration_rules() -> None:
+async def test_registration_rules(in_c: bool) -> None:
     with udp_pair() as (rx, _tx):
-        plane = MediaPlane()
+        plane = MediaPlane(steady=in_c)
         plane.register(rx, lambda now: None)
         with pytest.raises(ValueError, match="already registered"):
             plane.register(rx, lambda now: None)
@@ -155,22 +163,23 @@ async def test_registration_rules() -> None:
         plane.close()
         assert plane.closed
         plane.unregister(rx)  # harmless once closed
+        plane.replace(rx, lambda now: None)  # as is a call's steady relay stopping late
         with pytest.raises(trio.ClosedResourceError):
             plane.register(rx, lambda now: None)
 
 
-async def test_leaving_the_block_closes_the_plane() -> None:
-    async with open_media_plane() as plane:
+async def test_leaving_the_block_closes_the_plane(in_c: bool) -> None:
+    async with open_media_plane(steady=in_c) as plane:
         assert not plane.closed
     assert plane.closed
 
 
-async def test_packets_faster_than_coalesce_are_served_together_after_the_interval() -> None:
+async def test_packets_faster_than_coalesce_are_served_together_after_the_interval(in_c: bool) -> None:
     """Interrupt mitigation: the pass right after another one ends with a sleep of `coalesce`;
     every datagram that arrives meanwhile is served in the one pass after it (one `now`)."""
     coalesce = 0.5  # long: the test's own stalls on a loaded machine stay well below it
     with trio.fail_after(10), udp_pair() as (a, a_tx), udp_pair() as (b, b_tx), udp_pair() as (c, c_tx):
-        async with open_media_plane(coalesce=coalesce) as plane:
+        async with open_media_plane(steady=in_c, coalesce=coalesce) as plane:
             got_a: list[tuple[bytes, float]] = []
             got_b: list[tuple[bytes, float]] = []
             got_c: list[tuple[bytes, float]] = []
@@ -197,9 +206,9 @@ async def test_packets_faster_than_coalesce_are_served_together_after_the_interv
             assert plane.counters.coalesced >= 1
 
 
-async def test_no_coalescing_when_disabled() -> None:
+async def test_no_coalescing_when_disabled(in_c: bool) -> None:
     with trio.fail_after(10), udp_pair() as (a, a_tx):
-        async with open_media_plane(coalesce=0) as plane:
+        async with open_media_plane(steady=in_c, coalesce=0) as plane:
             got: list[tuple[bytes, float]] = []
             plane.register(a, drainer(a, got, cap=1))
             for i in range(20):
@@ -207,10 +216,10 @@ async def test_no_coalescing_when_disabled() -> None:
             await wait_for(lambda: len(got) == 20)
             assert plane.counters.coalesced == 0
     with pytest.raises(ValueError, match="coalesce"):
-        MediaPlane(coalesce=-1)
+        MediaPlane(steady=in_c, coalesce=-1)
 
 
-async def test_one_read_per_pass_then_a_drain_while_the_socket_keeps_a_backlog() -> None:
+async def test_one_read_per_pass_then_a_drain_while_the_socket_keeps_a_backlog(in_c: bool) -> None:
     """The drain rule (rtp.plane): a handler reads one datagram per call; a socket served in the
     previous pass too gets up to DRAIN_CAP reads in this one."""
     from rtp.plane import DRAIN_CAP
@@ -218,7 +227,7 @@ async def test_one_read_per_pass_then_a_drain_while_the_socket_keeps_a_backlog()
     with trio.fail_after(10), udp_pair() as (rx, tx):
         reads: list[int] = []  # the pass of each successful read
 
-        async with open_media_plane(coalesce=0) as plane:
+        async with open_media_plane(steady=in_c, coalesce=0) as plane:
 
             def one(now: float) -> bool:
                 try:
@@ -237,11 +246,11 @@ async def test_one_read_per_pass_then_a_drain_while_the_socket_keeps_a_backlog()
         assert per_pass == [1, DRAIN_CAP, DRAIN_CAP, 6]
 
 
-async def test_a_busy_pass_that_resumes_late_is_counted() -> None:
+async def test_a_busy_pass_that_resumes_late_is_counted(in_c: bool) -> None:
     """`late_*`: a busy pass that runs long (here a handler blocking 60 ms) resumes after its
     coalescing sleep's end; by how much is counted (the plane's share of the latency tail)."""
     with trio.fail_after(10), udp_pair() as (a, a_tx), udp_pair() as (b, b_tx):
-        async with open_media_plane(coalesce=0.001) as plane:
+        async with open_media_plane(steady=in_c, coalesce=0.001) as plane:
             got_a: list[tuple[bytes, float]] = []
             got_b: list[tuple[bytes, float]] = []
             drain_a, drain_b = drainer(a, got_a), drainer(b, got_b)
@@ -260,3 +269,19 @@ async def test_a_busy_pass_that_resumes_late_is_counted() -> None:
             a_tx.send(b"a0")
             await wait_for(lambda: plane.counters.late_50ms >= 1)
             assert plane.counters.late_2ms >= plane.counters.late_10ms >= plane.counters.late_50ms >= 1
+
+
+async def test_handlers_that_hold_the_plane_are_collected_with_it(in_c: bool) -> None:
+    """A handler that refers to its plane (a call's bound methods do) makes a cycle through the
+    C dispatcher's table: the garbage collector sees it (tp_traverse) and frees both."""
+    import gc
+    import weakref
+
+    with udp_pair() as (rx, _tx):
+        plane = MediaPlane(steady=in_c)
+        holder = [plane]
+        plane.register(rx, lambda now: bool(holder))
+        ref = weakref.ref(plane)
+        del plane, holder
+        gc.collect()
+        assert ref() is None
