@@ -35,7 +35,7 @@ from bridge.echo import EchoExtension, run_echo_extension
 from bridge.metrics import BridgeMetrics
 from bridge.routing import NoRoute, Route, route_call
 from bridge.workers import split_port_range, worker_sip_port
-from rtp.dtls import DtlsCertificate
+from rtp.dtls import DtlsCertificate, warm_up
 from rtp.media import HANDSHAKE_TIMEOUT, STEADY_IN_C
 from rtp.plane import MediaPlane
 from rtp.ports import PortAllocator
@@ -251,12 +251,16 @@ async def bridge_services(
             if STEADY_IN_C
             else "Python (rtp._steady was not built: no C compiler at install)",
         )
+        certificate = DtlsCertificate.generate()
+        # The first handshake's one-time cost (OpenSSL code paged in, ~1 MiB) now, not in a call.
+        if not warm_up(certificate):
+            log.warning("DTLS warm-up handshake did not connect")
         services = CallServices(
             context=context,
             ua=ua,
             registrar=registrar,
             ports=ports,
-            certificate=DtlsCertificate.generate(),
+            certificate=certificate,
             plane=plane,
             echo=echo,
             advertise_hosts=advertise,

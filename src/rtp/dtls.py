@@ -101,6 +101,7 @@ __all__ = [
     "certificate_fingerprint",
     "format_fingerprint",
     "split_records_untrusted",
+    "warm_up",
 ]
 
 # Bytes of DTLS per datagram: well under the 1280-byte IPv6 minimum MTU minus IP/UDP headers.
@@ -596,3 +597,26 @@ class DtlsEndpoint:
             self._rto = INITIAL_RTO
             self._deadline = now + self._timer(self._rto)
         return datagrams
+
+
+def warm_up(certificate: DtlsCertificate) -> bool:
+    """One DTLS-SRTP handshake in memory, `certificate` against a throwaway client; True if it
+    connected. For a process's start (memory per call, issue 6).
+
+    A process's first handshake pages in OpenSSL's DTLS, ECDHE and ECDSA code and builds its
+    lazily made tables: ~1 MiB resident that the first call would otherwise carry (and wait for).
+    Everything built here is freed on return but `certificate`'s shared `SSL.Context`.
+    """
+    peer = DtlsCertificate.generate("warm-up")
+    server = DtlsEndpoint(DtlsRole.SERVER, certificate, ("sha-256", peer.fingerprint_sha256))
+    client = DtlsEndpoint(DtlsRole.CLIENT, peer, ("sha-256", certificate.fingerprint_sha256))
+    client.start(0.0)
+    for _ in range(8):  # a DTLS 1.2 handshake takes 2 round trips
+        for datagram in client.outgoing():
+            server.feed_untrusted(datagram, 0.0)
+        for datagram in server.outgoing():
+            client.feed_untrusted(datagram, 0.0)
+        if server.state is DtlsState.CONNECTED and client.state is DtlsState.CONNECTED:
+            server.keying_material()
+            return True
+    return False

@@ -13,6 +13,7 @@ from rtp.dtls import (
     DtlsRole,
     DtlsState,
     split_records_untrusted,
+    warm_up,
 )
 
 
@@ -158,3 +159,11 @@ def test_a_released_client_keeps_its_keys_and_close_notify() -> None:
     for d in client.outgoing():
         server.feed_untrusted(d, now + 1.0)
     assert server.state is DtlsState.CLOSED
+
+
+def test_warm_up_handshakes_in_memory_and_leaves_the_identity_usable() -> None:
+    assert warm_up(SERVER_CERT)
+    # The shared context it built serves a real association afterwards.
+    client, server = pair()
+    run(client, server, FakeNet(seed=3))
+    assert_keys_match(client, server)
