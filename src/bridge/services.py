@@ -33,6 +33,7 @@ from bridge.call import run_call
 from bridge.config import Config
 from bridge.echo import EchoExtension, run_echo_extension
 from bridge.metrics import BridgeMetrics
+from bridge.openssl_thread import OpenSslThread
 from bridge.routing import NoRoute, Route, route_call
 from bridge.workers import split_port_range, worker_sip_port
 from rtp.dtls import DtlsCertificate, warm_up
@@ -251,28 +252,33 @@ async def bridge_services(
             if STEADY_IN_C
             else "Python (rtp._steady was not built: no C compiler at install)",
         )
-        certificate = DtlsCertificate.generate()
-        # The first handshake's one-time cost (OpenSSL code paged in, ~1 MiB) now, not in a call.
-        if not warm_up(certificate):
-            log.warning("DTLS warm-up handshake did not connect")
-        services = CallServices(
-            context=context,
-            ua=ua,
-            registrar=registrar,
-            ports=ports,
-            certificate=certificate,
-            plane=plane,
-            echo=echo,
-            advertise_hosts=advertise,
-            sip_media_host=sip_media_host,
-            metrics=metrics,
-            handshake_timeout=handshake_timeout,
-            shared_bindings=shared_bindings,
-        )
+        # The DTLS handshakes' OpenSSL work, in a thread whose malloc arena it keeps to itself.
+        openssl = OpenSslThread()
+        try:
+            certificate = DtlsCertificate.generate(run_openssl=openssl)
+            # The first handshake's one-time cost (OpenSSL code paged in, ~1 MiB) now, not in a call.
+            if not warm_up(certificate):
+                log.warning("DTLS warm-up handshake did not connect")
+            services = CallServices(
+                context=context,
+                ua=ua,
+                registrar=registrar,
+                ports=ports,
+                certificate=certificate,
+                plane=plane,
+                echo=echo,
+                advertise_hosts=advertise,
+                sip_media_host=sip_media_host,
+                metrics=metrics,
+                handshake_timeout=handshake_timeout,
+                shared_bindings=shared_bindings,
+            )
 
-        async def handler(conn: MccpConnection, call: AuthenticatedCall) -> None:
-            await services.refresh_bindings()
-            await run_call(conn, call, services)
+            async def handler(conn: MccpConnection, call: AuthenticatedCall) -> None:
+                await services.refresh_bindings()
+                await run_call(conn, call, services)
 
-        yield handler
+            yield handler
+        finally:
+            openssl.close()
         nursery.cancel_scope.cancel()

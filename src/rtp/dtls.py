@@ -80,6 +80,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -98,6 +99,7 @@ __all__ = [
     "DtlsEndpoint",
     "DtlsRole",
     "DtlsState",
+    "OpenSslRunner",
     "certificate_fingerprint",
     "format_fingerprint",
     "split_records_untrusted",
@@ -115,6 +117,22 @@ MAX_FINAL_RESENDS = 10
 RELEASE_AFTER = 2 * INITIAL_RTO  # seconds from the handshake to the release of OpenSSL's objects
 # RFC 6347 4.1: content types change_cipher_spec(20), alert(21), handshake(22), application_data(23)
 RECORD_TYPES = range(20, 24)
+
+_T = TypeVar("_T")
+
+
+class OpenSslRunner(Protocol):
+    """Where an endpoint's OpenSSL work runs: `run(work)` calls `work()` and returns its result
+    (or raises what it raised), in whatever thread it chooses, before returning. It must run
+    `work` inline when called from within such work (see `DtlsCertificate.run_openssl`)."""
+
+    def __call__(self, work: Callable[[], _T], /) -> _T: ...
+
+
+def run_inline(work: Callable[[], _T], /) -> _T:
+    """The default `OpenSslRunner`: in the caller's thread."""
+    return work()
+
 
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha-1": hashes.SHA1,
@@ -167,12 +185,17 @@ class DtlsCertificate:
     """Our DTLS identity: an ECDSA P-256 key and a self-signed certificate (RFC 8827 6.5).
 
     Generate it once per process and share it between calls; its `fingerprint_sha256` goes
-    into every SDP answer as `a=fingerprint:sha-256 ...`.
+    into every SDP answer as `a=fingerprint:sha-256 ...`. `run_openssl` is where the endpoints
+    of this identity do their OpenSSL work (the SSL object's creation, the handshake, the
+    release): inline by default; the bridge gives a thread of its own, so that the ~75 KiB a
+    handshake holds until its release lands in that thread's malloc arena, not between the
+    calls' long-lived allocations in the main heap (memory per call, issue 6; bridge.openssl_thread).
     """
 
     certificate: x509.Certificate
     private_key: ec.EllipticCurvePrivateKey
     fingerprint_sha256: str
+    run_openssl: OpenSslRunner = field(default=run_inline, compare=False, repr=False)
     # The SSL.Context every DtlsEndpoint with this identity shares, built on first use.
     _context: list[SSL.Context] = field(default_factory=list, init=False, compare=False, repr=False)
 
@@ -183,8 +206,10 @@ class DtlsCertificate:
         return self._context[0]
 
     @classmethod
-    def generate(cls, common_name: str = "mccp-bridge") -> DtlsCertificate:
-        """A fresh P-256 key and self-signed certificate.
+    def generate(
+        cls, common_name: str = "mccp-bridge", *, run_openssl: OpenSslRunner = run_inline
+    ) -> DtlsCertificate:
+        """A fresh P-256 key and self-signed certificate (`run_openssl`: see the class).
 
         The validity period is fixed (2020-2120): WebRTC peers authenticate the certificate by
         its fingerprint only and ignore its dates, so no clock is needed here.
@@ -201,7 +226,7 @@ class DtlsCertificate:
             .not_valid_after(datetime.datetime(2120, 1, 1, tzinfo=datetime.UTC))
             .sign(key, hashes.SHA256())
         )
-        return cls(cert, key, certificate_fingerprint(cert))
+        return cls(cert, key, certificate_fingerprint(cert), run_openssl)
 
 
 @dataclass(slots=True)
@@ -344,6 +369,9 @@ class DtlsEndpoint:
         alg, expected = _normalize_fingerprint(*self.remote_fingerprint)
         self.remote_fingerprint = (alg, expected)
         self._check = _PeerCheck.of(alg, expected)
+        self._conn = self.certificate.run_openssl(self._new_connection)
+
+    def _new_connection(self) -> SSL.Connection:
         conn = SSL.Connection(self.certificate.context(), None)
         conn.set_app_data(self._check)
         conn.set_ciphertext_mtu(self.mtu)
@@ -351,14 +379,14 @@ class DtlsEndpoint:
             conn.set_connect_state()
         else:
             conn.set_accept_state()
-        self._conn = conn
+        return conn
 
     # --- inputs ---------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
         """Begin the handshake: a client emits its ClientHello; a server just waits for one."""
         if self.state is DtlsState.HANDSHAKING and self.role is DtlsRole.CLIENT:
-            self._handshake(now)
+            self.certificate.run_openssl(lambda: self._handshake(now))
 
     def feed_untrusted(self, datagram: bytes, now: float) -> None:
         """Process one datagram classified as DTLS (RFC 7983). Never raises on network input."""
@@ -385,6 +413,9 @@ class DtlsEndpoint:
         if conn is None:  # released: nothing here can authenticate the record any more
             self.counters.after_release += 1
             return
+        self.certificate.run_openssl(lambda: self._feed(conn, datagram, now))
+
+    def _feed(self, conn: SSL.Connection, datagram: bytes, now: float) -> None:
         conn.bio_write(datagram)
         if self.state is DtlsState.HANDSHAKING:
             self._handshake(now)
@@ -420,7 +451,9 @@ class DtlsEndpoint:
         (a test's fake clock, a wall-clock step) do we re-send the remembered bytes.
         """
         if self.state is DtlsState.CONNECTED:
-            self._release_if_due(now)
+            release_at = self.release_at
+            if release_at is not None and now >= release_at:
+                self.certificate.run_openssl(lambda: self._release_if_due(now))
             return
         conn = self._conn
         if (
@@ -430,6 +463,9 @@ class DtlsEndpoint:
             or now < self._deadline
         ):
             return
+        self.certificate.run_openssl(lambda: self._retransmit(conn, now))
+
+    def _retransmit(self, conn: SSL.Connection, now: float) -> None:
         self.counters.retransmits += 1
         try:
             conn.DTLSv1_handle_timeout()
@@ -449,10 +485,9 @@ class DtlsEndpoint:
     def close(self) -> None:
         """Send close_notify (if connected) and end; `outgoing()` then holds the alert."""
         if self.state is DtlsState.CONNECTED:
-            if self._conn is not None:
-                with contextlib.suppress(SSL.Error):
-                    self._conn.shutdown()
-                self._collect(None)
+            conn = self._conn
+            if conn is not None:
+                self.certificate.run_openssl(lambda: self._shut_down(conn))
             else:
                 self._out.extend(self._close_notify)
         if self.state in (DtlsState.HANDSHAKING, DtlsState.CONNECTED):
@@ -477,9 +512,14 @@ class DtlsEndpoint:
     def keying_material(self) -> bytes:
         """The exported SRTP keying material (RFC 5764 4.2), `srtp.keys_from_dtls` splits it."""
         profile = self.srtp_profile
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
             return self._keying_material
-        return bytes(self._conn.export_keying_material(EXPORTER_LABEL, profile.keying_material_length))
+        return self.certificate.run_openssl(lambda: self._export(conn, profile))
+
+    @staticmethod
+    def _export(conn: SSL.Connection, profile: SrtpProfile) -> bytes:
+        return bytes(conn.export_keying_material(EXPORTER_LABEL, profile.keying_material_length))
 
     @property
     def is_client(self) -> bool:
@@ -525,6 +565,11 @@ class DtlsEndpoint:
         self._flight = []  # our earlier flights (the certificate among them) are never re-sent now
         self._connected_at = now
 
+    def _shut_down(self, conn: SSL.Connection) -> None:
+        with contextlib.suppress(SSL.Error):
+            conn.shutdown()
+        self._collect(None)
+
     def _read_after_handshake(self, conn: SSL.Connection) -> None:
         while True:
             try:
@@ -548,7 +593,7 @@ class DtlsEndpoint:
         if conn is None or release_at is None or now < release_at or self.state is not DtlsState.CONNECTED:
             return
         self._collect(None)  # anything OpenSSL still had to say goes out first
-        self._keying_material = self.keying_material()
+        self._keying_material = self._export(conn, self.srtp_profile)
         with contextlib.suppress(SSL.Error):
             conn.shutdown()  # our close_notify, encoded now, sent by close()
         self._close_notify = self._read_bio(conn)

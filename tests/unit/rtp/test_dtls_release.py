@@ -3,6 +3,11 @@ association keeps working from a few stored bytes (keys, our final flight, our c
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TypeVar
+
 import pytest
 from tests.support.fakenet import Datagram, FakeNet
 from tests.unit.rtp.test_rtp_dtls import CLIENT_CERT, SERVER_CERT, assert_keys_match, pair, run
@@ -15,6 +20,8 @@ from rtp.dtls import (
     split_records_untrusted,
     warm_up,
 )
+
+T = TypeVar("T")
 
 
 def connected_pair() -> tuple[DtlsEndpoint, DtlsEndpoint, float]:
@@ -167,3 +174,34 @@ def test_warm_up_handshakes_in_memory_and_leaves_the_identity_usable() -> None:
     client, server = pair()
     run(client, server, FakeNet(seed=3))
     assert_keys_match(client, server)
+
+
+def test_openssl_work_runs_where_the_identity_says_from_creation_to_release() -> None:
+    # bridge.openssl_thread gives a thread of its own; here, a runner that records each call.
+    ran: list[str] = []
+
+    def runner(work: Callable[[], T]) -> T:
+        ran.append(inspect.stack()[1].function)
+        return work()
+
+    ours = replace(SERVER_CERT, run_openssl=runner)
+    server = DtlsEndpoint(DtlsRole.SERVER, ours, ("sha-256", CLIENT_CERT.fingerprint_sha256))
+    client = DtlsEndpoint(DtlsRole.CLIENT, CLIENT_CERT, ("sha-256", ours.fingerprint_sha256))
+    assert ran == ["__post_init__"]
+    now = run(client, server, FakeNet(seed=5))
+    assert_keys_match(client, server)
+    assert "feed_untrusted" in ran
+    before = len(ran)
+    server.handle_timeout(now)  # not due: no OpenSSL work
+    assert len(ran) == before
+    release_at = server.release_at
+    assert release_at is not None
+    server.handle_timeout(release_at)
+    assert server.released
+    assert ran[-1] == "handle_timeout"
+    calls = len(ran)
+    server.feed_untrusted(bytes([23, 0xFE, 0xFD, 0, 1]) + bytes(6) + b"\x00\x04" + bytes(4), release_at)
+    server.keying_material()
+    server.close()
+    assert len(ran) == calls  # released: nothing left for OpenSSL
+    assert server.outgoing()  # the stored close_notify
