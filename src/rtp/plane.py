@@ -42,8 +42,9 @@ tasks (WebSocket pings, SIP, call timers) run between passes however heavy the m
 
 Registration and unregistration are plain synchronous calls, safe at any time, including from a
 handler during a pass (a handler may end a call): a descriptor unregistered during a pass is not
-served for the rest of it. Unregister a descriptor BEFORE closing it: the epoll keys on the open
-file, so a closed duplicate of a still-open socket would otherwise stay registered.
+served for the rest of it, and a handler that replaced or unregistered itself is not called again.
+Unregister a descriptor BEFORE closing it: the epoll keys on the open file, so a closed duplicate
+of a still-open socket would otherwise stay registered.
 
 A handler that raises (a bug: bad input is the handler's to drop and count) is unregistered, the
 error counted and logged, and its `on_error` callback told; the plane and the other calls go on.
@@ -53,7 +54,8 @@ The pass in C: with `steady` (calls relay their steady stream in C, rtp._steady)
 event list, looking up and calling a Python handler and testing its result per ready socket, and
 with a SteadyRelay's handlers run directly. That loop was most of the Python left per relayed
 packet (bench/README.md). The Python pass below stays the definition, and the one used without
-the extension or with `steady=False`; tests run both.
+the extension or with `steady=False`; tests run both, and compare them pass by pass
+(tests/unit/rtp/test_plane_passes.py).
 """
 
 from __future__ import annotations
@@ -267,8 +269,8 @@ class MediaPlane:
             served[fd] = passes
             try:
                 if handler(now) and backlog:
-                    for _ in range(DRAIN_CAP - 1):
-                        if not handler(now) or handlers.get(fd) is not handler:
+                    for _ in range(DRAIN_CAP - 1):  # unless it replaced or unregistered itself
+                        if handlers.get(fd) is not handler or not handler(now):
                             break
             except Exception as exc:  # a bug in one call's handler: that call only
                 failures.append((fd, handler, exc))

@@ -278,10 +278,17 @@ async def test_handlers_that_hold_the_plane_are_collected_with_it(in_c: bool) ->
     import weakref
 
     with udp_pair() as (rx, _tx):
+
+        class Holding:
+            def __init__(self, plane: MediaPlane) -> None:
+                self.plane = plane
+
+            def __call__(self, now: float) -> bool:
+                return False
+
         plane = MediaPlane(steady=in_c)
-        holder = [plane]
-        plane.register(rx, lambda now: bool(holder))
+        plane.register(rx, Holding(plane))
         ref = weakref.ref(plane)
-        del plane, holder
+        del plane
         gc.collect()
         assert ref() is None
