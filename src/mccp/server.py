@@ -48,11 +48,11 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import assert_never
+from typing import Any, assert_never
 
 import h11
 import trio_websocket
@@ -162,12 +162,16 @@ class _SmallReads(trio.abc.Stream):
     SSL_MODE_RELEASE_BUFFERS, set by Python's ``ssl``, frees between records).
     """
 
+    __slots__ = ("_inner",)
+
     def __init__(self, inner: trio.SocketStream) -> None:
         self._inner = inner
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
+        # A plain method returning the socket's coroutine: no frame of its own waits in every
+        # page's reader task (memory per call, issue 6).
         size = TLS_READ_BYTES if max_bytes is None else min(max_bytes, TLS_READ_BYTES)
-        return await self._inner.receive_some(size)
+        return self._inner.receive_some(size)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.send_all(data)
@@ -182,17 +186,24 @@ class _SmallReads(trio.abc.Stream):
 class _ReplayStream(trio.abc.Stream):
     """A stream that first returns ``prefix`` (bytes already read), then reads ``inner``."""
 
+    __slots__ = ("_inner", "_prefix")
+
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
+        # Once the prefix is given back, the inner stream's coroutine itself: no frame of ours
+        # waits in every page's reader task (memory per call, issue 6).
         if self._prefix:
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:n], self._prefix[n:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._inner.receive_some(max_bytes))
+            return self._replay(max_bytes)
+        return self._inner.receive_some(max_bytes)
+
+    async def _replay(self, max_bytes: int | None) -> bytes:
+        n = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = self._prefix[:n], self._prefix[n:]
+        await trio.lowlevel.checkpoint()
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.send_all(data)
@@ -659,9 +670,11 @@ class MccpFront:
             answer = _text(405, "method not allowed")
         elif path == MCCP_PATH and request.method == b"GET" and upgrade == b"websocket":
             if self.origins.allows(origin, host=host):
-                # The h11 state and the parsed head are dead weight for the call's lifetime (~2.8 KiB).
-                del conn, request, headers
-                await self._serve_websocket(stream, raw, remote, origin)
+                # The h11 state, the parsed head and its bytes (given back by the replay stream)
+                # are dead weight for the call's lifetime (~2.8 KiB).
+                replay = _ReplayStream(stream, raw)
+                del conn, request, headers, raw
+                await self._serve_websocket(replay, remote, origin)
                 return
             st.refused_origin += 1
             log.info("mccp %s:%d: WebSocket refused: origin %r not allowed", remote[0], remote[1], origin)
@@ -687,7 +700,7 @@ class MccpFront:
             await _respond(stream, conn, *answer, head_only=request.method == b"HEAD")
 
     async def _serve_websocket(
-        self, stream: trio.abc.Stream, raw: bytes, remote: tuple[str, int], origin: str | None
+        self, stream: _ReplayStream, remote: tuple[str, int], origin: str | None
     ) -> None:
         st, limits = self.stats, self.limits
         async with trio.open_nursery() as nursery:
@@ -695,12 +708,13 @@ class MccpFront:
             with trio.move_on_after(limits.handshake_timeout):
                 request = await trio_websocket.wrap_server_stream(
                     nursery,
-                    _ReplayStream(stream, raw),
+                    stream,
                     # Frames up to twice the limit are read so that they can be refused with an
                     # MCCP 413 first; trio-websocket closes bigger ones itself (1009).
                     max_message_size=2 * limits.max_frame_bytes,
                 )
                 ws = await request.accept()
+                del request  # the upgrade request and its headers: not kept for the call
             if ws is None:
                 st.handshake_failures += 1
                 nursery.cancel_scope.cancel()
@@ -732,17 +746,35 @@ class MccpFront:
                 )
 
 
+class _Upgraded:
+    """What stands for wsproto's handshake once the connection is open: no more events."""
+
+    __slots__ = ()
+
+    def events(self) -> Iterator[object]:
+        return iter(())
+
+
+_UPGRADED = _Upgraded()
+
+
 def _drop_handshake_state(ws: trio_websocket.WebSocketConnection) -> None:
-    """Free wsproto's handshake machinery once the connection is open (~1.5 KiB per page).
+    """Free wsproto's handshake machinery once the connection is open (~3 KiB per page).
 
     trio-websocket keeps its wsproto connection for the socket's life, and wsproto keeps the
-    handshake's h11 connection (state machine, receive buffer) in it, though after the upgrade it
-    only reads the handshake's (empty) event queue (wsproto 1.2-1.3, `WSConnection.events`). Anything
-    else (another version) is left alone.
+    handshake in it (its h11 connection, the upgrade request and its headers, an event queue),
+    though once the connection is open it only reads the handshake's event queue, empty by then
+    (wsproto 1.2-1.3, `WSConnection.events`). With an empty queue the handshake is replaced by a
+    stand-in that has no events; anything else (another version) is left alone.
     """
-    handshake = getattr(getattr(ws, "_wsproto", None), "handshake", None)
-    if getattr(handshake, "connection", None) is not None and hasattr(handshake, "_h11_connection"):
-        handshake._h11_connection = None  # type: ignore[union-attr]
+    wsproto = getattr(ws, "_wsproto", None)
+    handshake = getattr(wsproto, "handshake", None)
+    if (
+        getattr(wsproto, "connection", None) is not None
+        and getattr(handshake, "connection", None) is not None
+        and not getattr(handshake, "_events", True)
+    ):
+        wsproto.handshake = _UPGRADED  # type: ignore[union-attr]
 
 
 async def open_mccp_listeners(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:

@@ -609,12 +609,13 @@ async def test_page_that_stops_reading_cannot_block_the_bridge(
 
 
 async def test_open_connection_holds_no_handshake_state() -> None:
-    """wsproto's handshake machinery (its h11 connection) is freed once the WebSocket is open; the
-    page still talks and closes normally."""
+    """wsproto's handshake (its h11 connection, the upgrade request) is freed once the WebSocket
+    is open, and the request head's bytes with it; the page still talks and closes normally."""
     held: list[object] = []
 
     async def handler(conn: MccpConnection) -> None:
-        held.append(conn._ws._wsproto.handshake._h11_connection)
+        held.append(conn._ws._wsproto.handshake)
+        held.append(conn._ws._stream._prefix)  # type: ignore[attr-defined]
         assert isinstance(await conn.receive(), Call)
         await conn.send(Ringing())
         assert isinstance(await conn.receive(), HangupRequest)
@@ -626,4 +627,7 @@ async def test_open_connection_holds_no_handshake_state() -> None:
         await ws.send_message(encode(HangupRequest()))
         with pytest.raises(trio_websocket.ConnectionClosed):
             await ws.get_message()
-    assert held == [None]
+    handshake, prefix = held
+    assert not isinstance(handshake, wsproto.handshake.H11Handshake)
+    assert list(handshake.events()) == []  # type: ignore[attr-defined]
+    assert prefix == b""
