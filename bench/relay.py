@@ -35,6 +35,7 @@ import socket
 import statistics
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +170,32 @@ async def _step(
     pids: list[int],
     pinned: bool,
     index_base: int,
+    warmup: float,
+    on_measure: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
+    """One measured step; its `index_used` is the RTP indexes it took per flow (warm-up included)."""
     bsock.pause()
     waited = await _wait_quiet([bsock.sock, phone_rtp])
     try:
+        index_used = 0
+        if warmup > 0:
+            # Not measured: every call's stream (re)starts at the same instant here, which no
+            # real traffic does; both relays then handle each stream's first packets (latching,
+            # rewriting, the bridge's C relay armed) at once. The step measures the steady state
+            # right after, on the same streams (the index continues: no jump).
+            await blast(
+                flows,
+                browser_fd=bsock.sock.fileno(),
+                phone_fd=phone_rtp.fileno(),
+                rate=rate,
+                seconds=warmup,
+                relay_pids=pids,
+                relay_cpu=RELAY_CPU if pinned else -1,
+                index_base=index_base,
+            )
+            index_used = math.ceil(rate * warmup / max(1, len(flows))) + 16
+        if on_measure is not None:
+            await on_measure()
         own0, t0 = os.times(), trio.current_time()
         result = await blast(
             flows,
@@ -182,8 +205,11 @@ async def _step(
             seconds=seconds,
             relay_pids=pids,
             relay_cpu=RELAY_CPU if pinned else -1,
-            index_base=index_base,
+            index_base=index_base + index_used,
         )
+        index_used += math.ceil(rate * seconds / max(1, len(flows))) + 16
+        result["index_used"] = index_used
+        result["warmup_s"] = warmup
         own1, wall = os.times(), trio.current_time() - t0
         # This Trio process (WebSockets, consent checks) during the step; the blaster's own is
         # result["harness_cpu_pct"].
@@ -336,7 +362,12 @@ async def _steps(
                     profiler = None
                     if args.profile and not record.get("profile") and rate == max(args.rates):
                         profiler = await start_profile(bridge.pids()[-1], args.seconds)
-                    plane0 = await plane_counters(bridge.wss_port, args.workers)
+                    plane0: dict[str, float] | None = None
+
+                    async def read_plane0() -> None:
+                        nonlocal plane0
+                        plane0 = await plane_counters(bridge.wss_port, args.workers)
+
                     result = await _step(
                         target,
                         calls.flows,
@@ -347,8 +378,10 @@ async def _steps(
                         pids=bridge.pids(),
                         pinned=pinned,
                         index_base=index_base,
+                        warmup=args.warmup,
+                        on_measure=read_plane0,
                     )
-                    index_base += math.ceil(rate * args.seconds / max(1, len(calls.flows))) + 16
+                    index_base += result["index_used"]
                     extra: dict[str, Any] = {"calls_dropped": sum(1 for c in calls.calls if c.dropped)}
                     if plane0 is not None:
                         plane1 = await plane_counters(bridge.wss_port, args.workers)
@@ -373,6 +406,7 @@ async def _steps(
                             pids=[rtpe.pid],
                             pinned=pinned,
                             index_base=0,
+                            warmup=args.warmup,
                         )
                     extra = {
                         "setup": setup_summary(rcalls.records),
@@ -572,6 +606,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bridge worker processes (and rtpengine threads); 1 is pinned to CPU 1, more are not",
     )
     ap.add_argument("--settle", type=float, default=12.0, help="seconds between set-up and load")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds of load before each measured step, not measured (0: none; see _step)",
+    )
     ap.add_argument("--idle", type=float, default=5.0, help="seconds the idle calls' CPU is measured")
     ap.add_argument(
         "--scrypt-n",
