@@ -170,6 +170,10 @@ static PyObject *Dispatcher_serve(Dispatcher *self, PyObject *args) {
     PyObject *failures;
     if (!PyArg_ParseTuple(args, "dO!:serve", &now, &PyList_Type, &failures))
         return NULL;
+    if (self->epfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the dispatcher is closed");
+        return NULL;
+    }
     int n;
     do {
         n = epoll_wait(self->epfd, self->events, self->max_events, 0);
@@ -209,6 +213,15 @@ static PyObject *Dispatcher_serve(Dispatcher *self, PyObject *args) {
     }
     Py_XDECREF(now_obj);
     return PyLong_FromLong(n);
+}
+
+/* Forget the epoll (its owner closes it: its number may be reused) and every handler. */
+static PyObject *Dispatcher_close(Dispatcher *self, PyObject *Py_UNUSED(ignored)) {
+    self->epfd = -1;
+    for (int fd = 0; fd < self->capacity; fd++)
+        Py_CLEAR(self->entries[fd].handler);
+    self->count = 0;
+    Py_RETURN_NONE;
 }
 
 static Py_ssize_t Dispatcher_len(Dispatcher *self) {
@@ -264,6 +277,8 @@ static PyMethodDef Dispatcher_methods[] = {
     {"add", (PyCFunction)Dispatcher_add, METH_VARARGS, "add(fd, handler): serve fd with handler(now)"},
     {"replace", (PyCFunction)Dispatcher_replace, METH_VARARGS, "replace(fd, handler); KeyError if not added"},
     {"remove", (PyCFunction)Dispatcher_remove, METH_O, "remove(fd): idempotent"},
+    {"close", (PyCFunction)Dispatcher_close, METH_NOARGS,
+     "close(): forget the epoll and every handler (serve raises ValueError from then on)"},
     {"serve", (PyCFunction)Dispatcher_serve, METH_VARARGS,
      "serve(now, failures) -> the number of ready descriptors served (one pass; 0: none was ready)"},
     {NULL, NULL, 0, NULL},

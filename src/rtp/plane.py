@@ -300,8 +300,7 @@ class MediaPlane:
             return
         self._closed = True
         if self._dispatcher is not None:
-            for fd in self._handlers:
-                self._dispatcher.remove(fd)
+            self._dispatcher.close()  # before the epoll's number can be reused
         self._handlers.clear()
         self._on_error.clear()
         self._served.clear()
