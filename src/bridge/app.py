@@ -155,7 +155,7 @@ class AuthenticatedCall:
         return self.call.cld
 
 
-CallHandler = Callable[[MccpConnection, AuthenticatedCall], Awaitable[None]]
+CallHandler = Callable[[MccpConnection, AuthenticatedCall], Awaitable[object]]
 Services = Callable[["BridgeContext"], AbstractAsyncContextManager[CallHandler]]
 
 

@@ -147,6 +147,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
     clog = call_logger(accepted)
     config = services.config
     started_at = trio.current_time()
+    await services.refresh_bindings()  # a worker that does not answer REGISTER: bindings.json
     route = services.route(request.cld, caller=request.clr, password=request.pwd)
     if isinstance(route, NoRoute):
         end = CallEnd(route.code, route.reason, "bridge")
@@ -327,11 +328,7 @@ async def _sip_task(
         state.sip = sip
         clog.ctx["call_id"] = sip.call_id
         clog.info("SIP call %s to %s", sip.call_id, route.target)
-        with trio.move_on_after(config.ring_timeout) as ring:
-            async for event in sip.events:
-                if await _on_sip_event(event, conn, state, media, sip, clog):
-                    break
-        if ring.cancelled_caught:
+        if not await _ringing(conn, state, media, sip, clog, config.ring_timeout):
             state.finish(480, f"no answer within {config.ring_timeout:g}s", "bridge")
         else:
             async for event in sip.events:
@@ -342,6 +339,19 @@ async def _sip_task(
             state.finish(500, "SIP call ended without a final state", "bridge")
         else:
             state.finish(ended.code, ended.reason, "sip")
+
+
+async def _ringing(
+    conn: MccpConnection, state: _Call, media: MediaSession, sip: OutgoingCall, clog: CallLog, limit: float
+) -> bool:
+    """Follow the SIP call's events until it is answered (True) or `limit` seconds have passed
+    (False); also True when the events end. A function of its own, so that the last event (the
+    answer and its SDP) and the timeout's scope are not kept for the call's life."""
+    with trio.move_on_after(limit) as ring:
+        async for event in sip.events:
+            if await _on_sip_event(event, conn, state, media, sip, clog):
+                break
+    return not ring.cancelled_caught
 
 
 async def _on_sip_event(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -274,9 +274,9 @@ async def bridge_services(
                 shared_bindings=shared_bindings,
             )
 
-            async def handler(conn: MccpConnection, call: AuthenticatedCall) -> None:
-                await services.refresh_bindings()
-                await run_call(conn, call, services)
+            def handler(conn: MccpConnection, call: AuthenticatedCall) -> Awaitable[object]:
+                # run_call's own coroutine: no frame of ours is kept for the call's life.
+                return run_call(conn, call, services)
 
             yield handler
         finally:

@@ -620,7 +620,9 @@ class MccpFront:
         st = self.stats
         slot = _Slot(self, remote[0], trio.current_time() + self.limits.handshake_timeout)
         try:
-            await self._serve_one(stream, remote, slot, proxied=proxied)
+            upgrade = await self._serve_one(stream, remote, slot, proxied=proxied)
+            if upgrade is not None:  # awaited here: _serve_one's frame is not kept for the call
+                await self._serve_websocket(*upgrade)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             st.handshake_failures += 1  # TLS failure or the client left mid-request
         except Exception:
@@ -632,7 +634,8 @@ class MccpFront:
 
     async def _serve_one(
         self, stream: trio.abc.Stream, remote: tuple[str, int], slot: _Slot, *, proxied: bool
-    ) -> None:
+    ) -> tuple[_ReplayStream, tuple[str, int], str | None] | None:
+        """Read the request head and answer it; a WebSocket upgrade to serve is returned instead."""
         st, limits = self.stats, self.limits
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_request_head_bytes)
         request: h11.Request | None = None
@@ -642,13 +645,13 @@ class MccpFront:
         slot.end_handshake()
         if slot.scope.cancelled_caught:
             st.handshake_failures += 1
-            return
+            return None
         if request is None:
             if status is not None:
                 st.bad_requests += 1
                 with trio.move_on_after(_CLOSE_GRACE):
                     await _respond(stream, conn, *_text(status, "bad request"))
-            return
+            return None
         st.http_requests += 1
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         headers = {name.lower(): value for name, value in request.headers}
@@ -674,8 +677,7 @@ class MccpFront:
                 # are dead weight for the call's lifetime (~2.8 KiB).
                 replay = _ReplayStream(stream, raw)
                 del conn, request, headers, raw
-                await self._serve_websocket(replay, remote, origin)
-                return
+                return replay, remote, origin
             st.refused_origin += 1
             log.info("mccp %s:%d: WebSocket refused: origin %r not allowed", remote[0], remote[1], origin)
             answer = _text(403, "origin not allowed")
@@ -698,6 +700,7 @@ class MccpFront:
             answer = _text(404, "not found")
         with trio.move_on_after(_CLOSE_GRACE):
             await _respond(stream, conn, *answer, head_only=request.method == b"HEAD")
+        return None
 
     async def _serve_websocket(
         self, stream: _ReplayStream, remote: tuple[str, int], origin: str | None
@@ -814,12 +817,14 @@ async def serve_front(
     ``task_status.started`` gets the bound (host, port) list.
     """
 
-    async def handle_tcp(tcp: trio.SocketStream) -> None:
+    def handle_tcp(tcp: trio.SocketStream) -> Coroutine[Any, Any, None]:
+        # A plain function returning serve_stream's coroutine: no frame of its own is kept for
+        # every connection's life (memory per call, issue 6).
         stream: trio.abc.Stream = tcp
         if ssl_context is not None:
             # Lazy: the handshake starts at the first read, after the admission check.
             stream = trio.SSLStream(_SmallReads(tcp), ssl_context, server_side=True, https_compatible=True)
-        await front.serve_stream(stream, _peer(tcp), proxied=proxied)
+        return front.serve_stream(stream, _peer(tcp), proxied=proxied)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle_tcp, listeners)

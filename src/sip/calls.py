@@ -167,15 +167,14 @@ class CallEvents:
             if self._waiter is not None:
                 raise trio.BusyResourceError("another task is reading this call's events")
             self._waiter = trio.lowlevel.current_task()
-
-            def abort(_: object) -> trio.lowlevel.Abort:
-                self._waiter = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
         event = self._items.pop(0)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return event
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def __aiter__(self) -> CallEvents:
         return self
