@@ -419,7 +419,7 @@ async def _steps(
 
 
 PLANE = re.compile(rb"^mccp_bridge_media_plane_(\w+)_total (\S+)$", re.MULTILINE)
-WORKER = re.compile(rb'^mccp_bridge_worker\{index="(\d+)"', re.MULTILINE)
+WORKER = re.compile(rb'^mccp_bridge_worker\{[^}]*index="(\d+)"', re.MULTILINE)
 
 
 async def plane_counters(port: int, workers: int = 1) -> dict[str, float] | None:
