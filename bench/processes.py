@@ -243,7 +243,8 @@ async def run_bridge(
             *(
                 [sys.executable, "-m", "bench.gcprobe"]
                 if gc_mode
-                else [str(Path(sys.executable).parent / "mccp-bridge")]
+                # $BENCH_BRIDGE: another build's `mccp-bridge` (A/B runs of two versions)
+                else [os.environ.get("BENCH_BRIDGE") or str(Path(sys.executable).parent / "mccp-bridge")]
             ),
             "serve",
             "--data-dir",
