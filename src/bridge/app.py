@@ -42,11 +42,13 @@ binds the WSS port with SO_REUSEPORT (every worker listens on the same port and 
 connections), says `ready` on the control socket `fd` once it listens, and stops gracefully when the
 supervisor goes away (EOF on that socket). The services read `context.worker` for their share.
 
-Memory: a burst of calls set up or ended leaves holes in malloc's heap (OpenSSL's DTLS handshake state,
-freed 2 s after each handshake, TLS records and parsing buffers, between the long-lived objects of the
-calls that stay), which nothing reuses until the next burst. `BridgeContext.trim_heap` gives those pages
-back to the OS (glibc `malloc_trim`) once connections have neither opened nor closed for `HEAP_QUIET`
-seconds (at the latest `HEAP_MAX_DELAY` after the first change, under a steady stream of calls).
+Memory: a burst of calls set up or ended leaves free memory in malloc's heaps (TLS records and parsing
+buffers between the long-lived objects of the calls that stay; the DTLS handshakes' state, freed 2 s
+after each handshake, in the arena of the thread that does their OpenSSL work, `bridge.openssl_thread`,
+where it leaves no holes between live objects), which nothing reuses until the next burst.
+`BridgeContext.trim_heap` gives those pages back to the OS (glibc `malloc_trim`, every arena) once
+connections have neither opened nor closed for `HEAP_QUIET` seconds (at the latest `HEAP_MAX_DELAY`
+after the first change, under a steady stream of calls).
 """
 
 from __future__ import annotations

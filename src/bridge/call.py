@@ -91,9 +91,9 @@ class _Call:
     first_response_at: float | None = None
     page_gone: bool = False  # the page's socket is gone: nothing more can be sent to it
     # The SIP side's media description last changed (answer, re-INVITE) at `sip_media_at`; the
-    # page's wait (`page_wait`, its deadline the SIP side's silence) is then woken to re-arm.
+    # page's wait (`wake_page`, its deadline the SIP side's silence) is then woken to re-arm.
     sip_media_at: float | None = None
-    page_wait: trio.CancelScope | None = None
+    wake_page: Callable[[], object] | None = None
 
     @property
     def answered(self) -> bool:
@@ -102,8 +102,8 @@ class _Call:
     def sip_media_set(self, now: float) -> None:
         """Record that the SIP side's media changed (answered, re-INVITE) and wake its watcher."""
         self.sip_media_at = now
-        if self.page_wait is not None:
-            self.page_wait.cancel()
+        if self.wake_page is not None:
+            self.wake_page()
 
     def finish(self, code: int, reason: str, by: EndedBy) -> None:
         if self.end is None:
@@ -223,16 +223,14 @@ async def _page(
     the call's own task, so a cancellation from outside (the bridge stopping) is seen here first:
     it becomes the call's end, 503."""
     armed_at: float | None = None
+    state.wake_page = conn.wake
     try:
         while True:
             deadline, armed_at = _silence_deadline(state, media, silence_limit, armed_at)
             if trio.current_time() >= deadline:
                 state.finish(408, f"no media from the SIP side for {silence_limit:g} s", "media")
                 return
-            message = None
-            with trio.CancelScope(deadline=deadline) as state.page_wait:
-                message = await conn.receive()  # a channel receive: a cancelled wait loses nothing
-            state.page_wait = None
+            message = await conn.receive_until(deadline)  # woken by state.sip_media_set
             match message:
                 case None:
                     continue  # the deadline, or the SIP side's media changed: re-arm

@@ -46,6 +46,7 @@ ends the server.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
@@ -246,6 +247,8 @@ class MccpConnection:
         self._nursery = nursery  # the connection's: the keep-alive pings run there
         self._gone: str | None = None
         self._pinging = False
+        self._wait: trio.CancelScope | None = None  # a `receive_until` waiting for a frame
+        self._woken = False
 
     @property
     def state(self) -> SessionState:
@@ -270,31 +273,55 @@ class MccpConnection:
         socket has ended. A cancelled receive loses no message: a frame is taken from
         trio-websocket's queue only when it can be handled at once.
         """
+        while True:
+            msg = await self.receive_until(math.inf)
+            if msg is not None:
+                return msg
+
+    async def receive_until(self, deadline: float) -> PageMessage | None:
+        """As :meth:`receive`, but None once ``deadline`` has passed or :meth:`wake` was called
+        while it waited: the caller's own deadline shares the wait's cancel scope (memory per call,
+        issue 6: the bridge's call waits so for its whole life)."""
         limits = self._limits
+        self._woken = False
         while True:
             if self._gone is not None:
                 raise PageGone(self._gone)
+            if self._woken:  # while a frame was being handled
+                return None
             call_deadline = self._session.next_deadline()
-            wake = self._next_ping if call_deadline is None else min(self._next_ping, call_deadline)
+            wake = min(self._next_ping, deadline)
+            if call_deadline is not None:
+                wake = min(wake, call_deadline)
             data: str | bytes | None = None
-            with trio.move_on_at(wake):  # get_message is a channel receive: nothing is lost
+            with trio.move_on_at(wake) as self._wait:  # get_message is a channel receive: nothing is lost
                 try:
                     data = await self._ws.get_message()
                 except trio_websocket.ConnectionClosed as exc:
                     self._mark_gone(_close_text(exc.reason))
                     raise PageGone(self._gone or "closed") from None
+                finally:
+                    self._wait = None
             now = trio.current_time()
-            if data is None:  # a deadline
+            if data is None:  # a deadline, or woken
                 if now >= self._next_ping:
                     self._next_ping = now + limits.ping_interval
                     if not self._pinging:
                         self._pinging = True
                         self._nursery.start_soon(self._ping)
                 await self._call_timer(now)
+                if self._woken or now >= deadline:
+                    return None
                 continue
             msg = await self._frame(data, now)
             if msg is not None:
                 return msg
+
+    def wake(self) -> None:
+        """Make a :meth:`receive_until` that is waiting return None now (e.g. its deadline moved)."""
+        self._woken = True
+        if self._wait is not None:
+            self._wait.cancel()
 
     async def send(self, msg: BridgeMessage) -> None:
         """Send one bridge message.

@@ -631,3 +631,36 @@ async def test_open_connection_holds_no_handshake_state() -> None:
     assert not isinstance(handshake, wsproto.handshake.H11Handshake)
     assert list(handshake.events()) == []  # type: ignore[attr-defined]
     assert prefix == b""
+
+
+async def test_receive_until_returns_none_at_its_deadline_or_when_woken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The bridge's call waits for the page with its own deadline (the SIP side's silence) in the
+    same wait as the connection's timers, and is woken early when that deadline moves."""
+    results: list[tuple[object, float]] = []
+
+    async def handler(conn: MccpConnection) -> None:
+        assert isinstance(await conn.receive(), Call)
+        start = trio.current_time()
+        results.append((await conn.receive_until(start + 3.0), trio.current_time() - start))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_wake_after, conn, 2.0)
+            results.append((await conn.receive_until(start + 100.0), trio.current_time() - start))
+        results.append((await conn.receive_until(trio.current_time() + 100.0), 0.0))
+
+    f = MccpFront(handler, b"<html>", ServerLimits(ping_interval=1000.0))
+    async with trio.open_nursery() as nursery, page(f, nursery) as ws:
+        await ws.send_message(encode(CALL))
+        await trio.sleep(10.0)
+        await ws.send_message(encode(HangupRequest()))
+        with pytest.raises(trio_websocket.ConnectionClosed):
+            await ws.get_message()
+    assert results[0] == (None, pytest.approx(3.0, abs=0.01))
+    assert results[1] == (None, pytest.approx(5.0, abs=0.01))
+    assert results[2] == (HangupRequest(), 0.0)
+
+
+async def _wake_after(conn: MccpConnection, seconds: float) -> None:
+    await trio.sleep(seconds)
+    conn.wake()
