@@ -18,6 +18,9 @@
 
    libsrtp is pylibsrtp's own copy, called through the function pointers and contexts Python passes in
    (rtp.srtp.SrtpTx.native / SrtpRx.native): one context per direction, whoever calls it.
+
+   The module's other type, `Dispatcher` (_dispatch.c), runs the media plane's passes in C and calls the
+   two handlers of a SteadyRelay directly (steady_kind / steady_datagram, _steady.h).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
