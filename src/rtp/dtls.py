@@ -511,15 +511,9 @@ class DtlsEndpoint:
 
     def keying_material(self) -> bytes:
         """The exported SRTP keying material (RFC 5764 4.2), `srtp.keys_from_dtls` splits it."""
-        profile = self.srtp_profile
-        conn = self._conn
-        if conn is None:
-            return self._keying_material
-        return self.certificate.run_openssl(lambda: self._export(conn, profile))
-
-    @staticmethod
-    def _export(conn: SSL.Connection, profile: SrtpProfile) -> bytes:
-        return bytes(conn.export_keying_material(EXPORTER_LABEL, profile.keying_material_length))
+        if self._profile is None or self.state is not DtlsState.CONNECTED:
+            raise LocalProtocolError("no SRTP keying material before the DTLS handshake completes")
+        return self._keying_material
 
     @property
     def is_client(self) -> bool:
@@ -561,6 +555,10 @@ class DtlsEndpoint:
             self._fail("no common DTLS-SRTP profile")
             return
         self.state = DtlsState.CONNECTED
+        # Exported once, here (the caller keys SRTP at once, and it outlives the release).
+        self._keying_material = bytes(
+            conn.export_keying_material(EXPORTER_LABEL, self._profile.keying_material_length)
+        )
         self._deadline = None
         self._flight = []  # our earlier flights (the certificate among them) are never re-sent now
         self._connected_at = now
@@ -593,7 +591,6 @@ class DtlsEndpoint:
         if conn is None or release_at is None or now < release_at or self.state is not DtlsState.CONNECTED:
             return
         self._collect(None)  # anything OpenSSL still had to say goes out first
-        self._keying_material = self._export(conn, self.srtp_profile)
         with contextlib.suppress(SSL.Error):
             conn.shutdown()  # our close_notify, encoded now, sent by close()
         self._close_notify = self._read_bio(conn)
