@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include "_steady.h"
 
@@ -32,6 +34,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int epfd;
+    int timer_fd; /* the coalescing wait (arm): -1 once closed */
     int max_events, drain_cap;
     struct epoll_event *events;
     entry_t *entries; /* indexed by descriptor */
@@ -215,8 +218,43 @@ static PyObject *Dispatcher_serve(Dispatcher *self, PyObject *args) {
     return PyLong_FromLong(n);
 }
 
-/* Forget the epoll (its owner closes it: its number may be reused) and every handler. */
+/* The coalescing wait (rtp.plane): the timer fires once, `delay` seconds from now; what fired before
+   is forgotten (the descriptor is readable again only when this one fires). Trio waits for it to be
+   readable: no cancel scope, no deadline, no Cancelled raised and caught per pass as a sleep costs. */
+static PyObject *Dispatcher_arm(Dispatcher *self, PyObject *arg) {
+    double delay = PyFloat_AsDouble(arg);
+    if (delay == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (self->timer_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the dispatcher is closed");
+        return NULL;
+    }
+    uint64_t expirations;
+    while (read(self->timer_fd, &expirations, sizeof expirations) < 0 && errno == EINTR)
+        ; /* EAGAIN: nothing fired since the last arm */
+    if (!(delay > 0))
+        delay = 1e-9; /* 0 would disarm it: fire at once instead */
+    if (delay > 3600)
+        delay = 3600;
+    struct itimerspec spec = {{0, 0}, {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)}};
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
+        spec.it_value.tv_nsec = 1;
+    if (timerfd_settime(self->timer_fd, 0, &spec, NULL) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Dispatcher_get_timer_fd(Dispatcher *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromLong(self->timer_fd);
+}
+
+/* Forget the epoll (its owner closes it: its number may be reused) and every handler; close the timer
+   (after Trio was told: rtp.plane). */
 static PyObject *Dispatcher_close(Dispatcher *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->timer_fd >= 0) {
+        close(self->timer_fd);
+        self->timer_fd = -1;
+    }
     self->epfd = -1;
     for (int fd = 0; fd < self->capacity; fd++)
         Py_CLEAR(self->entries[fd].handler);
@@ -226,6 +264,15 @@ static PyObject *Dispatcher_close(Dispatcher *self, PyObject *Py_UNUSED(ignored)
 
 static Py_ssize_t Dispatcher_len(Dispatcher *self) {
     return self->count;
+}
+
+static PyObject *Dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    Dispatcher *self = (Dispatcher *)PyType_GenericNew(type, args, kwargs);
+    if (self != NULL) {
+        self->epfd = -1; /* not 0: nothing here is descriptor 0 until init says so */
+        self->timer_fd = -1;
+    }
+    return (PyObject *)self;
 }
 
 static int Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwargs) {
@@ -244,6 +291,11 @@ static int Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwargs) {
     self->events = PyMem_Calloc((size_t)max_events, sizeof(struct epoll_event));
     if (self->events == NULL) {
         PyErr_NoMemory();
+        return -1;
+    }
+    self->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (self->timer_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     self->epfd = epfd;
@@ -268,6 +320,8 @@ static int Dispatcher_clear(Dispatcher *self) {
 static void Dispatcher_dealloc(Dispatcher *self) {
     PyObject_GC_UnTrack(self);
     Dispatcher_clear(self);
+    if (self->timer_fd >= 0)
+        close(self->timer_fd);
     PyMem_Free(self->entries);
     PyMem_Free(self->events);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -277,11 +331,18 @@ static PyMethodDef Dispatcher_methods[] = {
     {"add", (PyCFunction)Dispatcher_add, METH_VARARGS, "add(fd, handler): serve fd with handler(now)"},
     {"replace", (PyCFunction)Dispatcher_replace, METH_VARARGS, "replace(fd, handler); KeyError if not added"},
     {"remove", (PyCFunction)Dispatcher_remove, METH_O, "remove(fd): idempotent"},
+    {"arm", (PyCFunction)Dispatcher_arm, METH_O,
+     "arm(delay): the timer descriptor becomes readable once, delay seconds from now"},
     {"close", (PyCFunction)Dispatcher_close, METH_NOARGS,
      "close(): forget the epoll and every handler (serve raises ValueError from then on)"},
     {"serve", (PyCFunction)Dispatcher_serve, METH_VARARGS,
      "serve(now, failures) -> the number of ready descriptors served (one pass; 0: none was ready)"},
     {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Dispatcher_getset[] = {
+    {"timer_fd", (getter)Dispatcher_get_timer_fd, NULL, "the coalescing timer's descriptor (-1 once closed)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PySequenceMethods Dispatcher_as_sequence = {.sq_length = (lenfunc)Dispatcher_len};
@@ -291,11 +352,12 @@ PyTypeObject DispatcherType = {
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One pass of the media plane over an epoll, in C (see the module's source, _dispatch.c).",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Dispatcher_new,
     .tp_init = (initproc)Dispatcher_init,
     .tp_dealloc = (destructor)Dispatcher_dealloc,
     .tp_traverse = (traverseproc)Dispatcher_traverse,
     .tp_clear = (inquiry)Dispatcher_clear,
     .tp_methods = Dispatcher_methods,
+    .tp_getset = Dispatcher_getset,
     .tp_as_sequence = &Dispatcher_as_sequence,
 };

@@ -68,6 +68,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol
 
+from trio.testing import MockClock
+
 import trio
 from rtp.srtp import PacketBuffer
 
@@ -137,6 +139,10 @@ class MediaPlane:
         # share it, and it stays in the CPU's cache (a buffer per call is a cold one per packet).
         self.buffer = PacketBuffer()
         self._epoll = select.epoll()
+        # The pass in C (the module docstring); it also times the coalescing wait: Trio waits for
+        # its timer descriptor instead of a `trio.sleep_until`, whose cancel scope, deadline and
+        # Cancelled raised and caught cost ~90 us of CPU per pass, against ~25 (and it wakes on
+        # time, where Trio's sleeps wake up to ~1 ms late: its epoll timeout is in milliseconds).
         self._dispatcher = (
             _steady.Dispatcher(self._epoll.fileno(), max_events, DRAIN_CAP)
             if steady and _steady is not None
@@ -216,7 +222,10 @@ class MediaPlane:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the registered sockets until cancelled; the epoll is closed on the way out."""
         epoll, counters, max_events = self._epoll, self.counters, self.max_events
-        serve = self.serve_pass
+        serve, dispatcher = self.serve_pass, self._dispatcher
+        # The timer descriptor counts real time: under a test's MockClock the wait stays a Trio
+        # deadline, which the mock clock moves (and autojumps to) like every other.
+        timer = dispatcher is not None and not isinstance(trio.lowlevel.current_clock(), MockClock)
         coalesce, last = self.coalesce, -math.inf
         failures = self._failures
         task_status.started()
@@ -240,7 +249,11 @@ class MediaPlane:
                 if busy:
                     counters.coalesced += 1
                     due = now + coalesce
-                    await trio.sleep_until(due)
+                    if timer and dispatcher is not None:  # the same wait, on a timer descriptor
+                        dispatcher.arm(due - trio.current_time())
+                        await trio.lowlevel.wait_readable(dispatcher.timer_fd)
+                    else:
+                        await trio.sleep_until(due)
                     late = trio.current_time() - due
                     if late > 0.002:
                         self._late(late)
@@ -300,7 +313,8 @@ class MediaPlane:
             return
         self._closed = True
         if self._dispatcher is not None:
-            self._dispatcher.close()  # before the epoll's number can be reused
+            trio.lowlevel.notify_closing(self._dispatcher.timer_fd)
+            self._dispatcher.close()  # before the epoll's number can be reused; closes the timer
         self._handlers.clear()
         self._on_error.clear()
         self._served.clear()
