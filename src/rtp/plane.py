@@ -23,7 +23,8 @@ and processes it inline, returning True if there was one. `MediaPlane.run` is on
 Coalescing (interrupt mitigation, as NAPI does for network cards): when packets come faster than
 one pass per `coalesce` seconds, the plane stops waking per packet. A pass that starts less than
 2 x `coalesce` after the previous one ends with `trio.sleep_until(start + coalesce)`, and the next pass
-polls the epoll directly: whatever arrived meanwhile is served in one pass, for one Trio wake-up.
+polls the epoll directly: whatever arrived meanwhile is served in one pass, for one Trio wake-up
+(with the pass in C, below, the wait is on a timer descriptor rather than a Trio deadline).
 At low rates nothing changes (one wake-up per datagram, no added delay); at high rates a datagram
 waits at most `coalesce` (1 ms by default, against the 20 ms between a call's packets) and the
 cost of a wake-up is shared by every packet of the interval (bench/README.md, results).

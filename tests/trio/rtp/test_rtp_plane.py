@@ -295,3 +295,31 @@ async def test_handlers_that_hold_the_plane_are_collected_with_it(in_c: bool) ->
         del plane
         gc.collect()
         assert ref() is None
+
+
+async def test_the_coalescing_timer_fires_once_per_arm_and_forgets_what_fired_before() -> None:
+    """rtp._steady.Dispatcher.arm: the plane's coalescing wait in C (a timer descriptor)."""
+    import select
+
+    from rtp import _steady
+
+    with trio.fail_after(10):
+        epoll = select.epoll()
+        dispatcher = _steady.Dispatcher(epoll.fileno(), 4, 4)
+        try:
+            dispatcher.arm(0)  # at once
+            await trio.lowlevel.wait_readable(dispatcher.timer_fd)
+            start = trio.current_time()
+            dispatcher.arm(0.05)  # the readiness of the previous arm is forgotten
+            await trio.lowlevel.wait_readable(dispatcher.timer_fd)
+            assert trio.current_time() - start >= 0.05  # never early: datagrams wait at most this
+            dispatcher.arm(3600)
+            readable = select.select([dispatcher.timer_fd], [], [], 0)[0]
+            assert readable == []
+        finally:
+            trio.lowlevel.notify_closing(dispatcher.timer_fd)
+            dispatcher.close()
+            epoll.close()
+        assert dispatcher.timer_fd == -1
+        with pytest.raises(ValueError, match="closed"):
+            dispatcher.arm(0.001)
