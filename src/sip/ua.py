@@ -71,7 +71,7 @@ import logging
 import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Self
 
 import trio
@@ -232,8 +232,7 @@ class SipUA:
                 for scope in list(self._hangups):
                     scope.cancel()
 
-    @asynccontextmanager
-    async def call(
+    def call(
         self,
         target: str,
         *,
@@ -243,14 +242,41 @@ class SipUA:
         credentials: tuple[str, str] | None = None,
         outbound_proxy: tuple[str, int, str] | None = None,
         nursery: trio.Nursery | None = None,
-    ) -> AsyncIterator[OutgoingCall]:
+    ) -> AbstractAsyncContextManager[OutgoingCall]:
         """Place a call to `target` (a SIP URI) as `caller` (the user part); see OutgoingCall.
 
         `outbound_proxy` is `(host, port, "udp" | "tcp")`; `credentials` `(user, password)` answer
         one 401/407. The task reading the call's responses runs in `nursery` when given (the
         caller's own: one nursery less per call), else in one opened here. Raises SipParseError
-        for a target that is not a SIP URI.
+        for a target that is not a SIP URI (on entering the context).
         """
+        make = functools.partial(
+            self._new_call, target, caller=caller, display=display, sdp=sdp,
+            credentials=credentials, outbound_proxy=outbound_proxy,
+        )  # fmt: skip
+        if nursery is None:
+            return self._call_in_own_nursery(make)
+        return _PlacedCall(self, nursery, make)
+
+    @asynccontextmanager
+    async def _call_in_own_nursery(self, make: Callable[[], OutgoingCall]) -> AsyncIterator[OutgoingCall]:
+        async with trio.open_nursery() as own:
+            try:
+                async with _PlacedCall(self, own, make) as call:
+                    yield call
+            finally:
+                own.cancel_scope.cancel()
+
+    def _new_call(
+        self,
+        target: str,
+        *,
+        caller: str,
+        display: str | None,
+        sdp: bytes,
+        credentials: tuple[str, str] | None,
+        outbound_proxy: tuple[str, int, str] | None,
+    ) -> OutgoingCall:
         uri = parse_sip_uri(target)
         preloaded: list[NameAddr] = []
         outbound_proxy = outbound_proxy or self.outbound_proxy
@@ -263,38 +289,10 @@ class SipUA:
                 params = params.set("transport", transport_name.lower())
             hop = SipUri(f"[{host}]" if ":" in host else host, None, port, params)
             preloaded = [NameAddr(hop)]
-        call = OutgoingCall(
+        return OutgoingCall(
             self, uri, caller=caller, display=display, sdp=sdp, credentials=credentials,
             hop=hop, preloaded_route=preloaded, from_host=uri.host,
         )  # fmt: skip
-        self._dialogs[call.call_id] = call
-        # The task reading the call's responses (`call.run`) has its own shielded scope: when the
-        # context is left by cancellation it must outlive it, or the hang-up below would send
-        # CANCEL and never see the 487 (nor a 2xx racing it, §15). It is cancelled once the
-        # bounded hang-up is over, so the shield is bounded by `grace` too.
-        reader = trio.CancelScope(shield=True)
-
-        async def run_call() -> None:
-            with reader:
-                await call.run()
-
-        try:
-            if nursery is not None:
-                nursery.start_soon(run_call)
-                try:
-                    yield call
-                finally:
-                    await self._leave_call(call, reader)
-            else:
-                async with trio.open_nursery() as own:
-                    own.start_soon(run_call)
-                    try:
-                        yield call
-                    finally:
-                        await self._leave_call(call, reader)
-                        own.cancel_scope.cancel()
-        finally:
-            self._dialogs.pop(call.call_id, None)
 
     async def _leave_call(self, call: OutgoingCall, reader: trio.CancelScope) -> None:
         """Hang up a call still going (bounded by `grace`, shielded), then stop its reader."""
@@ -776,3 +774,49 @@ class SipUA:
             for algorithm in self.challenge_algorithms
         ]
         await self.respond(request, 401, headers=headers)
+
+
+class _PlacedCall:
+    """The context of `SipUA.call`: registers the call, runs its response reader in `nursery`,
+    hangs up on leaving. A class rather than an async generator: no generator frame, contextlib
+    wrapper nor Trio async-generator record is kept for the call's life (memory per call, issue 6).
+
+    The reader (`call.run`) has its own shielded scope: when the context is left by cancellation
+    it must outlive it, or the hang-up would send CANCEL and never see the 487 (nor a 2xx racing
+    it, §15). It is cancelled once the bounded hang-up is over, so the shield is bounded by
+    `grace` too.
+    """
+
+    __slots__ = ("_call", "_make", "_nursery", "_reader", "_ua")
+
+    def __init__(self, ua: SipUA, nursery: trio.Nursery, make: Callable[[], OutgoingCall]) -> None:
+        self._ua = ua
+        self._nursery = nursery
+        self._make: Callable[[], OutgoingCall] | None = make
+        self._call: OutgoingCall | None = None
+        self._reader = trio.CancelScope(shield=True)
+
+    async def __aenter__(self) -> OutgoingCall:
+        assert self._make is not None, "a call context is entered once"
+        call, self._make = self._make(), None
+        self._ua._dialogs[call.call_id] = call
+        self._call = call
+        try:
+            self._nursery.start_soon(self._run)
+        except BaseException:
+            self._ua._dialogs.pop(call.call_id, None)
+            raise
+        return call
+
+    async def _run(self) -> None:
+        assert self._call is not None
+        with self._reader:
+            await self._call.run()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        call = self._call
+        assert call is not None
+        try:
+            await self._ua._leave_call(call, self._reader)
+        finally:
+            self._ua._dialogs.pop(call.call_id, None)
