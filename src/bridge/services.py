@@ -246,8 +246,8 @@ async def bridge_services(
             share if worker.count > 1 else "",
             media_bind,
             advertise,
-            "C (rtp._steady)"
-            if config.media_c_relay and STEADY_IN_C
+            "C (rtp._steady, the media plane's passes too)"
+            if plane.passes_in_c
             else "Python (media_c_relay is off)"
             if STEADY_IN_C
             else "Python (rtp._steady was not built: no C compiler at install)",
