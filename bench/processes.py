@@ -11,6 +11,7 @@ and descriptors are summed over them (`cpu_seconds_all`, `rss_kib_all`, `fd_coun
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -72,10 +73,26 @@ def pin_harness(nice: int, *, pin: bool = True) -> None:
         boost(os.getpid(), nice)
 
 
+# Ports for the relays' listeners: outside the kernel's ephemeral range (32768-60999 by default), so
+# that no outgoing connection takes one meanwhile - least of all `_wait_tcp`'s own connects to a
+# port nothing listens on yet, which on loopback can pick that very port as their source and
+# connect to themselves (TCP simultaneous open), leaving the relay "Address already in use".
+# Below the ephemeral range, above the relays' media ports (BRIDGE_RTP_PORTS, RTPE_PORTS) and under the
+# tests' fixed ports (31000-33099).
+LISTEN_PORTS = (30000, 30999)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of LISTEN_PORTS that nothing holds now."""
+    for _ in range(500):
+        port = random.randint(*LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS[0]}-{LISTEN_PORTS[1]}")
 
 
 def rss_kib(pid: int) -> int:
@@ -309,7 +326,7 @@ def _free_udp_run(count: int) -> int:
     """A UDP port P such that P..P+count-1 are free now (worker i's SIP port is P+i)."""
     for _ in range(100):
         port = free_port(socket.SOCK_DGRAM)
-        if port + count - 1 > 65535:
+        if port + count - 1 > LISTEN_PORTS[1]:
             continue
         socks = []
         try:
