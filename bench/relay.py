@@ -178,36 +178,33 @@ async def _step(
     waited = await _wait_quiet([bsock.sock, phone_rtp])
     try:
         index_used = 0
+
+        async def load(seconds: float) -> dict[str, Any]:
+            """`seconds` of load on the flows, continuing their RTP index."""
+            nonlocal index_used
+            result = await blast(
+                flows,
+                browser_fd=bsock.sock.fileno(),
+                phone_fd=phone_rtp.fileno(),
+                rate=rate,
+                seconds=seconds,
+                relay_pids=pids,
+                relay_cpu=RELAY_CPU if pinned else -1,
+                index_base=index_base + index_used,
+            )
+            index_used += math.ceil(rate * seconds / max(1, len(flows))) + 16
+            return result
+
         if warmup > 0:
             # Not measured: every call's stream (re)starts at the same instant here, which no
             # real traffic does; both relays then handle each stream's first packets (latching,
             # rewriting, the bridge's C relay armed) at once. The step measures the steady state
             # right after, on the same streams (the index continues: no jump).
-            await blast(
-                flows,
-                browser_fd=bsock.sock.fileno(),
-                phone_fd=phone_rtp.fileno(),
-                rate=rate,
-                seconds=warmup,
-                relay_pids=pids,
-                relay_cpu=RELAY_CPU if pinned else -1,
-                index_base=index_base,
-            )
-            index_used = math.ceil(rate * warmup / max(1, len(flows))) + 16
+            await load(warmup)
         if on_measure is not None:
             await on_measure()
         own0, t0 = os.times(), trio.current_time()
-        result = await blast(
-            flows,
-            browser_fd=bsock.sock.fileno(),
-            phone_fd=phone_rtp.fileno(),
-            rate=rate,
-            seconds=seconds,
-            relay_pids=pids,
-            relay_cpu=RELAY_CPU if pinned else -1,
-            index_base=index_base + index_used,
-        )
-        index_used += math.ceil(rate * seconds / max(1, len(flows))) + 16
+        result = await load(seconds)
         result["index_used"] = index_used
         result["warmup_s"] = warmup
         own1, wall = os.times(), trio.current_time() - t0

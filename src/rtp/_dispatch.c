@@ -73,15 +73,22 @@ static int grow(Dispatcher *self, int fd) {
     return 0;
 }
 
+/* (fd, handler) of add / replace: a descriptor and a callable */
+static int fd_and_handler(PyObject *args, const char *format, PyObject **fd_obj, int *fd, PyObject **handler) {
+    if (!PyArg_ParseTuple(args, format, fd_obj, handler) || valid_fd(*fd_obj, fd) < 0)
+        return -1;
+    if (!PyCallable_Check(*handler)) {
+        PyErr_SetString(PyExc_TypeError, "the handler must be callable");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Dispatcher_add(Dispatcher *self, PyObject *args) {
     PyObject *fd_obj, *handler;
     int fd;
-    if (!PyArg_ParseTuple(args, "OO:add", &fd_obj, &handler) || valid_fd(fd_obj, &fd) < 0)
+    if (fd_and_handler(args, "OO:add", &fd_obj, &fd, &handler) < 0)
         return NULL;
-    if (!PyCallable_Check(handler)) {
-        PyErr_SetString(PyExc_TypeError, "the handler must be callable");
-        return NULL;
-    }
     if (grow(self, fd) < 0)
         return NULL;
     entry_t *e = &self->entries[fd];
@@ -100,12 +107,8 @@ static PyObject *Dispatcher_add(Dispatcher *self, PyObject *args) {
 static PyObject *Dispatcher_replace(Dispatcher *self, PyObject *args) {
     PyObject *fd_obj, *handler;
     int fd;
-    if (!PyArg_ParseTuple(args, "OO:replace", &fd_obj, &handler) || valid_fd(fd_obj, &fd) < 0)
+    if (fd_and_handler(args, "OO:replace", &fd_obj, &fd, &handler) < 0)
         return NULL;
-    if (!PyCallable_Check(handler)) {
-        PyErr_SetString(PyExc_TypeError, "the handler must be callable");
-        return NULL;
-    }
     if (fd >= self->capacity || self->entries[fd].handler == NULL) {
         PyErr_SetObject(PyExc_KeyError, fd_obj);
         return NULL;
