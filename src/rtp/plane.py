@@ -132,9 +132,6 @@ class MediaPlane:
         self.coalesce = coalesce
         self.steady = steady  # calls may relay their steady stream in C (rtp.media, rtp._steady)
         self.counters = PlaneCounters()
-        # True during a pass that got `max_events` ready sockets: more are waiting, so each
-        # socket likely holds a backlog, and handlers should drain rather than read one datagram.
-        self.saturated = False
         # One receive buffer for every socket of the plane: handlers run one at a time and are
         # done with a datagram (sent, copied or dropped) before they read the next, so the calls
         # share it, and it stays in the CPU's cache (a buffer per call is a cold one per packet).
@@ -222,7 +219,7 @@ class MediaPlane:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the registered sockets until cancelled; the epoll is closed on the way out."""
-        epoll, counters, max_events = self._epoll, self.counters, self.max_events
+        epoll, counters = self._epoll, self.counters
         serve, dispatcher = self.serve_pass, self._dispatcher
         # The timer descriptor counts real time: under a test's MockClock the wait stays a Trio
         # deadline, which the mock clock moves (and autojumps to) like every other.
@@ -239,7 +236,6 @@ class MediaPlane:
                     continue
                 busy = now - last < 2 * coalesce  # the previous pass, or the one before its sleep
                 last = now
-                self.saturated = ready >= max_events
                 counters.passes += 1
                 counters.handler_calls += ready
                 if failures:
