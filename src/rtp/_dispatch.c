@@ -13,6 +13,9 @@
    `failures` for the plane to unregister and report after it; anything else (KeyboardInterrupt, ...)
    propagates at once. Handlers may register, replace and unregister sockets during a pass (the table
    is looked up by descriptor after every call, never through a pointer kept across one).
+
+   It also owns the plane's coalescing timer (`arm`, `timer_fd`: a timerfd Trio waits on between busy
+   passes, instead of a Trio sleep).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
