@@ -7,8 +7,11 @@
  *                back from the relay, decrypted and authenticated here;
  *   phone leg:   plain RTP from the phone socket to the relay's SIP-facing port, and back.
  *
- * Every payload carries its real send time (CLOCK_MONOTONIC ns), the flow and the packet index, so
- * the receiver measures the latency the relay adds (loopback included) and RFC 3550 jitter.
+ * Every payload carries its real send time (CLOCK_REALTIME ns), the flow and the packet index, so
+ * the receiver measures the latency the relay adds (loopback included) and RFC 3550 jitter. Latency is
+ * to the datagram's ARRIVAL in the harness's socket (the kernel's receive timestamp, SO_TIMESTAMPNS, on
+ * the same clock): what the relay added, not how late this single-threaded harness got round to reading
+ * it; the time to the read is reported beside it (read_latency_us), the measure of sessions 1-5.
  *
  * Build: gcc -O2 -Wall -o blast blast.c -lcrypto
  * Usage: blast -F FLOWFILE -B BROWSER_FD -H PHONE_FD -r PPS_PER_DIRECTION -t SECONDS
@@ -72,6 +75,13 @@ typedef struct {
 static flow_t flows[MAXFLOWS];
 static int nflows;
 static int16_t port_flow_b[65536], port_flow_p[65536];
+
+/* the payload's send stamp and the receive side: the clock of the kernel's SO_TIMESTAMPNS */
+static int64_t wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -279,15 +289,15 @@ static double pct(int64_t *v, long long n, double q) {
 }
 
 typedef struct {
-    int64_t *lat;
-    long long n, cap, recvd, auth_fail, unknown, other, late_dup;
+    int64_t *lat, *read_lat; /* to the arrival (kernel timestamp), to the read */
+    long long n, cap, recvd, auth_fail, unknown, other, late_dup, unstamped;
 } dir_t;
 
 static dir_t dirs[2]; /* 0: browser -> phone (b2p), 1: phone -> browser (p2b) */
 
 static long long index_base = 0;
 
-static void record(int d, flow_t *fl, const uint8_t *payload, int64_t t) {
+static void record(int d, flow_t *fl, const uint8_t *payload, int64_t t, int64_t tread) {
     int64_t sent;
     long long idx;
     memcpy(&sent, payload, 8);
@@ -300,7 +310,10 @@ static void record(int d, flow_t *fl, const uint8_t *payload, int64_t t) {
     int64_t lat = t - sent;
     D->recvd++;
     fl->got[d]++;
-    if (D->n < D->cap) D->lat[D->n++] = lat;
+    if (D->n < D->cap) {
+        D->read_lat[D->n] = tread - sent;
+        D->lat[D->n++] = lat;
+    }
     if (fl->have_transit[d]) {
         double dd = (double)(lat - fl->last_transit[d]);
         if (dd < 0) dd = -dd;
@@ -384,13 +397,18 @@ int main(int argc, char **argv) {
     for (int d = 0; d < 2; d++) {
         dirs[d].cap = total + 16;
         dirs[d].lat = malloc(dirs[d].cap * sizeof(int64_t));
-        if (!dirs[d].lat) die("malloc");
+        dirs[d].read_lat = malloc(dirs[d].cap * sizeof(int64_t));
+        if (!dirs[d].lat || !dirs[d].read_lat) die("malloc");
     }
 
     static uint8_t sb_buf[BATCH][MAXPKT], sp_buf[BATCH][MAXPKT], rbuf[BATCH][MAXPKT];
     static struct mmsghdr smsg_b[BATCH], smsg_p[BATCH], rmsg[BATCH];
     static struct iovec siov_b[BATCH], siov_p[BATCH], riov[BATCH];
     static struct sockaddr_in rsrc[BATCH];
+    static char rctl[BATCH][CMSG_SPACE(sizeof(struct timespec))];
+    int on = 1;
+    if (setsockopt(bfd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) || setsockopt(pfd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on))
+        die("SO_TIMESTAMPNS");
     for (int i = 0; i < BATCH; i++) {
         riov[i].iov_base = rbuf[i];
         riov[i].iov_len = MAXPKT;
@@ -430,7 +448,7 @@ int main(int argc, char **argv) {
                     flow_t *fl = &flows[f];
                     uint16_t seq = (uint16_t)idx;
                     uint32_t roc = (uint32_t)(idx >> 16), rts = (uint32_t)(idx * 160);
-                    int64_t stamp = now_ns();
+                    int64_t stamp = wall_ns();
                     uint8_t *bufs[2] = {sb_buf[nb], sp_buf[nb]};
                     uint32_t ssrcs[2] = {fl->ssrc_b, fl->ssrc_p};
                     for (int k = 0; k < 2; k++) {
@@ -473,11 +491,24 @@ int main(int argc, char **argv) {
         /* drain both receivers */
         for (int k = 0; k < 2; k++) {
             for (;;) {
-                for (int i = 0; i < BATCH; i++) rmsg[i].msg_hdr.msg_namelen = sizeof rsrc[i];
+                for (int i = 0; i < BATCH; i++) {
+                    rmsg[i].msg_hdr.msg_namelen = sizeof rsrc[i];
+                    rmsg[i].msg_hdr.msg_control = rctl[i];
+                    rmsg[i].msg_hdr.msg_controllen = sizeof rctl[i];
+                }
                 int r = recvmmsg(fds[k], rmsg, BATCH, MSG_DONTWAIT, NULL);
                 if (r <= 0) break;
-                int64_t tr = now_ns();
+                int64_t tread = wall_ns();
                 for (int i = 0; i < r; i++) {
+                    int64_t tr = tread; /* the arrival, if the kernel stamped it (it does: SO_TIMESTAMPNS) */
+                    struct cmsghdr *cm = CMSG_FIRSTHDR(&rmsg[i].msg_hdr);
+                    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                        struct timespec kts;
+                        memcpy(&kts, CMSG_DATA(cm), sizeof kts);
+                        tr = (int64_t)kts.tv_sec * 1000000000LL + kts.tv_nsec;
+                    } else {
+                        dirs[k == 0 ? 1 : 0].unstamped++;
+                    }
                     uint8_t *p = rbuf[i];
                     int len = (int)rmsg[i].msg_len, port = ntohs(rsrc[i].sin_port);
                     /* RTP only (RFC 7983: 128-191), not RTCP */
@@ -518,11 +549,11 @@ int main(int argc, char **argv) {
                             fl->rx_seq = seq;
                             fl->rx_started = 1;
                         }
-                        record(1, fl, p + 12, tr);
+                        record(1, fl, p + 12, tr, tread);
                     } else { /* plain RTP from the relay's SIP-facing port */
                         int f = port_flow_p[port];
                         if (f < 0 || len < 12 + 32) { dirs[0].unknown++; continue; }
-                        record(0, &flows[f], p + 12, tr);
+                        record(0, &flows[f], p + 12, tr, tread);
                     }
                 }
                 if (r < BATCH) break;
@@ -571,6 +602,7 @@ int main(int argc, char **argv) {
     for (int d = 0; d < 2; d++) {
         dir_t *D = &dirs[d];
         qsort(D->lat, D->n, sizeof(int64_t), cmp_i64);
+        qsort(D->read_lat, D->n, sizeof(int64_t), cmp_i64);
         double jsum = 0, jmax = 0;
         int jn = 0;
         for (int i = 0; i < nflows; i++) {
@@ -582,12 +614,14 @@ int main(int argc, char **argv) {
         long long lost = sents[d] - D->recvd;
         printf("%s\"%s\": {\"sent\": %lld, \"received\": %lld, \"loss_pct\": %.4f, \"sent_pps\": %.0f, "
                "\"received_pps\": %.0f, \"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f}, "
+               "\"read_latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f}, \"unstamped\": %lld, "
                "\"jitter_us\": {\"mean\": %.1f, \"max\": %.1f}, \"auth_failures\": %lld, \"unknown_source\": %lld, "
                "\"other_packets\": %lld, \"late_from_earlier_run\": %lld}",
                d ? ", " : "", names[d], sents[d], D->recvd, sents[d] ? 100.0 * lost / sents[d] : 0.0,
                send_span > 0 ? sents[d] / send_span : 0, send_span > 0 ? D->recvd / send_span : 0,
                pct(D->lat, D->n, 0.5), pct(D->lat, D->n, 0.99), pct(D->lat, D->n, 0.999),
-               D->n ? D->lat[D->n - 1] / 1000.0 : -1, jn ? jsum / jn / 1000.0 : -1, jmax / 1000.0, D->auth_fail,
+               D->n ? D->lat[D->n - 1] / 1000.0 : -1, pct(D->read_lat, D->n, 0.5), pct(D->read_lat, D->n, 0.99),
+               pct(D->read_lat, D->n, 0.999), D->n ? D->read_lat[D->n - 1] / 1000.0 : -1, D->unstamped, jn ? jsum / jn / 1000.0 : -1, jmax / 1000.0, D->auth_fail,
                D->unknown, D->other, D->late_dup);
     }
     printf("}}\n");

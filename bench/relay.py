@@ -17,7 +17,9 @@ measured under the same background load.
 
 `--rates` are packets per second in EACH direction, spread over all calls (G.711 at 20 ms is 50 per
 call: `--calls 500 --rates 25000`). Each step reports, per direction: packets sent and received,
-loss, latency added (p50/p99/p99.9, loopback included) and RFC 3550 jitter; for the relay process:
+loss, latency added (p50/p99/p99.9, loopback included: from the send to the datagram's arrival in the
+harness's socket, the kernel's receive timestamp; `read_latency_us` to the harness's read of it) and
+RFC 3550 jitter; for the relay process:
 CPU seconds (all threads, /proc/PID/task/*/schedstat) and CPU microseconds per relayed packet; RSS
 growth per established call; and the CPU load of everything else on the relay's CPU ("foreign").
 """
@@ -227,7 +229,8 @@ def _summarise_step(target: str, rep: int, rate: float, result: dict[str, Any]) 
         f"rep {rep} {target:9s} {result['flows']:4d} calls {rate:8.0f} pps/dir: "
         f"loss {b2p['loss_pct']:.3f}%/{p2b['loss_pct']:.3f}%  "
         f"lat p50 {b2p['latency_us']['p50']:.0f}/{p2b['latency_us']['p50']:.0f} us "
-        f"p99 {b2p['latency_us']['p99']:.0f}/{p2b['latency_us']['p99']:.0f} us  "
+        f"p99 {b2p['latency_us']['p99']:.0f}/{p2b['latency_us']['p99']:.0f} us "
+        f"(read p99 {b2p['read_latency_us']['p99']:.0f}/{p2b['read_latency_us']['p99']:.0f})  "
         f"CPU {result['relay_cpu_pct']:.1f}% {result['relay_us_per_pkt']:.2f} us/pkt  "
         f"foreign {result['foreign_pct']:.0f}% (irq {result['relay_cpu_irq_pct']:.0f}%) "
         f"relay waited for CPU {result['relay_runqueue_wait_pct']:.0f}%  "
@@ -475,6 +478,9 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
             "latency_us_p99": {d: med(lambda r, d=d: r["directions"][d]["latency_us"]["p99"]) for d in dirs},
             "latency_us_p999": {
                 d: med(lambda r, d=d: r["directions"][d]["latency_us"]["p999"]) for d in dirs
+            },
+            "read_latency_us_p99": {
+                d: med(lambda r, d=d: r["directions"][d]["read_latency_us"]["p99"]) for d in dirs
             },
             "jitter_us_mean": {d: med(lambda r, d=d: r["directions"][d]["jitter_us"]["mean"]) for d in dirs},
             "foreign_pct": med(lambda r: r["foreign_pct"]),
