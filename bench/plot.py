@@ -51,7 +51,14 @@ def plot(record: dict[str, Any], prefix: Path) -> list[Path]:
     where = (
         f"{m.get('cpu', '')}, {m.get('cpus', '?')} vCPU, kernel {m.get('kernel', '')}, {record['started']}"
     )
-    title = f"{calls} calls, SRTP (GCM) <-> RTP, both directions; relay pinned to 1 CPU\n{where}"
+    cfg = record["config"]
+    workers = cfg.get("workers", 1)
+    placement = (
+        "relay pinned to 1 CPU"
+        if cfg.get("pinned", workers == 1)
+        else f"{workers} bridge workers / rtpengine threads, nothing pinned"
+    )
+    title = f"{calls} calls, SRTP (GCM) <-> RTP, both directions; {placement}\n{where}"
     out = []
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     ax = axes[0]
@@ -65,7 +72,7 @@ def plot(record: dict[str, Any], prefix: Path) -> list[Path]:
     )
     ax.set_yscale("log")
     ax.set_ylabel("added latency, worse direction (ms, log)")
-    ax.set_title("latency (loopback + relay)")
+    ax.set_title("latency, send to arrival (loopback + relay)")
     ax = axes[2]
     _panel(ax, record, lambda r: r["relay_us_per_pkt"], "")
     ax.set_ylabel("relay CPU per relayed packet (µs)")
