@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import trio
+from rtp.browser_port import SharedBrowserPort
 from rtp.demux import DemuxCounters, PacketKind, classify
 from rtp.dtls import DtlsCertificate, DtlsCounters, DtlsEndpoint, DtlsRole, DtlsState
 from rtp.errors import LocalProtocolError
@@ -230,6 +231,7 @@ class MediaSession:
     __slots__ = (
         "_browser",
         "_browser_failure",
+        "_browser_port",
         "_browser_twin",
         "_browser_twin_peer",
         "_buf",
@@ -270,7 +272,8 @@ class MediaSession:
     def __init__(
         self,
         *,
-        browser_sock: _Socket,
+        browser_sock: _Socket | None = None,
+        browser_port: SharedBrowserPort | None = None,
         sip_rtp_sock: _Socket,
         sip_rtcp_sock: _Socket,
         ice: IceLiteAgent,
@@ -302,7 +305,18 @@ class MediaSession:
         self.log = logger or log
         self.negotiation = negotiation
         self._plane = plane
-        self._browser = _raw_socket(browser_sock)
+        # The browser leg's socket: the call's own (a duplicate, ours to register and close), or
+        # the worker's shared port (rtp.browser_port: used to send and to bind twins beside, never
+        # registered, unregistered or closed by the call).
+        self._browser_port = browser_port
+        if browser_port is not None:
+            if browser_sock is not None:
+                raise ValueError("a browser socket or a shared browser port, not both")
+            self._browser = browser_port.socket
+        elif browser_sock is not None:
+            self._browser = _raw_socket(browser_sock)
+        else:
+            raise ValueError("a browser socket or a shared browser port is needed")
         self._sip_rtp = _raw_socket(sip_rtp_sock)
         self._sip_rtcp = _raw_socket(sip_rtcp_sock)
         # The plane's receive buffer, shared by every call of the worker (rtp.plane): handlers
@@ -465,14 +479,23 @@ class MediaSession:
         self._closed = True
         self._drop_twin("browser")
         self._drop_twin("sip")
-        for raw in (self._browser, self._sip_rtp, self._sip_rtcp):
+        shared = self._browser_port
+        own = (
+            (self._sip_rtp, self._sip_rtcp)
+            if shared is not None
+            else (self._browser, self._sip_rtp, self._sip_rtcp)
+        )
+        if shared is not None:  # no entry of this call is left in the shared port's table
+            shared.detach(self)
+            shared.release(self.ice.local_ufrag)
+        for raw in own:
             self._plane.unregister(raw)  # before close: the epoll keys on the open file
         self.dtls.close()
         dest = self._dtls_peer or self.browser_address
         for datagram in self.dtls.outgoing():
             if dest is not None:
                 self._send(self._browser, datagram, dest)
-        for raw in (self._browser, self._sip_rtp, self._sip_rtcp):
+        for raw in own:
             raw.close()
         self._wakeup.set()
         self._relay_wakeup.set()
@@ -564,7 +587,7 @@ class MediaSession:
         `MediaEnded` when the media plane must end the call. Never returns otherwise.
         """
         started_at = trio.current_time()
-        if not self._register(self._browser, self._browser_datagram, self._on_browser_error):
+        if not self._serve_browser():
             if self._closed:
                 raise MediaEnded("media session closed", 487)
             raise MediaEnded("media plane closed", 503)
@@ -590,11 +613,38 @@ class MediaSession:
                 with trio.move_on_at(self._deadline(started_at)):
                     await wakeup.wait()
         finally:
-            self._unregister(self._browser)
+            if self._browser_port is not None:
+                self._browser_port.detach(self)
+            else:
+                self._unregister(self._browser)
+
+    def _serve_browser(self) -> bool:
+        """Have the plane serve the browser leg: the call's own port, or its entry in the
+        worker's shared port (rtp.browser_port). False if the plane, port or session is closed."""
+        shared = self._browser_port
+        if shared is None:
+            return self._register(self._browser, self._browser_datagram, self._on_browser_error)
+        if self._closed:
+            return False
+        try:
+            shared.attach(self.ice.local_ufrag, self)
+        except trio.ClosedResourceError:
+            return False
+        return True
 
     def _on_browser_error(self, exc: BaseException) -> None:
         self._browser_failure = exc
         self._wakeup.set()
+
+    def serve_shared(self, n: int, src: Address, now: float) -> None:
+        """A datagram for this call from the shared browser port (rtp.browser_port), of `n`
+        bytes in the plane's buffer: handled as `_browser_datagram` handles the call's own."""
+        self._browser_process(n, src, now)
+        self._steady_arm()
+
+    def shared_failed(self, exc: BaseException) -> None:
+        """`serve_shared` raised (a bug): the shared port detached this call, which ends (500)."""
+        self._on_browser_error(exc)
 
     def _browser_datagram(self, now: float) -> bool:
         """One datagram from the browser port, relayed or answered inline; False if there was none."""
@@ -684,11 +734,14 @@ class MediaSession:
         match kind:
             case PacketKind.STUN:
                 selected, before = self.ice.selected, self.browser_address
+                checks_ok = self.ice.counters.checks_ok
                 reply = self.ice.handle_stun_untrusted(bytes(data), src, now)
                 if reply is not None:
                     self._send(self._browser, reply, src)
                 if self.ice.selected != selected:
                     self.log.info("ICE: the browser nominated %s:%d", *src)
+                if self._browser_port is not None and self.ice.counters.checks_ok != checks_ok:
+                    self._browser_port.validated(src, self)  # DTLS and media from src: this call's
                 if self.ice.is_validated(src):
                     self._last_validated = src
                     if self.browser_address != before:
@@ -829,6 +882,8 @@ class MediaSession:
             twin.close()
             self.edge.twin_failed += 1
             return
+        if leg == "browser" and self._browser_port is not None:
+            self._drop_strays(twin, peer)
         on_error = self._on_browser_error if leg == "browser" else self._on_sip_error
         if leg == "browser":
             self._browser_twin, self._browser_twin_peer = twin, peer
@@ -841,6 +896,26 @@ class MediaSession:
             return
         self.edge.twins += 1
         self._steady_start()
+
+    def _drop_strays(self, twin: socket.socket, peer: Address) -> None:
+        """Drop what the kernel queued on a new twin of the shared browser port from others.
+
+        Between its bind and its connect the twin is an unconnected member of the port's
+        reuseport group, and the kernel may hash another call's datagram to it (on a shared port
+        at thousands of packets/s, that window is not negligible); read later, it would pass for
+        the peer's. The head of the queue is peeked at; datagrams from others are dropped
+        (counted in the shared port's `twin_strays`) until the peer's first or an empty queue.
+        """
+        port = self._browser_port
+        while port is not None:
+            try:
+                _, src = twin.recvfrom(1, socket.MSG_PEEK)
+                if _addr(src) == peer:
+                    return
+                twin.recv(1)
+            except OSError:  # empty (BlockingIOError), or an ICMP error queued
+                return
+            port.counters.twin_strays += 1
 
     def _drop_twin(self, leg: Leg) -> None:
         self._steady_stop()
@@ -1036,10 +1111,13 @@ async def open_media(
     consent_timeout: float = CONSENT_TIMEOUT,
     token: Callable[[int], bytes] = secrets.token_bytes,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    browser_port: SharedBrowserPort | None = None,
 ) -> AsyncIterator[MediaSession]:
     """Allocate the call's ports and negotiate both legs; yields the `MediaSession`.
 
-    Leases one UDP port towards the browser and an RTP/RTCP pair towards SIP, answers the
+    Leases one UDP port towards the browser (none with `browser_port`, the worker's shared port:
+    rtp.browser_port; it carries the candidates, and the call's ufrag is reserved on it, unique
+    among the worker's live calls) and an RTP/RTCP pair towards SIP, answers the
     browser's offer (ICE-lite with one host candidate per `advertise_hosts` entry on the browser
     port, our `certificate`'s fingerprint, a=setup per RFC 8842) and writes the RTP/AVP offer for
     the INVITE (`sip_host` in c=). Raises `SdpParseError`/`NegotiationError` (488) for an
@@ -1049,53 +1127,88 @@ async def open_media(
     """
     if not advertise_hosts:
         raise ValueError("at least one address to advertise to the browser is needed")
-    async with ports.udp() as browser_sock, ports.udp_pair() as (rtp_sock, rtcp_sock):
-        browser_port = int(browser_sock.getsockname()[1])
+    shared = browser_port
+    async with _browser_socket(ports, shared) as browser_sock, ports.udp_pair() as (rtp_sock, rtcp_sock):
+        bound = shared.socket if shared is not None else browser_sock
+        assert bound is not None  # _browser_socket leased one without a shared port
+        browser_port_number = int(bound.getsockname()[1])
         sip_rtp_port = int(rtp_sock.getsockname()[1])
         ufrag, pwd = token(4).hex(), token(12).hex()  # ice-chars, 8 and 24 long (RFC 8445 5.3)
-        session_id = int.from_bytes(token(8), "big") >> 2
-        relay = Relay(
-            EMPTY_CODEC_MAP,
-            ssrc=int.from_bytes(token(4), "big"),
-            initial_sequence=int.from_bytes(token(2), "big"),
-            initial_timestamp=int.from_bytes(token(4), "big"),
-        )
-        candidates = [(host, browser_port) for host in advertise_hosts]
-        answer, browser = answer_browser_offer(
-            browser_offer,
-            ice_ufrag=ufrag,
-            ice_pwd=pwd,
-            fingerprint_sha256=certificate.fingerprint_sha256,
-            candidates=candidates,
-            session_id=session_id,
-            ssrc=relay.ssrc,
-        )
-        del browser_offer  # the caller has it: not kept for the call's life by this frame (~5 KB)
-        sip_offer = offer_for_sip(host=sip_host, rtp_port=sip_rtp_port, session_id=session_id)
-        role = DtlsRole.CLIENT if browser.we_are_dtls_client else DtlsRole.SERVER
-        session = MediaSession(
-            browser_sock=browser_sock,
-            sip_rtp_sock=rtp_sock,
-            sip_rtcp_sock=rtcp_sock,
-            ice=IceLiteAgent(ufrag, pwd, browser.ice_ufrag, browser.ice_pwd, consent_timeout),
-            dtls=DtlsEndpoint(role, certificate, (browser.fingerprint.algorithm, browser.fingerprint.value)),
-            plane=plane,
-            relay=relay,
-            browser_answer=answer,
-            sip_offer=sip_offer,
-            handshake_timeout=handshake_timeout,
-            media_timeout=media_timeout,
-            negotiation=Negotiation(
-                browser=browser,
+        if shared is not None:
+            ufrag = _reserve_ufrag(shared, ufrag, token)
+        try:
+            session_id = int.from_bytes(token(8), "big") >> 2
+            relay = Relay(
+                EMPTY_CODEC_MAP,
+                ssrc=int.from_bytes(token(4), "big"),
+                initial_sequence=int.from_bytes(token(2), "big"),
+                initial_timestamp=int.from_bytes(token(4), "big"),
+            )
+            candidates = [(host, browser_port_number) for host in advertise_hosts]
+            answer, browser = answer_browser_offer(
+                browser_offer,
+                ice_ufrag=ufrag,
+                ice_pwd=pwd,
                 fingerprint_sha256=certificate.fingerprint_sha256,
                 candidates=candidates,
                 session_id=session_id,
-                sip_host=sip_host,
-                sip_rtp_port=sip_rtp_port,
-            ),
-            logger=logger,
-        )
+                ssrc=relay.ssrc,
+            )
+            del browser_offer  # the caller has it: not kept for the call's life by this frame (~5 KB)
+            sip_offer = offer_for_sip(host=sip_host, rtp_port=sip_rtp_port, session_id=session_id)
+            role = DtlsRole.CLIENT if browser.we_are_dtls_client else DtlsRole.SERVER
+            session = MediaSession(
+                browser_sock=browser_sock,
+                browser_port=shared,
+                sip_rtp_sock=rtp_sock,
+                sip_rtcp_sock=rtcp_sock,
+                ice=IceLiteAgent(ufrag, pwd, browser.ice_ufrag, browser.ice_pwd, consent_timeout),
+                dtls=DtlsEndpoint(
+                    role, certificate, (browser.fingerprint.algorithm, browser.fingerprint.value)
+                ),
+                plane=plane,
+                relay=relay,
+                browser_answer=answer,
+                sip_offer=sip_offer,
+                handshake_timeout=handshake_timeout,
+                media_timeout=media_timeout,
+                negotiation=Negotiation(
+                    browser=browser,
+                    fingerprint_sha256=certificate.fingerprint_sha256,
+                    candidates=candidates,
+                    session_id=session_id,
+                    sip_host=sip_host,
+                    sip_rtp_port=sip_rtp_port,
+                ),
+                logger=logger,
+            )
+        except BaseException:
+            if shared is not None:
+                shared.release(ufrag)  # the session's close() does it once it exists
+            raise
         try:
             yield session
         finally:
             session.close()
+
+
+@asynccontextmanager
+async def _browser_socket(
+    ports: PortSource, shared: SharedBrowserPort | None
+) -> AsyncIterator[trio.socket.SocketType | None]:
+    """The call's own browser socket leased from `ports`, or None with a shared port."""
+    if shared is not None:
+        yield None
+        return
+    async with ports.udp() as sock:
+        yield sock
+
+
+def _reserve_ufrag(shared: SharedBrowserPort, ufrag: str, token: Callable[[int], bytes]) -> str:
+    """`ufrag`, or another draw if a live call of the worker has it (rtp.browser_port: checks
+    find their call by our ufrag). LocalProtocolError if 8 draws are all taken."""
+    for _ in range(8):
+        if shared.reserve(ufrag):
+            return ufrag
+        ufrag = token(4).hex()
+    raise LocalProtocolError("no unused ICE ufrag after 8 draws (is `token` random?)")

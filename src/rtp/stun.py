@@ -19,6 +19,7 @@ import enum
 import functools
 import hmac
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ __all__ = [
     "binding_error",
     "binding_request",
     "binding_success",
+    "local_ufrag_untrusted",
     "parse_stun_untrusted",
 ]
 
@@ -116,6 +118,8 @@ _ICE_CONTROLLING = 0x802A
 _ATTRIBUTE = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
+_LENGTH_COOKIE = struct.Struct("!HI")
+_ICE_CHARS = re.compile(rb"[A-Za-z0-9+/]{1,256}")  # RFC 8445 section 5.3 (ufrag: 4-256 ice-chars)
 # The fixed sizes of the attributes ICE reads (RFC 8489 section 14, RFC 8445 section 16.1).
 _SIZES = {_PRIORITY: 4, _USE_CANDIDATE: 0, _ICE_CONTROLLED: 8, _ICE_CONTROLLING: 8, _MESSAGE_INTEGRITY: 20}
 
@@ -205,6 +209,43 @@ def parse_stun_untrusted(data: bytes) -> StunMessage:
         _data=data,
         _integrity_at=integrity_at,
     )
+
+
+def local_ufrag_untrusted(data: bytes | bytearray | memoryview) -> str | None:
+    """The receiver's ufrag named by a STUN datagram's USERNAME, or None; never raises.
+
+    RFC 8445 7.2.2: a check's USERNAME is the receiver's ufrag, a colon, the sender's ufrag
+    ("LFRAG:RFRAG" with LFRAG the receiver's, as 7.3 checks it), so a port shared by several
+    ICE sessions (rtp.browser_port) finds the session from its first part. Only the header
+    (RFC 8489 section 5: top bits, magic cookie, length) and the attributes' framing up to
+    USERNAME are checked: the session's own agent parses and authenticates the whole message
+    (`parse_stun_untrusted`). None when
+    there is no USERNAME, no colon in it, or its first part is empty or not ice-chars (RFC 8445
+    section 5.3: ALPHA / DIGIT / "+" / "/").
+    """
+    n = len(data)
+    if n < HEADER_LENGTH or n > MAX_MESSAGE_LENGTH or data[0] & 0xC0:
+        return None
+    length, cookie = _LENGTH_COOKIE.unpack_from(data, 2)
+    if cookie != MAGIC_COOKIE or length % 4 or length != n - HEADER_LENGTH:
+        return None
+    offset = HEADER_LENGTH
+    while offset + 4 <= n:
+        kind, size = _ATTRIBUTE.unpack_from(data, offset)
+        start = offset + 4
+        end = start + size
+        if end > n:
+            return None
+        if kind == _USERNAME:
+            colon = bytes(data[start:end]).find(b":")
+            if colon <= 0:
+                return None
+            ufrag = bytes(data[start : start + colon])
+            return ufrag.decode("ascii") if _ICE_CHARS.fullmatch(ufrag) else None
+        if kind in (_MESSAGE_INTEGRITY, _FINGERPRINT):
+            return None  # USERNAME comes before both (RFC 8489 14.5, 14.7)
+        offset = end + (-size % 4)
+    return None
 
 
 def _xor_address(data: bytes, start: int, size: int) -> Address:

@@ -23,6 +23,7 @@ EDGE_MODULES = {
     "sip.ua",
     "sip.calls",
     "sip.resolver",
+    "rtp.browser_port",
     "rtp.media",
     "rtp.plane",
     "rtp.ports",

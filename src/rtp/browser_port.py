@@ -1,0 +1,306 @@
+"""One UDP port for the browser legs of every call of a worker: the single-port mode (Trio edge).
+
+By default each call leases its own browser-facing port (`rtp.ports`). With `rtp_browser_port`
+set, worker I of N serves the browser legs of all its calls on ONE port, `rtp_browser_port + I`
+(what WebRTC SFUs call a single-port or "WebRtcServer" mode: one firewall rule, whatever the
+number of calls). docs/media-ports.md describes both modes for operators.
+
+How a datagram finds its call
+-----------------------------
+`SharedBrowserPort` owns one unconnected, non-blocking UDP socket, bound with SO_REUSEPORT and
+served by the worker's `rtp.plane.MediaPlane` (one handler call reads ONE datagram, as for a
+call's own port). `PortRoutes`, the pure table behind it, picks the call:
+
+    first byte (RFC 7983)     routed by                                  no match
+    0..3     STUN             the USERNAME's first part: our ufrag       dropped, counted
+                              (RFC 8445 7.2.2; rtp.stun.local_ufrag_untrusted)
+    anything else             the source address, to the call for which  dropped, counted
+    (DTLS, SRTP, SRTCP)       that address passed an ICE check (RFC 8445
+                              7.3); the latest successful check wins
+
+The call's own `MediaSession` then handles the datagram exactly as on a port of its own (it
+authenticates the check, answers it, feeds DTLS, relays SRTP) and tells the table when a check
+from an address succeeded (`validated`). A session is attached (by its ufrag) while its
+`run_ice_dtls` runs, and every entry it has is removed when it detaches; its ufrag is reserved
+from `open_media` to its end so that no two live calls of the worker share one.
+
+The steady stream does not come here: once the browser's nominated address sends media, the call
+opens a connected twin socket on this same port (rtp.media `_twin`), and the kernel gives a
+connected socket the datagrams of its exact 4-tuple. So the cost per relayed packet is the
+per-call mode's. Finding that socket is a hash lookup on Linux 6.13 and later (the 4-tuple hash
+of connected UDP sockets); older kernels walk every socket bound to the port for each datagram
+(`kernel_hashes_connected_udp`: the bridge warns at start).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import trio
+from rtp.plane import MediaPlane
+from rtp.ports import SOCKET_BUFFER_BYTES
+from rtp.stun import Address, local_ufrag_untrusted
+
+__all__ = [
+    "BrowserLeg",
+    "PortRoutes",
+    "SharedBrowserPort",
+    "SharedPortCounters",
+    "kernel_hashes_connected_udp",
+]
+
+log = logging.getLogger(__name__)
+
+# Linux 6.13 added a 4-tuple hash for connected UDP sockets ("udp: Add 4-tuple hash for
+# connected sockets"); before it, a datagram's socket lookup scans the port's whole chain.
+HASHED_SINCE = (6, 13)
+
+
+def kernel_hashes_connected_udp(release: str) -> bool:
+    """True if the Linux kernel `release` (`platform.release()`, e.g. "6.18.4-amd64") finds a
+    connected UDP socket by a hash of its 4-tuple (6.13+); False if older or unreadable."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return match is not None and (int(match[1]), int(match[2])) >= HASHED_SINCE
+
+
+@dataclass(slots=True)
+class SharedPortCounters:
+    """What the shared port dropped, each datagram in at most one field (`datagrams`: all read)."""
+
+    datagrams: int = 0
+    stun_no_ufrag: int = 0  # STUN without a readable USERNAME "ufrag:..." (or not STUN at all)
+    unknown_ufrag: int = 0  # STUN for a ufrag no live call of the worker has
+    unknown_address: int = 0  # DTLS/SRTP/other from an address no call validated
+    leg_errors: int = 0  # a call's handler raised (a bug): that call ends, the others go on
+    # Not read by this port: datagrams of others a new twin found queued (rtp.media `_drop_strays`).
+    twin_strays: int = 0
+
+
+class BrowserLeg(Protocol):
+    """What the shared port needs from a call (rtp.media.MediaSession)."""
+
+    def serve_shared(self, n: int, src: Address, now: float) -> None:
+        """Handle the datagram of `n` bytes at the start of the plane's buffer, from `src`."""
+
+    def shared_failed(self, exc: BaseException) -> None:
+        """`serve_shared` raised: the call is detached and must end."""
+
+
+L = TypeVar("L")
+
+
+class PortRoutes(Generic[L]):
+    """The routing table of a shared port (pure): ufrags and validated addresses -> legs.
+
+    A ufrag is `reserve`d (None: no leg yet), then `attach`ed to its leg; `validated` maps a
+    source address to an attached leg (the latest call wins); `detach` removes the leg's ufrag
+    binding and all its addresses, `release` the ufrag itself.
+    """
+
+    __slots__ = ("_addresses", "_by_address", "_ufrags", "counters")
+
+    def __init__(self) -> None:
+        self.counters = SharedPortCounters()
+        self._ufrags: dict[str, L | None] = {}
+        self._by_address: dict[Address, L] = {}
+        self._addresses: dict[L, tuple[str, set[Address]]] = {}  # attached leg -> (ufrag, addresses)
+
+    def __len__(self) -> int:
+        """Entries held: ufrags (reserved or attached) plus routed addresses."""
+        return len(self._ufrags) + len(self._by_address)
+
+    def reserve(self, ufrag: str) -> bool:
+        """Hold `ufrag` for a call being set up; False if a live call already has it."""
+        if ufrag in self._ufrags:
+            return False
+        self._ufrags[ufrag] = None
+        return True
+
+    def release(self, ufrag: str) -> None:
+        """The call with `ufrag` is over (its leg detached first, or detached here)."""
+        leg = self._ufrags.pop(ufrag, None)
+        if leg is not None:
+            self._forget(leg)
+
+    def attach(self, ufrag: str, leg: L) -> None:
+        """Route checks for `ufrag` to `leg` (the ufrag reserved or free; LookupError if another
+        leg has it)."""
+        held = self._ufrags.get(ufrag)
+        if held is not None and held is not leg:
+            raise LookupError(f"ICE ufrag {ufrag!r} is attached to another call")
+        self._ufrags[ufrag] = leg
+        self._addresses.setdefault(leg, (ufrag, set()))
+
+    def detach(self, leg: L) -> None:
+        """Route nothing to `leg` any more; its ufrag stays reserved until `release`. Idempotent."""
+        entry = self._addresses.get(leg)
+        if entry is not None and self._ufrags.get(entry[0]) is leg:
+            self._ufrags[entry[0]] = None
+        self._forget(leg)
+
+    def _forget(self, leg: L) -> None:
+        entry = self._addresses.pop(leg, None)
+        if entry is None:
+            return
+        for address in entry[1]:
+            if self._by_address.get(address) is leg:
+                del self._by_address[address]
+
+    def validated(self, src: Address, leg: L) -> None:
+        """A check from `src` to `leg` succeeded: DTLS and media from `src` go to `leg` (RFC 8445
+        7.3: the check is what makes the address the call's); nothing if `leg` is not attached."""
+        entry = self._addresses.get(leg)
+        if entry is None:
+            return
+        owner = self._by_address.get(src)
+        if owner is leg:
+            return
+        if owner is not None:
+            self._addresses[owner][1].discard(src)
+        self._by_address[src] = leg
+        entry[1].add(src)
+
+    def route_untrusted(self, data: bytes | bytearray | memoryview, src: Address) -> L | None:
+        """The leg a datagram from `src` goes to, or None (dropped; counted in `counters`)."""
+        counters = self.counters
+        counters.datagrams += 1
+        if len(data) and data[0] < 4:  # STUN (RFC 7983)
+            ufrag = local_ufrag_untrusted(data)
+            if ufrag is None:
+                counters.stun_no_ufrag += 1
+                return None
+            leg = self._ufrags.get(ufrag)
+            if leg is None:
+                counters.unknown_ufrag += 1
+            return leg
+        leg = self._by_address.get(src)
+        if leg is None:
+            counters.unknown_address += 1
+        return leg
+
+
+def _address(raw: Any) -> Address:
+    # IPv6 sources come as (host, port, flowinfo, scope_id); the sessions key on (host, port).
+    return (str(raw[0]), int(raw[1]))
+
+
+class SharedBrowserPort:
+    """The worker's one browser-facing UDP socket, served by `plane` (module docstring).
+
+    Binds `host`:`port` at once (OSError if another socket holds it; a probe without
+    SO_REUSEPORT first, so that a port held by anyone counts as busy) and registers with the
+    running `plane`. Calls use `socket` to send, and bind their twins beside it; they never
+    close it. `close()` (or leaving the `with` block) unregisters and closes it.
+    """
+
+    def __init__(
+        self, plane: MediaPlane, host: str, port: int, *, buffer_bytes: int = SOCKET_BUFFER_BYTES
+    ) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, port))
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the calls' twins (rtp.media)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                size = buffer_bytes
+                while size >= 65536:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, option, size)
+                        break
+                    except OSError:
+                        size //= 2
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.socket = sock
+        self.routes: PortRoutes[BrowserLeg] = PortRoutes()
+        self.failure: BaseException | None = None  # set if the port's own handler raised (a bug)
+        self._plane = plane
+        self._pkt = plane.buffer
+        self._buf = self._pkt.data
+        self._view = self._pkt.view
+        self._closed = False
+        try:
+            plane.register(sock, self._datagram, self._on_error)
+        except BaseException:
+            sock.close()
+            raise
+
+    def __enter__(self) -> SharedBrowserPort:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        return int(self.socket.getsockname()[1])
+
+    @property
+    def counters(self) -> SharedPortCounters:
+        return self.routes.counters
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # The calls' side (rtp.media), all synchronous.
+
+    def reserve(self, ufrag: str) -> bool:
+        return self.routes.reserve(ufrag)
+
+    def release(self, ufrag: str) -> None:
+        self.routes.release(ufrag)
+
+    def attach(self, ufrag: str, leg: BrowserLeg) -> None:
+        """Route `ufrag`'s checks to `leg`; `trio.ClosedResourceError` once the port is closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the shared browser port is closed")
+        self.routes.attach(ufrag, leg)
+
+    def detach(self, leg: BrowserLeg) -> None:
+        self.routes.detach(leg)
+
+    def validated(self, src: Address, leg: BrowserLeg) -> None:
+        self.routes.validated(src, leg)
+
+    def close(self) -> None:
+        """Stop serving and close the socket (calls still alive then count failed sends). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._plane.unregister(self.socket)  # before close: the epoll keys on the open file
+        self.socket.close()
+
+    # The plane's side.
+
+    def _datagram(self, now: float) -> bool:
+        """One datagram from the shared socket, handed to its call; False if there was none."""
+        try:
+            n, src = self.socket.recvfrom_into(self._buf)
+        except OSError:  # BlockingIOError, or e.g. ECONNREFUSED queued by an ICMP error
+            return False
+        if len(src) != 2:
+            src = _address(src)
+        leg = self.routes.route_untrusted(self._view[:n], src)
+        if leg is not None:
+            try:
+                leg.serve_shared(n, src, now)
+            except Exception as exc:  # a bug in one call's handler: that call only
+                self.routes.counters.leg_errors += 1
+                log.error("browser media handler of a call failed; the call is detached", exc_info=exc)
+                self.routes.detach(leg)
+                leg.shared_failed(exc)
+        return True
+
+    def _on_error(self, exc: BaseException) -> None:
+        # Our own handler raised (a bug): the plane unregistered it; the calls' checks go unanswered.
+        self.failure = exc
+        log.critical("the shared browser port %d stopped serving", self.port, exc_info=exc)
