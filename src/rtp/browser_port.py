@@ -18,6 +18,10 @@ call's own port). `PortRoutes`, the pure table behind it, picks the call:
     (DTLS, SRTP, SRTCP)       that address passed an ICE check (RFC 8445
                               7.3); the latest successful check wins
 
+A check for a ufrag reserved by a call whose `run_ice_dtls` has not attached it yet is held (a
+few per call, copied) and handed over at `attach`: on a port of its own, the call would find it
+queued in the kernel when it starts serving the port, and the browser's first check is not lost.
+
 The call's own `MediaSession` then handles the datagram exactly as on a port of its own (it
 authenticates the check, answers it, feeds DTLS, relays SRTP) and tells the table when a check
 from an address succeeded (`validated`). A session is attached (by its ufrag) while its
@@ -55,6 +59,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+HELD_PER_CALL = 4  # checks held for a call not attached yet (a browser's first few, ~100 bytes each)
+
 # Linux 6.13 added a 4-tuple hash for connected UDP sockets ("udp: Add 4-tuple hash for
 # connected sockets"); before it, a datagram's socket lookup scans the port's whole chain.
 HASHED_SINCE = (6, 13)
@@ -74,6 +80,7 @@ class SharedPortCounters:
     datagrams: int = 0
     stun_no_ufrag: int = 0  # STUN without a readable USERNAME "ufrag:..." (or not STUN at all)
     unknown_ufrag: int = 0  # STUN for a ufrag no live call of the worker has
+    held: int = 0  # ...for a call not attached yet: held for it (HELD_PER_CALL at most, then dropped)
     unknown_address: int = 0  # DTLS/SRTP/other from an address no call validated
     leg_errors: int = 0  # a call's handler raised (a bug): that call ends, the others go on
     # Not read by this port: datagrams of others a new twin found queued (rtp.media `_drop_strays`).
@@ -96,22 +103,24 @@ L = TypeVar("L")
 class PortRoutes(Generic[L]):
     """The routing table of a shared port (pure): ufrags and validated addresses -> legs.
 
-    A ufrag is `reserve`d (None: no leg yet), then `attach`ed to its leg; `validated` maps a
-    source address to an attached leg (the latest call wins); `detach` removes the leg's ufrag
-    binding and all its addresses, `release` the ufrag itself.
+    A ufrag is `reserve`d (None: no leg yet; checks for it are held), then `attach`ed to its leg,
+    which gets the held checks; `validated` maps a source address to an attached leg (the latest
+    call wins); `detach` removes the leg's ufrag binding and all its addresses, `release` the
+    ufrag itself.
     """
 
-    __slots__ = ("_addresses", "_by_address", "_ufrags", "counters")
+    __slots__ = ("_addresses", "_by_address", "_held", "_ufrags", "counters")
 
     def __init__(self) -> None:
         self.counters = SharedPortCounters()
         self._ufrags: dict[str, L | None] = {}
+        self._held: dict[str, list[tuple[bytes, Address]]] = {}  # reserved ufrag -> checks held
         self._by_address: dict[Address, L] = {}
         self._addresses: dict[L, tuple[str, set[Address]]] = {}  # attached leg -> (ufrag, addresses)
 
     def __len__(self) -> int:
-        """Entries held: ufrags (reserved or attached) plus routed addresses."""
-        return len(self._ufrags) + len(self._by_address)
+        """Entries held: ufrags (reserved or attached), routed addresses, held checks."""
+        return len(self._ufrags) + len(self._by_address) + sum(map(len, self._held.values()))
 
     def reserve(self, ufrag: str) -> bool:
         """Hold `ufrag` for a call being set up; False if a live call already has it."""
@@ -123,17 +132,19 @@ class PortRoutes(Generic[L]):
     def release(self, ufrag: str) -> None:
         """The call with `ufrag` is over (its leg detached first, or detached here)."""
         leg = self._ufrags.pop(ufrag, None)
+        self._held.pop(ufrag, None)
         if leg is not None:
             self._forget(leg)
 
-    def attach(self, ufrag: str, leg: L) -> None:
+    def attach(self, ufrag: str, leg: L) -> list[tuple[bytes, Address]]:
         """Route checks for `ufrag` to `leg` (the ufrag reserved or free; LookupError if another
-        leg has it)."""
-        held = self._ufrags.get(ufrag)
-        if held is not None and held is not leg:
+        leg has it); returns the checks held for it meanwhile (datagram, source), oldest first."""
+        owner = self._ufrags.get(ufrag)
+        if owner is not None and owner is not leg:
             raise LookupError(f"ICE ufrag {ufrag!r} is attached to another call")
         self._ufrags[ufrag] = leg
         self._addresses.setdefault(leg, (ufrag, set()))
+        return self._held.pop(ufrag, [])
 
     def detach(self, leg: L) -> None:
         """Route nothing to `leg` any more; its ufrag stays reserved until `release`. Idempotent."""
@@ -175,7 +186,15 @@ class PortRoutes(Generic[L]):
                 return None
             leg = self._ufrags.get(ufrag)
             if leg is None:
-                counters.unknown_ufrag += 1
+                if ufrag not in self._ufrags:
+                    counters.unknown_ufrag += 1
+                    return None
+                held = self._held.setdefault(ufrag, [])
+                if len(held) < HELD_PER_CALL:
+                    held.append((bytes(data), src))
+                    counters.held += 1
+                else:
+                    counters.unknown_ufrag += 1
             return leg
         leg = self._by_address.get(src)
         if leg is None:
@@ -263,7 +282,14 @@ class SharedBrowserPort:
         """Route `ufrag`'s checks to `leg`; `trio.ClosedResourceError` once the port is closed."""
         if self._closed:
             raise trio.ClosedResourceError("the shared browser port is closed")
-        self.routes.attach(ufrag, leg)
+        held = self.routes.attach(ufrag, leg)
+        if held:
+            now = trio.current_time()
+            for data, src in held:  # outside a plane pass: the shared buffer is free
+                n = len(data)
+                self._view[:n] = data
+                if not self._serve(leg, n, src, now):
+                    break
 
     def detach(self, leg: BrowserLeg) -> None:
         self.routes.detach(leg)
@@ -291,13 +317,19 @@ class SharedBrowserPort:
             src = _address(src)
         leg = self.routes.route_untrusted(self._view[:n], src)
         if leg is not None:
-            try:
-                leg.serve_shared(n, src, now)
-            except Exception as exc:  # a bug in one call's handler: that call only
-                self.routes.counters.leg_errors += 1
-                log.error("browser media handler of a call failed; the call is detached", exc_info=exc)
-                self.routes.detach(leg)
-                leg.shared_failed(exc)
+            self._serve(leg, n, src, now)
+        return True
+
+    def _serve(self, leg: BrowserLeg, n: int, src: Address, now: float) -> bool:
+        """`leg` handles the datagram in the buffer; False if it raised (then detached and told)."""
+        try:
+            leg.serve_shared(n, src, now)
+        except Exception as exc:  # a bug in one call's handler: that call only
+            self.routes.counters.leg_errors += 1
+            log.error("browser media handler of a call failed; the call is detached", exc_info=exc)
+            self.routes.detach(leg)
+            leg.shared_failed(exc)
+            return False
         return True
 
     def _on_error(self, exc: BaseException) -> None:

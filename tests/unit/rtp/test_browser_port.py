@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtp.browser_port import PortRoutes, kernel_hashes_connected_udp
+from rtp.browser_port import HELD_PER_CALL, PortRoutes, kernel_hashes_connected_udp
 from rtp.stun import binding_request, binding_success, local_ufrag_untrusted
 
 
@@ -136,17 +136,28 @@ def test_stun_goes_by_the_usernames_first_part_whatever_its_source() -> None:
     assert routes.counters.datagrams == 4
 
 
-def test_a_reserved_ufrag_routes_nothing_until_attached() -> None:
+def test_checks_for_a_reserved_ufrag_are_held_until_attached() -> None:
+    """On a port of its own a call finds the browser's first checks queued when it starts serving;
+    on the shared port they are held for it (a few), and handed over by `attach`."""
     routes: PortRoutes[Leg] = PortRoutes()
     one = Leg("one")
     assert routes.reserve("aaaa1111")
     assert not routes.reserve("aaaa1111")  # a live call has it
-    assert routes.route_untrusted(check("aaaa1111:x"), A) is None
-    assert routes.counters.unknown_ufrag == 1
-    routes.attach("aaaa1111", one)
+    checks = [check("aaaa1111:x") for _ in range(HELD_PER_CALL + 1)]
+    for data in checks:
+        assert routes.route_untrusted(data, A) is None
+    assert routes.counters.held == HELD_PER_CALL
+    assert routes.counters.unknown_ufrag == 1  # beyond HELD_PER_CALL
+    assert routes.attach("aaaa1111", one) == [(data, A) for data in checks[:HELD_PER_CALL]]
     assert routes.route_untrusted(check("aaaa1111:x"), A) is one
+    assert routes.attach("aaaa1111", one) == []  # handed over once
     with pytest.raises(LookupError):
         routes.attach("aaaa1111", Leg("other"))
+    assert routes.reserve("cccc3333")
+    routes.route_untrusted(check("cccc3333:x"), B)
+    assert len(routes) == 3  # two ufrags, one check held
+    routes.release("cccc3333")  # a call that never attached: what was held for it goes too
+    assert len(routes) == 1
 
 
 def test_media_goes_by_the_address_a_check_validated() -> None:
@@ -192,10 +203,11 @@ def test_detach_and_release_leave_no_entry() -> None:
     routes.validated(B, two)
     assert len(routes) == 5
     routes.detach(one)
-    assert routes.route_untrusted(check("aaaa1111:x"), A) is None  # reserved, not attached
     assert routes.route_untrusted(SRTP, A) is None
     assert routes.route_untrusted(SRTP, B) is two  # the other call is undisturbed
     assert len(routes) == 3
+    assert routes.route_untrusted(check("aaaa1111:x"), A) is None  # reserved, not attached: held
+    assert len(routes) == 4
     assert not routes.reserve("aaaa1111")  # still the ended call's until released
     routes.release("aaaa1111")
     routes.release("bbbb2222")  # release of an attached leg detaches it too
