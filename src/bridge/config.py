@@ -90,6 +90,7 @@ class Config:
     sip_port: int = 5060
     sip_transport: SipTransport = SipTransport.UDP
     rtp_ports: tuple[int, int] = (20000, 29999)
+    rtp_browser_port: int = 0  # 0: a browser port per call; else worker I's browser legs all on this + I
     upstream: Upstream | None = None
     public_address: str | None = None
     log_level: LogLevel = LogLevel.INFO
@@ -449,6 +450,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sip_transport", _choice(SipTransport), "default SIP transport: udp or tcp", "udp|tcp"),
     Setting("rtp_ports", _port_range, "UDP port range for media", "LOW-HIGH"),
     Setting(
+        "rtp_browser_port",
+        _int_in(0, 65535),
+        "single-port mode: worker I serves the browser side of all its calls on UDP port "
+        "rtp_browser_port+I (outside rtp_ports; SIP keeps per-call ports); 0: a port per call "
+        "(docs/media-ports.md)",
+        "PORT",
+    ),
+    Setting(
         "upstream", _upstream, "SIP proxy/PBX for outgoing calls (empty: none, local registrar)", "SIP-URI"
     ),
     Setting(
@@ -631,6 +640,7 @@ def default_value_text(key: str) -> str:
 
 
 def _check_cross(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    _check_browser_port(values, sources)
     plain, wss = values["plain_ws_port"], values["wss_port"]
     if plain is not None and plain != 0 and plain == wss and values["plain_ws_listen"] == values["listen"]:
         raise ConfigError(
@@ -646,6 +656,26 @@ def _check_cross(values: Mapping[str, object], sources: Mapping[str, str]) -> No
             f"must be at least auth_max_failures ({failures}), got {lockout!r}",
             sources.get("auth_lockout_failures"),
         )
+
+
+def _check_browser_port(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """`rtp_browser_port` .. + N - 1 (N workers) are real ports, none of them in `rtp_ports`."""
+    port, ports, workers = values["rtp_browser_port"], values["rtp_ports"], values["workers"]
+    assert isinstance(port, int)
+    assert isinstance(ports, tuple)
+    assert isinstance(workers, int)
+    low, high = ports
+    if port == 0:
+        return
+    count = workers or os.cpu_count() or 1  # as Config.worker_count
+    last = port + count - 1
+    span = f"{port}" if count == 1 else f"{port}-{last} ({count} workers)"
+    if not 1024 <= port <= 65535 - count + 1:
+        problem = f"must be 0 or 1024-{65535 - count + 1} (one port per worker: {count}), got {port!r}"
+        raise ConfigError("rtp_browser_port", problem, sources.get("rtp_browser_port"))
+    if port <= high and last >= low:
+        problem = f"{span} must not fall inside rtp_ports {low}-{high}"
+        raise ConfigError("rtp_browser_port", problem, sources.get("rtp_browser_port"))
 
 
 def _read_toml(path: Path) -> dict[str, object]:
