@@ -89,6 +89,9 @@ def test_relay_harness_smoke(tmp_path: Path) -> None:
             assert d["received"] > 0, (step["target"], direction, d)
             assert d["auth_failures"] == 0
             assert d["latency_us"]["p50"] > 0
+            # every datagram carried the kernel's arrival stamp, which comes before the blaster's read
+            assert d["unstamped"] == 0, d
+            assert d["read_latency_us"]["p50"] >= d["latency_us"]["p50"], d
     assert set(record["summary"]) == {str(float(5 * 50))}
     assert set(record["lossless_max"]) >= {"bridge", "rtpengine"}
     planes = [step["plane"] for step in record["steps"] if step["target"] == "bridge"]
