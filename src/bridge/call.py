@@ -167,6 +167,7 @@ async def run_call(conn: MccpConnection, accepted: AuthenticatedCall, services: 
             handshake_timeout=services.handshake_timeout,
             media_timeout=config.media_timeout,
             logger=clog,
+            browser_port=services.browser_port,
         ) as media:
             del offer
             services.metrics.media_opened(id(media), media.stats)

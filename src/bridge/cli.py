@@ -404,13 +404,15 @@ def _supervise(config: Config, argv: Sequence[str], count: int, stdout: TextIO, 
         reserved = reserve_port(config.listen)
         worker_argv += ["--wss-port", str(reserved.getsockname()[1])]
     wss_port = reserved.getsockname()[1] if reserved is not None else config.wss_port
+    browser = config.rtp_browser_port
     logging.getLogger("bridge.cli").info(
-        "starting %d workers: WSS port %d shared, SIP ports %s, media %d-%d split in %d",
+        "starting %d workers: WSS port %d shared, SIP ports %s, media %d-%d split in %d%s",
         count,
         wss_port,
         "any free ones" if config.sip_port == 0 else f"{config.sip_port}-{config.sip_port + count - 1}",
         *config.rtp_ports,
         count,
+        f", browser media on UDP {browser}-{browser + count - 1} (single port per worker)" if browser else "",
     )
 
     def ready() -> None:

@@ -11,6 +11,8 @@ WSS listener starts. In one nursery it starts:
 * the echo extension (`config.echo_extension`, on its own loopback SIP port), when there is no upstream;
 * the media port allocator over `config.rtp_ports`, and the DTLS certificate (one per process);
 * the media plane (`rtp.plane`): one epoll and one task that read every call's media sockets;
+* with `rtp_browser_port` set, the worker's shared browser port (`rtp.browser_port`, UDP
+  `rtp_browser_port + I`): the browser legs of all its calls on it (docs/media-ports.md);
 * the process's Prometheus metrics (`bridge.metrics`), served at `/metrics` on the HTTPS port.
 
 It yields the call handler (`bridge.call.run_call` bound to these services); calls are routed by
@@ -20,6 +22,7 @@ It yields the call handler (`bridge.call.run_call` bound to these services); cal
 from __future__ import annotations
 
 import logging
+import platform
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -36,6 +39,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.openssl_thread import OpenSslThread
 from bridge.routing import NoRoute, Route, route_call
 from bridge.workers import split_port_range, worker_sip_port
+from rtp.browser_port import SharedBrowserPort, kernel_hashes_connected_udp
 from rtp.dtls import DtlsCertificate, warm_up
 from rtp.media import HANDSHAKE_TIMEOUT, STEADY_IN_C
 from rtp.plane import MediaPlane
@@ -119,6 +123,8 @@ class CallServices:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     # Set in workers that do not answer REGISTER: the file `registrar` is refreshed from.
     shared_bindings: BindingsFile | None = None
+    # Set in the single-port mode (`rtp_browser_port`): the browser legs of all calls on it.
+    browser_port: SharedBrowserPort | None = None
 
     async def refresh_bindings(self) -> None:
         """In a worker that does not answer REGISTER: re-read bindings.json if it changed."""
@@ -143,6 +149,33 @@ class CallServices:
             registrar=self.registrar,
             now=trio.current_time(),
         )
+
+
+def _open_browser_port(
+    config: Config, plane: MediaPlane, host: str, index: int, count: int
+) -> SharedBrowserPort | None:
+    """The single-port mode: worker `index`'s shared browser port, `rtp_browser_port + index`
+    (None when the setting is 0: a port per call). OSError, naming the setting, if it is taken."""
+    if not config.rtp_browser_port:
+        return None
+    port = config.rtp_browser_port + index
+    try:
+        shared = SharedBrowserPort(plane, host, port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"rtp_browser_port: cannot bind UDP {host}:{port}: {exc.strerror}") from exc
+    span = f"{config.rtp_browser_port}-{config.rtp_browser_port + count - 1}" if count > 1 else str(port)
+    log.info(
+        "browser media on UDP %s:%d (single port%s); SIP media on per-call ports",
+        host, port, f", worker {index} of {span}" if count > 1 else "",
+    )  # fmt: skip
+    release = platform.release()
+    if index == 0 and not kernel_hashes_connected_udp(release):
+        log.warning(
+            "kernel %s is older than Linux 6.13: with rtp_browser_port every datagram's socket lookup "
+            "walks all the calls' sockets on the shared port (docs/media-ports.md)",
+            release,
+        )
+    return shared
 
 
 @asynccontextmanager
@@ -254,7 +287,9 @@ async def bridge_services(
         )
         # The DTLS handshakes' OpenSSL work, in a thread whose malloc arena it keeps to itself.
         openssl = OpenSslThread()
+        browser_port: SharedBrowserPort | None = None
         try:
+            browser_port = _open_browser_port(config, plane, media_bind, worker.index, worker.count)
             certificate = DtlsCertificate.generate(run_openssl=openssl)
             # The first handshake's one-time cost (OpenSSL code paged in, ~1 MiB) now, not in a call.
             if not warm_up(certificate):
@@ -272,6 +307,7 @@ async def bridge_services(
                 metrics=metrics,
                 handshake_timeout=handshake_timeout,
                 shared_bindings=shared_bindings,
+                browser_port=browser_port,
             )
 
             def handler(conn: MccpConnection, call: AuthenticatedCall) -> Awaitable[object]:
@@ -281,4 +317,6 @@ async def bridge_services(
             yield handler
         finally:
             openssl.close()
+            if browser_port is not None:
+                browser_port.close()
         nursery.cancel_scope.cancel()
