@@ -56,6 +56,31 @@ def _ms(t: float | None, t0: float) -> float | None:
     return None if t is None else round((t - t0) * 1000, 3)
 
 
+async def bridge_call(
+    nursery: trio.Nursery, wss_port: int, bsock: BrowserSocket, phone: Phone, i: int
+) -> tuple[SetupRecord, BrowserCall | None, SipLeg | None]:
+    """Set up call number `i` through the bridge, held in `nursery` until its `hangup` is set;
+    on failure the record says why and no call is returned."""
+    call = BrowserCall(i, ssrc=int.from_bytes(os.urandom(4), "big"))
+    try:
+        await nursery.start(run_call, bsock, call, wss_port, CALLER, CALLER_PASSWORD, PHONE)
+        leg = await phone.wait_leg(call.session_id, timeout=5)
+    except (CallFailed, trio.TooSlowError) as exc:
+        call.hangup.set()
+        return SetupRecord(False, str(exc) or type(exc).__name__), None, None
+    t0 = call.timings.sent_call
+    done = max(t for t in (call.timings.answer, call.timings.dtls_done) if t is not None)
+    record = SetupRecord(
+        True,
+        progress_ms=_ms(call.timings.progress, t0),
+        invite_ms=_ms(leg.invite_at, t0),
+        answer_ms=_ms(call.timings.answer, t0),
+        dtls_ms=_ms(call.timings.dtls_done, t0),
+        total_ms=_ms(done, t0),
+    )
+    return record, call, leg
+
+
 @asynccontextmanager
 async def bridge_calls(
     wss_port: int, bsock: BrowserSocket, phone: Phone, n: int, *, concurrency: int = 16
@@ -66,27 +91,11 @@ async def bridge_calls(
     async with trio.open_nursery() as nursery:
 
         async def one(i: int) -> None:
-            call = BrowserCall(i, ssrc=int.from_bytes(os.urandom(4), "big"))
             async with limiter:
-                try:
-                    await nursery.start(run_call, bsock, call, wss_port, CALLER, CALLER_PASSWORD, PHONE)
-                    leg = await phone.wait_leg(call.session_id, timeout=5)
-                except (CallFailed, trio.TooSlowError) as exc:
-                    result.records.append(SetupRecord(False, str(exc) or type(exc).__name__))
-                    call.hangup.set()
-                    return
-            t0 = call.timings.sent_call
-            done = max(t for t in (call.timings.answer, call.timings.dtls_done) if t is not None)
-            result.records.append(
-                SetupRecord(
-                    True,
-                    progress_ms=_ms(call.timings.progress, t0),
-                    invite_ms=_ms(leg.invite_at, t0),
-                    answer_ms=_ms(call.timings.answer, t0),
-                    dtls_ms=_ms(call.timings.dtls_done, t0),
-                    total_ms=_ms(done, t0),
-                )
-            )
+                record, call, leg = await bridge_call(nursery, wss_port, bsock, phone, i)
+            result.records.append(record)
+            if call is None or leg is None:
+                return
             assert call.profile is not None
             result.calls.append(call)
             result.legs.append(leg)

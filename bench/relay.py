@@ -45,6 +45,7 @@ import trio
 from bench.blaster import Flow, blast, build
 from bench.browser_leg import BrowserSocket
 from bench.calls import CallSet, SetupRecord, bridge_calls, rtpengine_calls
+from bench.churn import bridge_churn, rtpengine_churn
 from bench.phone_leg import Phone
 from bench.processes import (
     PHONE,
@@ -174,6 +175,7 @@ async def _step(
     index_base: int,
     warmup: float,
     on_measure: Callable[[], Awaitable[None]] | None = None,
+    churn: Callable[[float], Awaitable[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """One measured step; its `index_used` is the RTP indexes it took per flow (warm-up included)."""
     bsock.pause()
@@ -206,7 +208,17 @@ async def _step(
         if on_measure is not None:
             await on_measure()
         own0, t0 = os.times(), trio.current_time()
-        result = await load(seconds)
+        churned: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            if churn is not None:  # calls set up and torn down during the measured load (bench.churn)
+
+                async def churner() -> None:
+                    churned.update(await churn(seconds))
+
+                nursery.start_soon(churner)
+            result = await load(seconds)
+        if churn is not None:
+            result["churn"] = churned
         result["index_used"] = index_used
         result["warmup_s"] = warmup
         own1, wall = os.times(), trio.current_time() - t0
@@ -235,6 +247,16 @@ def _summarise_step(target: str, rep: int, rate: float, result: dict[str, Any]) 
         f"foreign {result['foreign_pct']:.0f}% (irq {result['relay_cpu_irq_pct']:.0f}%) "
         f"relay waited for CPU {result['relay_runqueue_wait_pct']:.0f}%  "
         f"harness CPU {result['harness_cpu_pct']:.0f}% (blaster) + {result.get('harness_py_cpu_pct', 0):.0f}%"
+        + _summarise_churn(result.get("churn"))
+    )
+
+
+def _summarise_churn(churn: dict[str, Any] | None) -> str:
+    if not churn:
+        return ""
+    return (
+        f"  churn {churn['cps']:g} cps: {churn['set_up']}/{churn['offered']} up, {churn['failed']} failed, "
+        f"{churn['ended']} ended, set-up p50 {churn['total_ms']['p50']} p99 {churn['total_ms']['p99']} ms"
     )
 
 
@@ -266,6 +288,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             " see harness_cpu_pct and harness_py_cpu_pct per step",
             "rtpengine": use_rtpe,
             "srtp_profile": "AEAD_AES_128_GCM",
+            "churn_cps": args.churn,
+            "churn_hold_s": args.churn_hold,
         },
         "steps": [],
     }
@@ -273,8 +297,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phone_rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await phone_rtp.bind(("127.0.0.1", 0))
     phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
+    churn_sock = await BrowserSocket.open()  # churned calls' (bench.churn): the blaster owns bsock's input
     async with trio.open_nursery() as root:
         root.start_soon(bsock.run)
+        root.start_soon(churn_sock.run)
         async with run_bridge(
             scrypt_n=args.scrypt_n, nice=args.nice, gc_mode=args.gc_mode, workers=args.workers
         ) as bridge:
@@ -318,9 +344,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 if use_rtpe:
                     async with run_rtpengine(nice=args.nice, threads=args.workers) as rtpe:
-                        await _steps(args, record, calls, bsock, phone_rtp, bridge, rtpe)
+                        await _steps(args, record, calls, bsock, phone_rtp, bridge, rtpe, churn_sock, phone)
                 else:
-                    await _steps(args, record, calls, bsock, phone_rtp, bridge, None)
+                    await _steps(args, record, calls, bsock, phone_rtp, bridge, None, churn_sock, phone)
                 bsock.pause()
                 await _wait_quiet([bsock.sock, phone_rtp])  # the hang-ups queue behind any backlog
                 bsock.resume()
@@ -334,6 +360,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"bridge GC: {record['bridge']['gc']}", flush=True)
         root.cancel_scope.cancel()
     bsock.sock.close()
+    churn_sock.sock.close()
     phone_rtp.close()
     phone.sock.close()
     record["summary"] = summarise(record)
@@ -349,9 +376,31 @@ async def _steps(
     phone_rtp: trio.socket.SocketType,
     bridge: Bridge,
     rtpe: Any,
+    churn_sock: BrowserSocket,
+    phone: Phone,
 ) -> None:
     index_base = 0
     pinned = args.workers == 1
+    churn_number = args.calls  # churned calls' numbers follow the established ones'
+    hold = args.churn_hold
+
+    async def churn_bridge(seconds: float) -> dict[str, Any]:
+        nonlocal churn_number
+        first, churn_number = churn_number, churn_number + math.ceil(args.churn * seconds) + 1
+        return await bridge_churn(
+            bridge.wss_port, churn_sock, phone, cps=args.churn, seconds=seconds - hold, hold=hold, first=first
+        )
+
+    async def churn_rtpengine(seconds: float) -> dict[str, Any]:
+        return await rtpengine_churn(
+            rtpe.ng_port,
+            bsock.port,
+            int(phone_rtp.getsockname()[1]),
+            cps=args.churn,
+            seconds=seconds - hold,
+            hold=hold,
+        )
+
     for rep in range(args.reps):
         for rate in args.rates:
             targets = ["bridge", "rtpengine"] if rtpe is not None else ["bridge"]
@@ -380,6 +429,7 @@ async def _steps(
                         index_base=index_base,
                         warmup=args.warmup,
                         on_measure=read_plane0,
+                        churn=churn_bridge if args.churn else None,
                     )
                     index_base += result["index_used"]
                     extra: dict[str, Any] = {"calls_dropped": sum(1 for c in calls.calls if c.dropped)}
@@ -407,6 +457,7 @@ async def _steps(
                             pinned=pinned,
                             index_base=0,
                             warmup=args.warmup,
+                            churn=churn_rtpengine if args.churn else None,
                         )
                     extra = {
                         "setup": setup_summary(rcalls.records),
@@ -630,6 +681,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="nice of the harness alone (default: --nice); e.g. 0 with --workers 2, where relay and "
         "harness share the CPUs, so that the relay (either) is not made to wait for the harness",
     )
+    ap.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        help="calls/s set up and torn down on each relay during every measured step, besides the "
+        "established ones (bench.churn; 0: none)",
+    )
+    ap.add_argument("--churn-hold", type=float, default=2.0, help="seconds each churned call is held")
     ap.add_argument("--no-rtpengine", dest="rtpengine", action="store_false")
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the bridge during its first step at the top rate"
@@ -648,6 +707,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("bounds: 1 <= calls <= 2000, 0 < seconds <= 60, 1 <= reps <= 10")
     if not 1 <= args.workers <= 16:
         ap.error("bounds: 1 <= workers <= 16")
+    if args.churn and not (0 < args.churn <= 200 and 0 < args.churn_hold < args.seconds):
+        ap.error("bounds: 0 < churn <= 200 calls/s, 0 < churn-hold < seconds")
     return args
 
 
