@@ -21,6 +21,13 @@ API (what `bridge.call` composes into the call nursery)
             final = media.confirm_browser_answer(browser_offer)  # optional: the SIP codec only
     # leaving the block sends DTLS close_notify and gives the three ports back
 
+Single-port mode: `open_media(..., browser_port=shared)` with the worker's `rtp.browser_port.
+SharedBrowserPort` leases no browser port; the answer's candidates carry the shared port, the
+session sends on the shared socket and binds its twins beside it, but never registers or closes
+it: `run_ice_dtls` attaches the session to it (by our ICE ufrag) and detaches it at the end, a
+successful ICE check maps its source to the session, and the shared port's handler hands the
+session its datagrams (`serve_shared`, what `_browser_datagram` does for a port of its own).
+
 `MediaSession(...)` can also be built directly from three bound sockets, an `IceLiteAgent`, a
 `DtlsEndpoint` and a running `MediaPlane` (`rtp.plane.open_media_plane`), and pointed at the
 SIP side with `set_sip_remote(SipRemote(...))`; the loopback tests do that. Call `close()` when done.
