@@ -20,8 +20,12 @@
  *   -c -1: the relay is not pinned, "foreign" load is counted over every CPU.
  *   The two sockets are inherited, already bound (the harness did ICE/DTLS and SIP on them).
  *   FLOWFILE, one line per call:
- *     RELAY_BROWSER_PORT RELAY_PHONE_PORT SSRC_B SSRC_P TXPROF TXKEY TXSALT TXAUTH RXPROF RXKEY RXSALT RXAUTH
+ *     RELAY_BROWSER_PORT RELAY_PHONE_PORT SSRC_B SSRC_P TXPROF TXKEY TXSALT TXAUTH RXPROF RXKEY RXSALT RXAUTH [SRC]
  *   (PROF gcm|cm80, hex keys, AUTH "-" for gcm).  The relay answers from the port we send to.
+ *   SRC (optional, a 127.0.0.0/8 address): the browser leg's own source address, for a relay that serves every
+ *   browser leg on ONE port (the bridge's rtp_browser_port): each call's SRTP leaves the shared browser socket
+ *   (bound to 0.0.0.0) from its address (IP_PKTINFO), and the relay's replies are told apart by the address they
+ *   come to (IP_PKTINFO on receive), as a real browser's would be by its port.
  *   Packet j goes to flow j % N with index INDEX_BASE + j / N (RTP seq = index & 0xffff, ROC = index >> 16),
  *   so a later step on the same calls continues the SRTP sequence (-o); a packet received with an
  *   index below INDEX_BASE was sent by an earlier run: counted as late_from_earlier_run, not received.
@@ -75,6 +79,9 @@ typedef struct {
 static flow_t flows[MAXFLOWS];
 static int nflows;
 static int16_t port_flow_b[65536], port_flow_p[65536];
+static int16_t addr_flow_b[65536]; /* with SRC: the low 16 bits of the browser leg's address -> flow */
+static struct in_addr flow_src[MAXFLOWS];
+static int spread; /* some flow has its own SRC */
 
 /* the payload's send stamp and the receive side: the clock of the kernel's SO_TIMESTAMPNS */
 static int64_t wall_ns(void) {
@@ -359,12 +366,27 @@ int main(int argc, char **argv) {
     if (!ff) die("flow file");
     memset(port_flow_b, -1, sizeof port_flow_b);
     memset(port_flow_p, -1, sizeof port_flow_p);
-    char tp[8], tk[64], ts[64], ta[64], rp[8], rk[64], rs[64], ra[64];
+    memset(addr_flow_b, -1, sizeof addr_flow_b);
+    char tp[8], tk[64], ts[64], ta[64], rp[8], rk[64], rs[64], ra[64], src[64], line[1024];
     unsigned sb, sp;
     int bp, pp;
-    while (nflows < MAXFLOWS &&
-           fscanf(ff, "%d %d %u %u %7s %63s %63s %63s %7s %63s %63s %63s", &bp, &pp, &sb, &sp, tp, tk, ts, ta, rp,
-                  rk, rs, ra) == 12) {
+    while (nflows < MAXFLOWS && fgets(line, sizeof line, ff)) {
+        int got = sscanf(line, "%d %d %u %u %7s %63s %63s %63s %7s %63s %63s %63s %63s", &bp, &pp, &sb, &sp, tp, tk,
+                         ts, ta, rp, rk, rs, ra, src);
+        if (got < 12) continue;
+        if (got == 13 && strcmp(src, "-") != 0) {
+            if (inet_pton(AF_INET, src, &flow_src[nflows]) != 1 || (ntohl(flow_src[nflows].s_addr) >> 24) != 127) {
+                fprintf(stderr, "bad SRC %s (127.0.0.0/8 only)\n", src);
+                return 2;
+            }
+            int key = ntohl(flow_src[nflows].s_addr) & 0xffff;
+            if (addr_flow_b[key] >= 0) {
+                fprintf(stderr, "SRC %s: its low 16 bits are another flow's\n", src);
+                return 2;
+            }
+            addr_flow_b[key] = (int16_t)nflows;
+            spread = 1;
+        }
         flow_t *fl = &flows[nflows];
         fl->bport = bp;
         fl->pport = pp;
@@ -405,10 +427,12 @@ int main(int argc, char **argv) {
     static struct mmsghdr smsg_b[BATCH], smsg_p[BATCH], rmsg[BATCH];
     static struct iovec siov_b[BATCH], siov_p[BATCH], riov[BATCH];
     static struct sockaddr_in rsrc[BATCH];
-    static char rctl[BATCH][CMSG_SPACE(sizeof(struct timespec))];
+    static char rctl[BATCH][CMSG_SPACE(sizeof(struct timespec)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
+    static char sctl[BATCH][CMSG_SPACE(sizeof(struct in_pktinfo))];
     int on = 1;
     if (setsockopt(bfd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) || setsockopt(pfd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on))
         die("SO_TIMESTAMPNS");
+    if (spread && setsockopt(bfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on)) die("IP_PKTINFO");
     for (int i = 0; i < BATCH; i++) {
         riov[i].iov_base = rbuf[i];
         riov[i].iov_len = MAXPKT;
@@ -465,6 +489,17 @@ int main(int argc, char **argv) {
                     siov_b[nb].iov_len = srtp_protect(&fl->tx, sb_buf[nb], 12 + PAYLOAD, fl->ssrc_b, roc, seq);
                     siov_p[nb].iov_len = 12 + PAYLOAD;
                     smsg_b[nb].msg_hdr.msg_name = &dst_b[f];
+                    if (spread) { /* this call's browser address as the source (IP_PKTINFO's ipi_spec_dst) */
+                        struct msghdr *h = &smsg_b[nb].msg_hdr;
+                        h->msg_control = sctl[nb];
+                        h->msg_controllen = sizeof sctl[nb];
+                        struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+                        cm->cmsg_level = IPPROTO_IP;
+                        cm->cmsg_type = IP_PKTINFO;
+                        cm->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+                        struct in_pktinfo pi = {.ipi_ifindex = 0, .ipi_spec_dst = flow_src[f]};
+                        memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+                    }
                     smsg_p[nb].msg_hdr.msg_name = &dst_p[f];
                     nb++;
                     sent++;
@@ -500,13 +535,21 @@ int main(int argc, char **argv) {
                 if (r <= 0) break;
                 int64_t tread = wall_ns();
                 for (int i = 0; i < r; i++) {
-                    int64_t tr = tread; /* the arrival, if the kernel stamped it (it does: SO_TIMESTAMPNS) */
-                    struct cmsghdr *cm = CMSG_FIRSTHDR(&rmsg[i].msg_hdr);
-                    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
-                        struct timespec kts;
-                        memcpy(&kts, CMSG_DATA(cm), sizeof kts);
-                        tr = (int64_t)kts.tv_sec * 1000000000LL + kts.tv_nsec;
-                    } else {
+                    int64_t tr = 0; /* the arrival, if the kernel stamped it (it does: SO_TIMESTAMPNS) */
+                    int to_addr = -1; /* the low 16 bits of the address it came to (IP_PKTINFO) */
+                    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&rmsg[i].msg_hdr); cm; cm = CMSG_NXTHDR(&rmsg[i].msg_hdr, cm)) {
+                        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                            struct timespec kts;
+                            memcpy(&kts, CMSG_DATA(cm), sizeof kts);
+                            tr = (int64_t)kts.tv_sec * 1000000000LL + kts.tv_nsec;
+                        } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
+                            struct in_pktinfo pi;
+                            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+                            to_addr = (int)(ntohl(pi.ipi_addr.s_addr) & 0xffff);
+                        }
+                    }
+                    if (!tr) {
+                        tr = tread;
                         dirs[k == 0 ? 1 : 0].unstamped++;
                     }
                     uint8_t *p = rbuf[i];
@@ -517,7 +560,7 @@ int main(int argc, char **argv) {
                         continue;
                     }
                     if (k == 0) { /* SRTP from the relay's browser-facing port */
-                        int f = port_flow_b[port];
+                        int f = spread ? (to_addr >= 0 ? addr_flow_b[to_addr] : -1) : port_flow_b[port];
                         if (f < 0) { dirs[1].unknown++; continue; }
                         flow_t *fl = &flows[f];
                         uint16_t seq = (uint16_t)(p[2] << 8 | p[3]);

@@ -39,11 +39,12 @@ class Flow:
     ssrc_phone: int
     tx: SessionKeys  # browser -> relay
     rx: SessionKeys  # relay -> browser
+    browser_src: str | None = None  # the browser leg's own address (a relay with one browser port)
 
     def line(self) -> str:
         return (
             f"{self.relay_browser_port} {self.relay_phone_port} {self.ssrc_browser} {self.ssrc_phone} "
-            f"{self.tx.line()} {self.rx.line()}"
+            f"{self.tx.line()} {self.rx.line()} {self.browser_src or '-'}"
         )
 
 

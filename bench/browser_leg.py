@@ -13,7 +13,9 @@ import functools
 import json
 import os
 import re
+import socket
 import ssl
+import struct
 from dataclasses import dataclass, field
 
 import trio_websocket
@@ -100,6 +102,9 @@ class Timings:
     answer: float | None = None
 
 
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux <netinet/in.h>; not in every Python build
+
+
 @dataclass
 class BrowserCall:
     """One call's browser-side state (filled as the set-up goes)."""
@@ -123,25 +128,47 @@ class BrowserCall:
     end_code: int | None = None  # the bridge's hangup code; negative: WebSocket close code
     dropped: bool = False  # the bridge ended the call before the harness hung up
     local: str = ""  # the WebSocket's local HOST:PORT (the bridge's log names the call by it)
+    local_ip: str = "127.0.0.1"  # the browser leg's address (its own with `BrowserSocket(spread=True)`)
 
 
 class BrowserSocket:
-    """The shared browser-side UDP socket: ICE checks, DTLS per call, consent, dispatch by port."""
+    """The shared browser-side UDP socket: ICE checks, DTLS per call, consent, dispatch by the
+    bridge's port and the address the datagram came to.
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    `spread`: each call's browser leg has an address of its own (127.2.X.Y, by call number), sent
+    from with IP_PKTINFO on this one socket (bound to 0.0.0.0), as real browsers each have their
+    own: a bridge serving every browser leg on one port (`rtp_browser_port`) tells them apart by
+    it. Without, every leg is 127.0.0.1 and the bridge's per-call port tells them apart."""
+
+    def __init__(self, sock: trio.socket.SocketType, spread: bool = False) -> None:
         self.sock = sock
         self.port = int(sock.getsockname()[1])
-        self.calls: dict[int, BrowserCall] = {}
+        self.spread = spread
+        self.calls: dict[tuple[str, int], BrowserCall] = {}  # (our address, the bridge's port)
         self._reader_scope: trio.CancelScope | None = None
         self._resume = trio.Event()
         self._resume.set()
 
     @classmethod
-    async def open(cls) -> BrowserSocket:
+    async def open(cls, spread: bool = False) -> BrowserSocket:
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        await sock.bind(("127.0.0.1", 0))
+        await sock.bind(("0.0.0.0" if spread else "127.0.0.1", 0))  # the loopback-only netns
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
-        return cls(sock)
+        if spread:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        return cls(sock, spread)
+
+    def address_for(self, number: int) -> str:
+        """Call `number`'s browser address: 127.2.X.Y when spread (the blaster keys on X.Y)."""
+        return f"127.2.{number // 250}.{1 + number % 250}" if self.spread else "127.0.0.1"
+
+    async def send(self, call: BrowserCall, data: bytes) -> None:
+        dest = ("127.0.0.1", call.bridge_port)
+        if not self.spread:
+            await self.sock.sendto(data, dest)
+            return
+        info = struct.pack("@i4s4s", 0, socket.inet_aton(call.local_ip), bytes(4))  # struct in_pktinfo
+        await self.sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, dest)
 
     def offer(self, call: BrowserCall) -> str:
         return OFFER_TEMPLATE.format(
@@ -162,12 +189,12 @@ class BrowserSocket:
             ice_controlling=int.from_bytes(os.urandom(8), "big"),
             use_candidate=True,
         )
-        await self.sock.sendto(request, ("127.0.0.1", call.bridge_port))
+        await self.send(call, request)
 
     async def flush(self, call: BrowserCall) -> None:
         if call.dtls is not None:
             for datagram in call.dtls.outgoing():
-                await self.sock.sendto(datagram, ("127.0.0.1", call.bridge_port))
+                await self.send(call, datagram)
 
     def pause(self) -> None:
         """Stop reading (the blaster owns the socket's input now)."""
@@ -190,8 +217,15 @@ class BrowserSocket:
 
     async def _read(self) -> None:
         while True:
-            data, src = await self.sock.recvfrom(2048)
-            call = self.calls.get(int(src[1]))
+            to = "127.0.0.1"
+            if self.spread:
+                data, ancillary, _flags, src = await self.sock.recvmsg(2048, socket.CMSG_SPACE(12))
+                for level, kind, value in ancillary:
+                    if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 12:
+                        to = socket.inet_ntoa(value[8:12])  # in_pktinfo.ipi_addr: where it came to
+            else:
+                data, src = await self.sock.recvfrom(2048)
+            call = self.calls.get((to, int(src[1])))
             if call is None or not data:
                 continue
             if 20 <= data[0] <= 63 and call.dtls is not None:
@@ -228,7 +262,7 @@ class BrowserSocket:
                 continue
             gap = CONSENT_INTERVAL / len(calls)
             for call in calls:
-                if call.bridge_port in self.calls:
+                if (call.local_ip, call.bridge_port) in self.calls:
                     await self.send_check(call)
                 await trio.sleep(gap)
 
@@ -269,7 +303,7 @@ async def run_call(
             bsock, call, wss_port, caller, password, callee, timeout=timeout, task_status=task_status
         )
     finally:
-        bsock.calls.pop(call.bridge_port, None)
+        bsock.calls.pop((call.local_ip, call.bridge_port), None)
         call.ended.set()
 
 
@@ -393,7 +427,8 @@ async def _start_media(bsock: BrowserSocket, call: BrowserCall, sdp: str) -> Non
     setup = _attr(sdp, "setup")
     role = DtlsRole.SERVER if setup == "active" else DtlsRole.CLIENT
     call.dtls = DtlsEndpoint(role, CERT, (alg, value))
-    bsock.calls[call.bridge_port] = call
+    call.local_ip = bsock.address_for(call.number)
+    bsock.calls[(call.local_ip, call.bridge_port)] = call
     await bsock.send_check(call)
     if role is DtlsRole.CLIENT:
         await trio.sleep(0.01)  # let the check arrive first: the bridge drops DTLS from unchecked sources

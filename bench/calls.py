@@ -107,6 +107,7 @@ async def bridge_calls(
                     int.from_bytes(os.urandom(4), "big"),
                     session_keys(call.profile, call.tx_key),
                     session_keys(call.profile, call.rx_key),
+                    browser_src=call.local_ip if bsock.spread else None,
                 )
             )
 

@@ -210,6 +210,7 @@ class Bridge:
     log: Path
     gc_log: Path | None = None
     workers: int = 1
+    browser_port: int = 0  # the browser legs' one port (worker i: + i), 0: a port per call
 
     @property
     def pid(self) -> int:
@@ -238,12 +239,14 @@ async def run_bridge(
     gc_mode: str | None = None,
     workers: int | None = 1,
     media_timeout: float | None = 300,
+    single_port: bool = False,
 ) -> AsyncIterator[Bridge]:
     """Start the bridge with a caller and a phone extension; yield once it listens (every worker).
 
     With `gc_mode` (probe, freeze, off) it runs under bench.gcprobe, which times the collector.
     One worker is pinned to RELAY_CPU; several are not (they need every CPU). `workers` None: the
     bridge's default (auto, one per core); `media_timeout` None: the bridge's default.
+    `single_port`: every browser leg of a worker on one port (`--rtp-browser-port`).
     """
     count = workers or os.cpu_count() or 1
     data = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
@@ -254,6 +257,7 @@ async def run_bridge(
         save_extensions(data / "extensions.toml", table)
         (data / "config.toml").write_text("")
         wss_port, sip_port = free_port(), _free_udp_run(count)
+        browser_port = _free_udp_run(count) if single_port else 0
         low, high = BRIDGE_RTP_PORTS
         cmd = [
             *pin_prefix(nice, pin=workers == 1),
@@ -283,6 +287,7 @@ async def run_bridge(
             # are per worker, and its CPU is the process's own.
             "--workers",
             str(workers) if workers else "auto",
+            *(["--rtp-browser-port", str(browser_port)] if single_port else []),
         ]
         log = data / "bridge.log"
         gc_log = Path(tempfile.gettempdir()) / f"bench-gc-{wss_port}.json" if gc_mode else None
@@ -304,7 +309,7 @@ async def run_bridge(
             except (trio.TooSlowError, RuntimeError) as exc:
                 tail = log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the bridge did not start ({exc!r}); its log ends:\n{tail}") from exc
-            bridge = Bridge(proc, wss_port, sip_port, log, gc_log, count)
+            bridge = Bridge(proc, wss_port, sip_port, log, gc_log, count, browser_port)
             for pid in bridge.pids()[1:]:
                 boost(pid, nice)  # workers run in sessions of their own
             yield bridge
@@ -315,9 +320,11 @@ async def run_bridge(
         shutil.rmtree(data, ignore_errors=True)
 
 
-def calls_per_worker(bridge_ports: list[int], workers: int) -> list[int]:
+def calls_per_worker(bridge_ports: list[int], workers: int, browser_port: int = 0) -> list[int]:
     """How many of the calls (their browser-side media ports) each worker holds: worker i owns
-    slice i of BRIDGE_RTP_PORTS."""
+    slice i of BRIDGE_RTP_PORTS, or `browser_port + i` in single-port mode."""
+    if browser_port:
+        return [sum(1 for port in bridge_ports if port == browser_port + i) for i in range(workers)]
     slices = split_port_range(*BRIDGE_RTP_PORTS, workers)
     return [sum(1 for port in bridge_ports if low <= port <= high) for low, high in slices]
 

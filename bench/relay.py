@@ -288,21 +288,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             " see harness_cpu_pct and harness_py_cpu_pct per step",
             "rtpengine": use_rtpe,
             "srtp_profile": "AEAD_AES_128_GCM",
+            "single_port": args.single_port,
             "churn_cps": args.churn,
             "churn_hold_s": args.churn_hold,
         },
         "steps": [],
     }
-    bsock = await BrowserSocket.open()
+    bsock = await BrowserSocket.open(spread=args.single_port)
     phone_rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await phone_rtp.bind(("127.0.0.1", 0))
     phone = await Phone.open(int(phone_rtp.getsockname()[1]), PHONE)
-    churn_sock = await BrowserSocket.open()  # churned calls' (bench.churn): the blaster owns bsock's input
+    # The churned calls' (bench.churn): the blaster owns bsock's input during the steps.
+    churn_sock = await BrowserSocket.open(spread=args.single_port)
     async with trio.open_nursery() as root:
         root.start_soon(bsock.run)
         root.start_soon(churn_sock.run)
         async with run_bridge(
-            scrypt_n=args.scrypt_n, nice=args.nice, gc_mode=args.gc_mode, workers=args.workers
+            scrypt_n=args.scrypt_n,
+            nice=args.nice,
+            gc_mode=args.gc_mode,
+            workers=args.workers,
+            single_port=args.single_port,
         ) as bridge:
             await phone.register(("127.0.0.1", bridge.sip_port), PHONE_PASSWORD)
             root.start_soon(phone.serve)
@@ -330,7 +336,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "setup_seconds": round(setup_s, 3),
                     "setup_harness_cpu_s": round(setup_harness_cpu, 2),
                     "processes": len(bridge.pids()),
-                    "calls_per_worker": calls_per_worker([c.bridge_port for c in calls.calls], args.workers),
+                    "calls_per_worker": calls_per_worker(
+                        [c.bridge_port for c in calls.calls], args.workers, bridge.browser_port
+                    ),
                     "rss_kib_before": rss_before,
                     "rss_kib_after": rss_after,
                     "rss_kib_per_call": round((rss_after - rss_before) / max(1, len(calls.flows)), 2),
@@ -689,6 +697,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "established ones (bench.churn; 0: none)",
     )
     ap.add_argument("--churn-hold", type=float, default=2.0, help="seconds each churned call is held")
+    ap.add_argument(
+        "--single-port",
+        action="store_true",
+        help="the bridge serves every browser leg of a worker on one port (--rtp-browser-port; "
+        "docs/media-ports.md); each call's browser leg then has an address of its own, 127.2.X.Y",
+    )
     ap.add_argument("--no-rtpengine", dest="rtpengine", action="store_false")
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the bridge during its first step at the top rate"
