@@ -369,3 +369,54 @@ def test_a_busy_port_is_refused() -> None:
 async def plane() -> AsyncIterator[MediaPlane]:
     async with open_media_plane() as running:
         yield running
+
+
+async def test_ipv6_shared_port(plane: MediaPlane) -> None:
+    """A shared port on ::1: sources arrive as 4-tuples, the table keys on (host, port), and the
+    call's first SRTP opens its IPv6 twin on the shared port."""
+
+    async def udp6() -> trio.socket.SocketType:
+        sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
+        await sock.bind(("::1", 0))
+        return sock
+
+    with trio.fail_after(10), SharedBrowserPort(plane, "::1", free_port("::1")) as shared:
+        s1, s2, browser_sock = await udp(), await udp(), await udp6()
+        with s1, s2, browser_sock:
+            assert shared.reserve("v6ufrag1")
+            media = MediaSession(
+                browser_port=shared,
+                sip_rtp_sock=s1,
+                sip_rtcp_sock=s2,
+                ice=IceLiteAgent("v6ufrag1", "bridgepasswordforipv6xx", RUFRAG),
+                dtls=DtlsEndpoint(DtlsRole.SERVER, BRIDGE_CERT, ("sha-256", BROWSER_CERT.fingerprint_sha256)),
+                plane=plane,
+            )
+            browser = FakeBrowser(
+                browser_sock,
+                shared.socket.getsockname()[:2],
+                DtlsEndpoint(DtlsRole.CLIENT, BROWSER_CERT, ("sha-256", BRIDGE_CERT.fingerprint_sha256)),
+            )
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(browser.run)
+                    await browser.check(ufrag="v6ufrag1", pwd="bridgepasswordforipv6xx")
+                    nursery.start_soon(dtls_after_ice, browser)
+                    await nursery.start(media.run_ice_dtls)
+                    here = browser_sock.getsockname()[:2]
+                    assert media.ice.selected == here
+                    while browser.tx is None:
+                        await trio.sleep(0.01)
+                    for seq in (1, 2, 3):
+                        await browser.send_rtp(seq, 160 * seq, b"\x00" * 160)
+                    while media.stats().edge.no_sip_address < 3:
+                        await trio.sleep(0.01)
+                    assert (media.stats().edge.twins, media.stats().edge.twin_failed) == (1, 0)
+                    twin = media._browser_twin
+                    assert twin is not None
+                    assert twin.getsockname()[:2] == shared.socket.getsockname()[:2]
+                    assert shared.counters.unknown_address == shared.counters.unknown_ufrag == 0
+                    nursery.cancel_scope.cancel()
+            finally:
+                media.close()
+            assert len(shared.routes) == 0
