@@ -60,6 +60,7 @@ from rtp.relay import DropCause
 
 if TYPE_CHECKING:
     from bridge.app import BridgeStats
+    from rtp.browser_port import SharedPortCounters
     from rtp.media import MediaStats
     from rtp.plane import PlaneCounters
     from sip.transport import TransportStats
@@ -88,12 +89,14 @@ class _FrontDoor(Collector):
         sip_stats: Callable[[], TransportStats] | None,
         worker: tuple[int, int] = (0, 1),
         plane: Callable[[], PlaneCounters] | None = None,
+        browser_port: Callable[[], SharedPortCounters | None] | None = None,
     ) -> None:
         self._active_calls = active_calls
         self._stats = stats
         self._sip_stats = sip_stats
         self._worker = worker
         self._plane = plane
+        self._browser_port = browser_port
         self.upstream_rejected = 0  # callers whose credentials the upstream refused
 
     def collect(self) -> Iterator[Metric]:
@@ -162,6 +165,26 @@ class _FrontDoor(Collector):
                 ("late_50ms", plane.late_50ms, "...over 50 ms late"),
             ):
                 yield CounterMetricFamily(f"mccp_bridge_media_plane_{name}", what, value)
+        shared = self._browser_port() if self._browser_port is not None else None
+        if shared is not None:  # single-port mode (rtp.browser_port, docs/media-ports.md)
+            yield CounterMetricFamily(
+                "mccp_bridge_browser_port_datagrams",
+                "Datagrams read on the worker's shared browser port (not the calls' connected twins)",
+                shared.datagrams,
+            )
+            yield CounterMetricFamily(
+                "mccp_bridge_browser_port_held",
+                "ICE checks held for a call not serving its leg yet (handed over when it does)",
+                shared.held,
+            )
+            dropped = CounterMetricFamily(
+                "mccp_bridge_browser_port_dropped",
+                "Datagrams on the shared browser port that reached no call",
+                labels=["cause"],
+            )
+            for cause in ("stun_no_ufrag", "unknown_ufrag", "unknown_address", "twin_strays", "leg_errors"):
+                dropped.add_metric([cause], getattr(shared, cause))
+            yield dropped
         if self._sip_stats is not None:
             sip = self._sip_stats()
             messages = CounterMetricFamily(
@@ -276,9 +299,10 @@ class BridgeMetrics:
         sip_stats: Callable[[], TransportStats] | None = None,
         worker: tuple[int, int] = (0, 1),
         plane: Callable[[], PlaneCounters] | None = None,
+        browser_port: Callable[[], SharedPortCounters | None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._front = _FrontDoor(active_calls, stats, sip_stats, worker, plane)
+        self._front = _FrontDoor(active_calls, stats, sip_stats, worker, plane, browser_port)
         self._media = _Media()
         self.registry.register(self._front)
         self.registry.register(self._media)

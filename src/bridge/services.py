@@ -258,12 +258,15 @@ async def bridge_services(
         if config.upstream is None and config.echo_extension:
             echo = await nursery.start(run_echo_extension, config.echo_extension)
         plane = MediaPlane(coalesce=config.media_coalesce, steady=config.media_c_relay)
+        browser_port: SharedBrowserPort | None = None
         metrics = BridgeMetrics(
             active_calls=lambda: context.active_calls,
             stats=lambda: context.stats,
             sip_stats=lambda: transport.stats,
             worker=(worker.index, worker.count),
             plane=lambda: plane.counters,
+            # Single-port mode: the shared port opened below (None until then, and without the mode).
+            browser_port=lambda: browser_port.counters if browser_port is not None else None,
         )
         context.routes["/metrics"] = metrics.scrape
         media_bind = config.listen
@@ -287,7 +290,6 @@ async def bridge_services(
         )
         # The DTLS handshakes' OpenSSL work, in a thread whose malloc arena it keeps to itself.
         openssl = OpenSslThread()
-        browser_port: SharedBrowserPort | None = None
         try:
             browser_port = _open_browser_port(config, plane, media_bind, worker.index, worker.count)
             certificate = DtlsCertificate.generate(run_openssl=openssl)

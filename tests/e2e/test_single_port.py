@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     running_bridge,
     wait_no_calls,
 )
+from tests.integration.calls.conftest import metric, scrape_metrics
 
 import trio
 from bridge.app import BridgeContext
@@ -103,6 +104,10 @@ async def test_chromium_calls_the_echo_extension_on_one_port(
             await page.evaluate("(document.getElementById('hangup').click(), 1)")
             await page.wait_for("window.__mccp.state === 'ended'", timeout=5)
             await wait_no_calls(bridge)
+    got = await scrape_metrics(bridge)  # the shared port's counters (its checks, no strangers)
+    assert metric(got, "mccp_bridge_browser_port_datagrams_total") >= 1, got
+    for cause in ("stun_no_ufrag", "unknown_ufrag", "leg_errors"):
+        assert metric(got, "mccp_bridge_browser_port_dropped_total", cause=cause) == 0, cause
     assert not port_is_free(shared_port)  # the worker's port outlives the call
     assert_media_ports_free()
 

@@ -130,3 +130,22 @@ def test_busy_logins_cache_hits_sip_tcp_caps_and_dropped_log_records_are_exporte
     assert got[("mccp_bridge_log_records_dropped_total", frozenset())] == 1
     for reason, n in (("total_cap", 1), ("per_address", 2), ("head_timeout", 3)):
         assert got[("mccp_bridge_sip_tcp_refused_total", frozenset({("reason", reason)}))] == n
+
+
+def test_shared_browser_port_counters_are_exported_in_single_port_mode_only() -> None:
+    from rtp.browser_port import SharedPortCounters
+
+    shared = SharedPortCounters(datagrams=10, stun_no_ufrag=1, unknown_ufrag=2, held=3, unknown_address=4)
+    shared.twin_strays, shared.leg_errors = 5, 6
+    port: list[SharedPortCounters | None] = [None]  # the worker's port is opened after its metrics
+    metrics = BridgeMetrics(active_calls=int, stats=BridgeStats, browser_port=lambda: port[0])
+    assert not any(name.startswith("mccp_bridge_browser_port") for name, _ in samples(metrics))
+    port[0] = shared
+    got = samples(metrics)
+    assert got[("mccp_bridge_browser_port_datagrams_total", frozenset())] == 10
+    assert got[("mccp_bridge_browser_port_held_total", frozenset())] == 3
+    causes = {"stun_no_ufrag": 1, "unknown_ufrag": 2, "unknown_address": 4, "twin_strays": 5, "leg_errors": 6}
+    for cause, n in causes.items():
+        assert got[("mccp_bridge_browser_port_dropped_total", frozenset({("cause", cause)}))] == n
+    plain = BridgeMetrics(active_calls=int, stats=BridgeStats)  # per-call ports: no such family
+    assert not any(name.startswith("mccp_bridge_browser_port") for name, _ in samples(plain))
