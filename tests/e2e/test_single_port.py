@@ -1,4 +1,4 @@
-"""The single-port mode end to end: headless Chromium calls the echo extension through a bridge
+"""The single-port mode end to end: headless Chromium and Firefox call the echo extension through a bridge
 whose browser legs all use one UDP port (`rtp_browser_port`, rtp.browser_port).
 
 The whole product runs in this process (`bridge.app.run_bridge` with the real services) as in
@@ -75,13 +75,14 @@ async def bridge(tmp_path: Path, shared_port: int) -> AsyncIterator[BridgeContex
         yield context
 
 
-async def test_chromium_calls_the_echo_extension_on_one_port(
-    bridge: BridgeContext, shared_port: int, tmp_path: Path
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+async def test_a_browser_calls_the_echo_extension_on_one_port(
+    bridge: BridgeContext, shared_port: int, tmp_path: Path, browser: str
 ) -> None:
     assert bridge.config.rtp_browser_port == shared_port
     assert not port_is_free(shared_port)  # bound by the bridge at start, before any call
     with trio.fail_after(45):
-        async with launch_browser("chromium", bridge, tmp_path) as page:
+        async with launch_browser(browser, bridge, tmp_path) as page:
             host, port = bridge.wss_addresses[0]
             await page.goto(f"https://{host}:{port}/lite.html?server={host}:{port}&clr=100&pwd={PASSWORD}")
             await page.wait_for("document.getElementById('cld') !== null", timeout=10)
@@ -98,8 +99,9 @@ async def test_chromium_calls_the_echo_extension_on_one_port(
             assert ice["nominated"] == shared_port, ice
             inbound = await page.evaluate(INBOUND_AUDIO_JS)
             assert inbound["level"] > 0.01, inbound  # decoded audio, not silence
-            heard = await page.evaluate(REMOTE_FREQUENCY_JS)
-            assert abs(heard["freq"] - 440.0) < 0.05 * 440.0, heard
+            if browser == "chromium":  # headless Firefox has no audio output, so WebAudio cannot run there
+                heard = await page.evaluate(REMOTE_FREQUENCY_JS)
+                assert abs(heard["freq"] - 440.0) < 0.05 * 440.0, heard
             assert bridge.active_calls == 1
             await page.evaluate("(document.getElementById('hangup').click(), 1)")
             await page.wait_for("window.__mccp.state === 'ended'", timeout=5)
