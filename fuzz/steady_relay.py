@@ -83,7 +83,10 @@ def same_leg(a: LegCounters, b: LegCounters) -> None:
 class Pair:
     """The reference relay and the C one, fed the same datagrams."""
 
-    def __init__(self, profile: SrtpProfile, codec_map: CodecMap) -> None:
+    def __init__(self, profile: SrtpProfile, codec_map: CodecMap, shared: bool = False) -> None:
+        """`shared`: no browser twin (rtp.browser_port without connected twins): the browser side is an
+        unconnected UDP socket (the shared port) the C relay sends from to `browser_dest`, and the
+        browser's datagrams are handed in with `browser_in` once in the buffer."""
         n = profile.key_length + profile.salt_length
         key_browser, key_ours = KEY_BROWSER[:n], KEY_OURS[:n]
         kwargs = {"ssrc": 0x11223344, "initial_sequence": 4000, "initial_timestamp": 99}
@@ -93,7 +96,13 @@ class Pair:
         self.c.start_srtp(*srtp_pair(profile, key_ours, key_browser))
         self.browser_tx = SrtpTx(profile, key_browser)  # the browser's sending context
         self.browser_rx = SrtpRx(profile, key_ours)  # ...and its receiving one
-        self.b_twin, self.b_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.shared = shared
+        if shared:
+            self.b_twin, self.b_peer = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+            self.b_twin.bind(("127.0.0.1", 0))
+            self.b_peer.bind(("127.0.0.1", 0))
+        else:
+            self.b_twin, self.b_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.s_twin, self.s_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         for s in (self.b_twin, self.b_peer, self.s_twin, self.s_peer):
             s.setblocking(False)
@@ -101,7 +110,12 @@ class Pair:
         self.ref_buf = PacketBuffer()
         self.rearm = True  # after a punt, as rtp.media does
         self.relay = _steady.SteadyRelay(
-            self.b_twin.fileno(), self.s_twin.fileno(), self.buf.data, self._browser_punt, self._sip_punt
+            self.b_twin.fileno(),
+            self.s_twin.fileno(),
+            self.buf.data,
+            self._browser_punt,
+            self._sip_punt,
+            self.b_peer.getsockname() if shared else None,
         )
         self.arm()
 
@@ -136,7 +150,10 @@ class Pair:
         self.collect()
         out = python_sip(self.c, self.buf, n, now)
         if out is not None:
-            self.b_twin.send(out)
+            if self.shared:
+                self.b_twin.sendto(out, self.b_peer.getsockname())
+            else:
+                self.b_twin.send(out)
         if self.rearm:
             self.arm()
 
@@ -154,9 +171,13 @@ class Pair:
     def from_browser(self, datagram: bytes, now: float) -> tuple[bytes | None, bytes | None]:
         """(what the Python relay sends to SIP, what the C one sent) for one browser datagram."""
         want = python_browser(self.ref, self.ref_buf, self._reference(datagram), now)
-        self.b_peer.send(datagram)
-        assert self.relay.browser(now) is True
-        assert self.relay.browser(now) is False  # drained
+        if self.shared:  # the shared port's demultiplexer read it into the buffer
+            self.buf.data[: len(datagram)] = datagram
+            assert self.relay.browser_in(len(datagram), now) is True
+        else:
+            self.b_peer.send(datagram)
+            assert self.relay.browser(now) is True
+            assert self.relay.browser(now) is False  # drained
         return want, self._read(self.s_peer)
 
     def from_sip(self, datagram: bytes, now: float) -> tuple[bytes | None, bytes | None]:

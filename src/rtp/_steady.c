@@ -21,6 +21,11 @@
 
    The module's other type, `Dispatcher` (_dispatch.c), runs the media plane's passes in C and calls the
    two handlers of a SteadyRelay directly (steady_kind / steady_datagram, _steady.h).
+
+   Without a browser twin (the single-port mode on a kernel with no 4-tuple hash for connected UDP sockets,
+   rtp.browser_port): `browser_dest` names the browser's address, SRTP to it goes out of `browser_fd` (the
+   worker's shared port) with sendto, and the shared port's demultiplexer hands the browser's datagrams in
+   with `browser_in(n, now)` once they are in the buffer (the same relay as `browser`, without the recv).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,6 +33,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "_steady.h"
@@ -64,6 +71,9 @@ typedef struct { /* 128 + 128 + 32 bytes: a call keeps two */
 typedef struct {
     PyObject_HEAD
     int browser_fd, sip_fd;
+    /* with no browser twin: where SRTP to the browser goes, sent from browser_fd (the shared port) */
+    struct sockaddr_storage browser_dest;
+    socklen_t browser_dest_len; /* 0: browser_fd is a connected twin (send) */
     PyObject *buffer;   /* the plane's bytearray */
     PyObject *browser_punt, *sip_punt;
     int armed;
@@ -190,13 +200,9 @@ static void transcode(uint8_t *p, Py_ssize_t start, Py_ssize_t end, const uint8_
 
 /* -- the two handlers (rtp.plane calls them with `now`) ------------------------------------------------- */
 
-/* 1: a datagram was read (relayed, dropped or punted), 0: none, -1: a punt handler raised */
-static int browser_datagram(SteadyRelay *self, double now) {
-    uint8_t *d;
-    Py_ssize_t size;
-    Py_ssize_t n = receive(self, self->browser_fd, &d, &size);
-    if (n < 0)
-        return 0;
+/* The browser's datagram of n bytes at d (the shared buffer): 1 (relayed, dropped or punted), -1: a punt
+   handler raised */
+static int browser_relay(SteadyRelay *self, uint8_t *d, Py_ssize_t n, double now) {
     /* RTP with a bare header (RFC 7983 §7, RFC 5761 §4); the rest is Python's */
     if (!self->armed || n < 12 || d[0] != 0x80 || ((d[1] & 0x7F) >= 64 && (d[1] & 0x7F) <= 95))
         return punt(self, self->browser_punt, n, now);
@@ -232,6 +238,16 @@ static int browser_datagram(SteadyRelay *self, double now) {
     if (send(self->sip_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
         self->send_failed++;
     return 1;
+}
+
+/* 1: a datagram was read (relayed, dropped or punted), 0: none, -1: a punt handler raised */
+static int browser_datagram(SteadyRelay *self, double now) {
+    uint8_t *d;
+    Py_ssize_t size;
+    Py_ssize_t n = receive(self, self->browser_fd, &d, &size);
+    if (n < 0)
+        return 0;
+    return browser_relay(self, d, n, now);
 }
 
 /* 1: a datagram was read (relayed, dropped or punted), 0: none, -1: a punt handler raised */
@@ -302,7 +318,11 @@ static int sip_datagram(SteadyRelay *self, double now) {
         self->last_out_time = now;
     }
     leg_forwarded(leg, len, now);
-    if (send(self->browser_fd, d, (size_t)len, MSG_DONTWAIT) < 0)
+    ssize_t sent = self->browser_dest_len
+                       ? sendto(self->browser_fd, d, (size_t)len, MSG_DONTWAIT,
+                                (const struct sockaddr *)&self->browser_dest, self->browser_dest_len)
+                       : send(self->browser_fd, d, (size_t)len, MSG_DONTWAIT);
+    if (sent < 0)
         self->send_failed++;
     return 1;
 }
@@ -318,6 +338,18 @@ static PyObject *SteadyRelay_browser(SteadyRelay *self, PyObject *arg) {
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
     return as_result(browser_datagram(self, now));
+}
+
+static PyObject *SteadyRelay_browser_in(SteadyRelay *self, PyObject *args) {
+    Py_ssize_t n;
+    double now;
+    if (!PyArg_ParseTuple(args, "nd:browser_in", &n, &now))
+        return NULL;
+    if (n < 0 || n > PyByteArray_GET_SIZE(self->buffer)) {
+        PyErr_SetString(PyExc_ValueError, "n is not a length within the buffer");
+        return NULL;
+    }
+    return as_result(browser_relay(self, (uint8_t *)PyByteArray_AS_STRING(self->buffer), n, now));
 }
 
 static PyObject *SteadyRelay_sip(SteadyRelay *self, PyObject *arg) {
@@ -564,12 +596,42 @@ static PyObject *SteadyRelay_get_punts(SteadyRelay *self, void *Py_UNUSED(closur
 /* -- the type --------------------------------------------------------------------------------------------- */
 
 static int SteadyRelay_init(SteadyRelay *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"browser_fd", "sip_fd", "buffer", "browser_punt", "sip_punt", NULL};
+    static char *kwlist[] = {"browser_fd", "sip_fd", "buffer", "browser_punt", "sip_punt", "browser_dest", NULL};
     int browser_fd, sip_fd;
-    PyObject *buffer, *browser_punt, *sip_punt;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiYOO:SteadyRelay", kwlist, &browser_fd, &sip_fd, &buffer,
-                                     &browser_punt, &sip_punt))
+    PyObject *buffer, *browser_punt, *sip_punt, *browser_dest = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiYOO|O:SteadyRelay", kwlist, &browser_fd, &sip_fd, &buffer,
+                                     &browser_punt, &sip_punt, &browser_dest))
         return -1;
+    memset(&self->browser_dest, 0, sizeof self->browser_dest);
+    self->browser_dest_len = 0;
+    if (browser_dest != Py_None) { /* (host, port): a numeric IPv4 or IPv6 address */
+        const char *host;
+        int port;
+        if (!PyTuple_Check(browser_dest)) {
+            PyErr_SetString(PyExc_TypeError, "browser_dest: a (host, port) tuple or None");
+            return -1;
+        }
+        if (!PyArg_ParseTuple(browser_dest, "si:browser_dest", &host, &port))
+            return -1;
+        if (port < 1 || port > 65535) {
+            PyErr_SetString(PyExc_ValueError, "browser_dest: the port must be 1-65535");
+            return -1;
+        }
+        struct sockaddr_in *v4 = (struct sockaddr_in *)&self->browser_dest;
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&self->browser_dest;
+        if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+            v4->sin_family = AF_INET;
+            v4->sin_port = htons((uint16_t)port);
+            self->browser_dest_len = sizeof *v4;
+        } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+            v6->sin6_family = AF_INET6;
+            v6->sin6_port = htons((uint16_t)port);
+            self->browser_dest_len = sizeof *v6;
+        } else {
+            PyErr_Format(PyExc_ValueError, "browser_dest: %s is not a numeric IPv4 or IPv6 address", host);
+            return -1;
+        }
+    }
     if (PyByteArray_GET_SIZE(buffer) <= TRAILER_ROOM + 12) {
         PyErr_SetString(PyExc_ValueError, "the buffer is too small");
         return -1;
@@ -620,6 +682,9 @@ static void SteadyRelay_dealloc(SteadyRelay *self) {
 static PyMethodDef SteadyRelay_methods[] = {
     {"browser", (PyCFunction)SteadyRelay_browser, METH_O,
      "browser(now) -> bool: one datagram from the browser's twin, relayed or punted; False if none"},
+    {"browser_in", (PyCFunction)SteadyRelay_browser_in, METH_VARARGS,
+     "browser_in(n, now) -> True: the browser's datagram of n bytes, already in the buffer (no browser twin), "
+     "relayed or punted"},
     {"sip", (PyCFunction)SteadyRelay_sip, METH_O,
      "sip(now) -> bool: one datagram from the SIP leg's twin, relayed or punted; False if none"},
     {"arm", (PyCFunction)(void (*)(void))SteadyRelay_arm, METH_VARARGS | METH_KEYWORDS,

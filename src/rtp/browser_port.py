@@ -30,19 +30,22 @@ from an address succeeded (`validated`). A session is attached (by its ufrag) wh
 `open_media` to the session's `close()` (which leaves no entry), so no two live calls of the
 worker share one.
 
-The steady stream does not come here: once the browser's nominated address sends media, the call
-opens a connected twin socket on this same port (rtp.media `_twin`), and the kernel gives a
-connected socket the datagrams of its exact 4-tuple. So the cost per relayed packet is the
-per-call mode's. Finding that socket is a hash lookup on Linux 6.13 and later (the 4-tuple hash
-of connected UDP sockets); older kernels walk every socket bound to the port for each datagram
-(`kernel_hashes_connected_udp`: the bridge warns at start). Datagrams that match no twin (ICE
-set-up, strangers) still walk the port's sockets on 6.18: ~10 us of kernel time per datagram per
-1,000 calls on the port (docs/media-ports.md, measured).
+The steady stream, on Linux 6.13 and later, does not come here: once the browser's nominated
+address sends media, the call opens a connected twin socket on this same port (rtp.media `_twin`),
+and the kernel gives a connected socket the datagrams of its exact 4-tuple, found by a hash of it.
+So the cost per relayed packet is the per-call mode's. Older kernels have no such hash: every
+datagram's socket lookup would walk all the sockets bound to the port (~10 us per datagram per
+1,000 calls, docs/media-ports.md). There (`twins` False, from `kernel_hashes_connected_udp`) the
+calls open no twins and this socket carries everything: a datagram from a call's nominated address
+is routed here by address and handed to the call's C relay (`SteadyRelay.browser_in`), which
+sends to the browser from this socket (`browser_dest`). Datagrams that match no twin (ICE set-up,
+strangers) walk the port's sockets even on 6.18.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import re
 import socket
 from dataclasses import dataclass
@@ -227,8 +230,17 @@ class SharedBrowserPort:
     """
 
     def __init__(
-        self, plane: MediaPlane, host: str, port: int, *, buffer_bytes: int = SOCKET_BUFFER_BYTES
+        self,
+        plane: MediaPlane,
+        host: str,
+        port: int,
+        *,
+        buffer_bytes: int = SOCKET_BUFFER_BYTES,
+        twins: bool | None = None,
     ) -> None:
+        # Connected twins on this port for the calls' steady streams, or this socket for all of
+        # it (None: twins where the kernel hashes connected UDP sockets by 4-tuple).
+        self.twins = kernel_hashes_connected_udp(platform.release()) if twins is None else twins
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((host, port))

@@ -645,7 +645,12 @@ class MediaSession:
 
     def serve_shared(self, n: int, src: Address, now: float) -> None:
         """A datagram for this call from the shared browser port (rtp.browser_port), of `n`
-        bytes in the plane's buffer: handled as `_browser_datagram` handles the call's own."""
+        bytes in the plane's buffer: handled as `_browser_datagram` handles the call's own, or,
+        from the nominated address of a port without connected twins, as its twin's would be."""
+        steady = self._steady
+        if steady is not None and src == self._browser_twin_peer and self._browser_twin is None:
+            steady.browser_in(n, now)  # relayed in C, or punted to `_browser_steady_punt`
+            return
         self._browser_process(n, src, now)
         self._steady_arm()
 
@@ -873,6 +878,13 @@ class MediaSession:
         self._drop_twin(leg)
         if self._closed:
             return
+        if leg == "browser" and self._browser_port is not None and not self._browser_port.twins:
+            # A shared port without connected twins (a kernel with no 4-tuple hash for them,
+            # rtp.browser_port): the port routes the peer's datagrams here by address, and the
+            # C relay sends to the peer from the port. Only the peer is kept: a twin with no socket.
+            self._browser_twin_peer = peer
+            self._steady_start()
+            return
         raw = self._browser if leg == "browser" else self._sip_rtp
         try:
             twin = socket.socket(raw.family, socket.SOCK_DGRAM)
@@ -948,20 +960,30 @@ class MediaSession:
     # check from another candidate) leave the C relay armed and cost nothing more.
 
     def _steady_start(self) -> None:
-        """Both twins up: give them to a C relay (not armed yet: the caller's `_steady_arm`)."""
-        browser_twin, sip_twin = self._browser_twin, self._sip_twin
-        if _steady is None or not self._plane.steady or browser_twin is None or sip_twin is None:
+        """Both twins up: give them to a C relay (not armed yet: the caller's `_steady_arm`).
+
+        A browser twin with no socket (`_twin`, a shared port without twins) is the shared port
+        and the peer's address: the C relay sends from the port to the peer (`browser_dest`), and
+        `serve_shared` hands it the peer's datagrams (`browser_in`)."""
+        browser_twin, sip_twin, peer = self._browser_twin, self._sip_twin, self._browser_twin_peer
+        if _steady is None or not self._plane.steady or sip_twin is None or peer is None:
             return
+        dest = None if browser_twin is not None else peer
         self._steady_stop()
-        steady = _steady.SteadyRelay(
-            browser_twin.fileno(),
-            sip_twin.fileno(),
-            self._buf,
-            self._browser_steady_punt,
-            self._sip_steady_punt,
-        )
+        try:
+            steady = _steady.SteadyRelay(
+                (browser_twin or self._browser).fileno(),
+                sip_twin.fileno(),
+                self._buf,
+                self._browser_steady_punt,
+                self._sip_steady_punt,
+                dest,
+            )
+        except ValueError:  # an address C cannot send to (an IPv6 zone): Python relays this call
+            return
         self._steady = steady
-        self._plane.replace(browser_twin, steady.browser)
+        if browser_twin is not None:
+            self._plane.replace(browser_twin, steady.browser)
         self._plane.replace(sip_twin, steady.sip)
 
     def _steady_stop(self) -> None:

@@ -54,10 +54,10 @@ class SharedRig:
 
 
 @asynccontextmanager
-async def shared_rig(count: int, *, steady: bool = True) -> AsyncIterator[SharedRig]:
+async def shared_rig(count: int, *, steady: bool = True, twins: bool = True) -> AsyncIterator[SharedRig]:
     """`count` MediaSessions on one SharedBrowserPort, each with its browser and phone sockets."""
     async with open_media_plane(steady=steady) as plane, AsyncExitStack() as stack:
-        shared = stack.enter_context(SharedBrowserPort(plane, "127.0.0.1", free_port()))
+        shared = stack.enter_context(SharedBrowserPort(plane, "127.0.0.1", free_port(), twins=twins))
         calls = []
         for i in range(count):
             srtp_sock, srtcp_sock, browser_sock, phone, phone_rtcp = [await udp() for _ in range(5)]
@@ -128,13 +128,25 @@ async def relay_both_ways(call: Call, first_seq: int, count: int, fill: int) -> 
     assert all(p[12:] == bytes([fill ^ 0xFF]) * 160 for p in call.browser.received[received:])
 
 
+@pytest.mark.parametrize("twins", [True, False], ids=["twins", "no-twins"])
 @pytest.mark.parametrize("steady", [True, False])
-async def test_calls_on_one_port_relay_both_ways(steady: bool) -> None:
+async def test_calls_on_one_port_relay_both_ways(
+    steady: bool, twins: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three calls share one browser port: each browser's checks reach its own call (by ufrag),
     each call's media relays both ways to its own phone, and the steady stream moves to the
-    calls' connected twins on that same port."""
+    calls' connected twins on that same port - or, on a port without twins (a kernel without
+    the 4-tuple hash), stays on the port, routed by address to the call's C relay."""
+    in_python: dict[int, int] = {}  # datagrams each call's Python path handled
+    python_path = MediaSession._browser_process
+
+    def counting(self: MediaSession, n: int, src: tuple[str, int], now: float) -> None:
+        in_python[id(self)] = in_python.get(id(self), 0) + 1
+        python_path(self, n, src, now)
+
+    monkeypatch.setattr(MediaSession, "_browser_process", counting)
     with trio.fail_after(15):
-        async with shared_rig(3, steady=steady) as r, trio.open_nursery() as nursery:
+        async with shared_rig(3, steady=steady, twins=twins) as r, trio.open_nursery() as nursery:
             for call in r.calls:
                 await nursery.start(run_call, call)
             for round_ in range(2):
@@ -146,12 +158,26 @@ async def test_calls_on_one_port_relay_both_ways(steady: bool) -> None:
                 assert stats.to_sip.packets == stats.to_browser.packets == 20
                 assert stats.dtls_state is DtlsState.CONNECTED
                 assert call.browser.stun_replies == [200]
-                assert stats.edge.twins == 2
-                twin = call.media._browser_twin
-                assert twin is not None
-                assert twin.getsockname() == port  # the twin sits on the shared port
                 assert stats.ice.wrong_username == stats.edge.not_validated == 0
+                twin = call.media._browser_twin
+                if twins:
+                    assert stats.edge.twins == 2
+                    assert twin is not None
+                    assert twin.getsockname() == port  # the twin sits on the shared port
+                else:
+                    assert stats.edge.twins == 1  # the SIP leg's only
+                    assert twin is None
+                    assert call.media._browser_twin_peer == call.browser.sock.getsockname()
+                    relay = call.media._steady
+                    if steady:  # the C relay took the browser's stream from the port: a few punts
+                        assert relay is not None
+                        assert relay.punts <= 6, relay.punts
+                        assert in_python[id(call.media)] < 20, in_python  # of 20 media and the set-up
+                    else:
+                        assert relay is None
             counters = r.port.counters
+            if not twins:  # every browser datagram came through the port: 20 media per call at least
+                assert counters.datagrams >= 3 * 20
             assert counters.unknown_ufrag == counters.unknown_address == counters.stun_no_ufrag == 0
             assert counters.leg_errors == 0
             nursery.cancel_scope.cancel()

@@ -40,7 +40,7 @@ async def test_off_when_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("release", "warned"), [("6.1.0-28-amd64", True), ("6.13.0", False)])
-async def test_worker_i_binds_port_plus_i_and_warns_on_old_kernels(
+async def test_worker_i_binds_port_plus_i_and_says_how_it_routes_on_old_kernels(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -56,6 +56,7 @@ async def test_worker_i_binds_port_plus_i_and_warns_on_old_kernels(
         ports = [_open_browser_port(config, plane, "127.0.0.1", i, 3) for i in range(3)]
         try:
             assert [p.port if p is not None else None for p in ports] == [first, first + 1, first + 2]
+            assert all(p is not None and p.twins is not warned for p in ports)  # no twins before 6.13
             assert len(plane) == 3  # each served by the plane
         finally:
             for p in ports:
@@ -65,14 +66,14 @@ async def test_worker_i_binds_port_plus_i_and_warns_on_old_kernels(
     finally:
         plane.close()
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert (
-        f"browser media on UDP 127.0.0.1:{first + 1} (single port, worker 1 of {first}-{first + 2})"
-        in infos[1]
-    )
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == (1 if warned else 0)  # worker 0 only
+    line = f"browser media on UDP 127.0.0.1:{first + 1} (single port, worker 1 of {first}-{first + 2})"
+    assert any(line in m for m in infos), infos
+    routing = [m for m in infos if "no 4-tuple hash" in m]
+    assert len(routing) == (1 if warned else 0)  # worker 0 only
     if warned:
-        assert "older than Linux 6.13" in warnings[0]
+        assert release in routing[0]
+        assert "without connected twins" in routing[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_a_taken_port_is_an_error_naming_the_setting(tmp_path: Path) -> None:

@@ -25,14 +25,19 @@ from rtp.srtp import SrtpProfile, srtp_pair
 pytestmark = pytest.mark.timeout(60)
 
 
-def pair(profile: SrtpProfile = SrtpProfile.AES128_CM_HMAC_SHA1_80, mapping: str = "plain") -> Pair:
-    return Pair(profile, MAPS[mapping])
+def pair(
+    profile: SrtpProfile = SrtpProfile.AES128_CM_HMAC_SHA1_80, mapping: str = "plain", shared: bool = False
+) -> Pair:
+    return Pair(profile, MAPS[mapping], shared)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["twins", "shared-port"])
 @pytest.mark.parametrize("profile", list(SrtpProfile))
 @pytest.mark.parametrize("mapping", list(MAPS))
-def test_a_steady_call_is_relayed_in_c_like_the_python_relay(profile: SrtpProfile, mapping: str) -> None:
-    with pair(profile, mapping) as p:
+def test_a_steady_call_is_relayed_in_c_like_the_python_relay(
+    profile: SrtpProfile, mapping: str, shared: bool
+) -> None:
+    with pair(profile, mapping, shared) as p:
         now = 100.0
         for i in range(200):
             now += 0.02
@@ -138,11 +143,12 @@ def _sip_datagram(ssrc: int, seq: int, ts: int, pt: int, kind: str) -> bytes:
     profile=st.sampled_from(list(SrtpProfile)),
     mapping=st.sampled_from(list(MAPS)),
     events=st.lists(st.one_of(sip_event, browser_event), min_size=1, max_size=60),
+    shared=st.booleans(),
 )
 def test_any_packet_sequence_gives_the_python_relays_results(
-    profile: SrtpProfile, mapping: str, events: list[tuple[str, int, int, int, int, float, str]]
+    profile: SrtpProfile, mapping: str, events: list[tuple[str, int, int, int, int, float, str]], shared: bool
 ) -> None:
-    with pair(profile, mapping) as p:
+    with pair(profile, mapping, shared) as p:
         now = 50.0
         seqs: dict[int, int] = {}
         stamps: dict[int, int] = {}
@@ -201,3 +207,14 @@ def test_the_c_relay_keeps_the_owners_of_its_srtp_contexts_alive() -> None:
         gc.collect()
         assert p.from_sip(rtp(0, 1, 160, 0x5151), 1.0)[1] is not None  # punted, relayed, re-armed
         assert p.from_sip(rtp(0, 2, 320, 0x5151), 1.02)[1] is not None  # relayed in C
+
+
+def test_browser_dest_and_browser_in_check_their_arguments() -> None:
+    with pair(shared=True) as p:
+        for bad in (("127.0.0.1", 0), ("127.0.0.1", 70000), ("not-an-address", 5), ("127.0.0.1",), "x"):
+            with pytest.raises((ValueError, TypeError)):
+                steady.SteadyRelay(p.b_twin.fileno(), p.s_twin.fileno(), p.buf.data, print, print, bad)
+        steady.SteadyRelay(p.b_twin.fileno(), p.s_twin.fileno(), p.buf.data, print, print, ("::1", 9))
+        for n in (-1, len(p.buf.data) + 1):
+            with pytest.raises(ValueError):
+                p.relay.browser_in(n, 1.0)
