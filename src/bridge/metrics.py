@@ -170,7 +170,7 @@ class _FrontDoor(Collector):
             yield CounterMetricFamily(
                 "mccp_bridge_browser_port_datagrams",
                 "Datagrams read on the worker's shared browser port (not the calls' connected twins)",
-                shared.datagrams,
+                shared.datagrams + shared.routed_in_c,
             )
             yield CounterMetricFamily(
                 "mccp_bridge_browser_port_held",

@@ -34,7 +34,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 #include "_steady.h"
@@ -595,6 +597,38 @@ static PyObject *SteadyRelay_get_punts(SteadyRelay *self, void *Py_UNUSED(closur
 
 /* -- the type --------------------------------------------------------------------------------------------- */
 
+/* (host, port), host a numeric IPv4 or IPv6 address (no zone), into *ss: 0, or -1 with an exception set */
+static int parse_address(PyObject *address, struct sockaddr_storage *ss, socklen_t *len) {
+    const char *host;
+    int port;
+    if (!PyTuple_Check(address)) {
+        PyErr_SetString(PyExc_TypeError, "an address is a (host, port) tuple");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(address, "si:address", &host, &port))
+        return -1;
+    if (port < 1 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "the port must be 1-65535");
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof *v4;
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *v6;
+    } else {
+        PyErr_Format(PyExc_ValueError, "%s is not a numeric IPv4 or IPv6 address", host);
+        return -1;
+    }
+    return 0;
+}
+
 static int SteadyRelay_init(SteadyRelay *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"browser_fd", "sip_fd", "buffer", "browser_punt", "sip_punt", "browser_dest", NULL};
     int browser_fd, sip_fd;
@@ -604,34 +638,8 @@ static int SteadyRelay_init(SteadyRelay *self, PyObject *args, PyObject *kwargs)
         return -1;
     memset(&self->browser_dest, 0, sizeof self->browser_dest);
     self->browser_dest_len = 0;
-    if (browser_dest != Py_None) { /* (host, port): a numeric IPv4 or IPv6 address */
-        const char *host;
-        int port;
-        if (!PyTuple_Check(browser_dest)) {
-            PyErr_SetString(PyExc_TypeError, "browser_dest: a (host, port) tuple or None");
-            return -1;
-        }
-        if (!PyArg_ParseTuple(browser_dest, "si:browser_dest", &host, &port))
-            return -1;
-        if (port < 1 || port > 65535) {
-            PyErr_SetString(PyExc_ValueError, "browser_dest: the port must be 1-65535");
-            return -1;
-        }
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&self->browser_dest;
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&self->browser_dest;
-        if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-            v4->sin_family = AF_INET;
-            v4->sin_port = htons((uint16_t)port);
-            self->browser_dest_len = sizeof *v4;
-        } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-            v6->sin6_family = AF_INET6;
-            v6->sin6_port = htons((uint16_t)port);
-            self->browser_dest_len = sizeof *v6;
-        } else {
-            PyErr_Format(PyExc_ValueError, "browser_dest: %s is not a numeric IPv4 or IPv6 address", host);
-            return -1;
-        }
-    }
+    if (browser_dest != Py_None && parse_address(browser_dest, &self->browser_dest, &self->browser_dest_len) < 0)
+        return -1;
     if (PyByteArray_GET_SIZE(buffer) <= TRAILER_ROOM + 12) {
         PyErr_SetString(PyExc_ValueError, "the buffer is too small");
         return -1;
@@ -715,13 +723,267 @@ static PyTypeObject SteadyRelayType = {
     .tp_getset = SteadyRelay_getset,
 };
 
+/* -- SharedDemux: the shared browser port without connected twins (rtp.browser_port) --------------------------
+
+   On a kernel with no 4-tuple hash for connected UDP sockets, the single-port mode opens no twins: every
+   browser datagram of the worker comes to the one shared socket. Called by the plane as the socket's handler,
+   a SharedDemux reads up to `reads` datagrams into the plane's buffer and looks each one's source up among the
+   routed addresses (a call's nominated browser address, `route`d once its SteadyRelay exists): a routed one
+   goes to that SteadyRelay as its twin's would (relayed, or punted to the call's Python handler); any other
+   to `punt(n, (host, port), now)` (the port's routing by ufrag and validated address, rtp.browser_port). If a
+   call's punt handler raises, `failed((host, port), exception)` is told and the address unrouted: the
+   other calls go on. The routes are a dict keyed by the address's bytes. */
+
+typedef struct {
+    PyObject_HEAD
+    int fd, reads;
+    PyObject *buffer, *punt, *failed;
+    PyObject *routes; /* bytes key (address family, port, address) -> SteadyRelay */
+    int64_t relayed, punted;
+} SharedDemux;
+
+static PyTypeObject SharedDemuxType;
+
+/* The route key of an address: family, port and address bytes (IPv6 flow label and zone left out). */
+static PyObject *address_key(const struct sockaddr_storage *ss) {
+    uint8_t key[1 + 2 + 16];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)ss;
+        key[0] = 4;
+        memcpy(key + 1, &v4->sin_port, 2);
+        memcpy(key + 3, &v4->sin_addr, 4);
+        return PyBytes_FromStringAndSize((const char *)key, 7);
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)ss;
+        key[0] = 6;
+        memcpy(key + 1, &v6->sin6_port, 2);
+        memcpy(key + 3, &v6->sin6_addr, 16);
+        return PyBytes_FromStringAndSize((const char *)key, 19);
+    }
+    Py_RETURN_NONE;
+}
+
+/* (host, port) as Python's socket module gives it (rtp.browser_port keys on that) */
+static PyObject *address_tuple(const struct sockaddr_storage *ss, socklen_t len) {
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo((const struct sockaddr *)ss, len, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        return Py_BuildValue("(si)", "", 0);
+    return Py_BuildValue("(si)", host, atoi(serv));
+}
+
+static PyObject *SharedDemux_call(SharedDemux *self, PyObject *args, PyObject *kwargs) {
+    double now;
+    if (!PyArg_ParseTuple(args, "d:SharedDemux", &now))
+        return NULL;
+    if (self->buffer == NULL) {
+        PyErr_SetString(PyExc_ValueError, "closed");
+        return NULL;
+    }
+    int read = 0;
+    while (read < self->reads) {
+        uint8_t *d = (uint8_t *)PyByteArray_AS_STRING(self->buffer);
+        Py_ssize_t size = PyByteArray_GET_SIZE(self->buffer);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        ssize_t n = recvfrom(self->fd, d, (size_t)size, MSG_DONTWAIT, (struct sockaddr *)&ss, &sl);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* empty (EAGAIN), or an ICMP error queued: as a Python recvfrom's OSError */
+        }
+        read++;
+        PyObject *key = address_key(&ss);
+        if (key == NULL)
+            return NULL;
+        PyObject *relay = PyDict_GetItemWithError(self->routes, key); /* borrowed */
+        if (relay == NULL && PyErr_Occurred()) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        if (relay != NULL) {
+            Py_INCREF(relay);
+            self->relayed++;
+            int r = browser_relay((SteadyRelay *)relay, d, (Py_ssize_t)n, now);
+            Py_DECREF(relay);
+            if (r < 0) { /* the call's punt handler raised: that call only */
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                if (tb != NULL && value != NULL)
+                    PyException_SetTraceback(value, tb);
+                if (PyDict_DelItem(self->routes, key) < 0)
+                    PyErr_Clear();
+                PyObject *src = address_tuple(&ss, sl);
+                PyObject *res = src ? PyObject_CallFunctionObjArgs(self->failed, src, value ? value : Py_None, NULL)
+                                    : NULL;
+                Py_XDECREF(src);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+                if (res == NULL) {
+                    Py_DECREF(key);
+                    return NULL;
+                }
+                Py_DECREF(res);
+            }
+        } else {
+            self->punted++;
+            PyObject *src = address_tuple(&ss, sl);
+            PyObject *res = src ? PyObject_CallFunction(self->punt, "nOd", (Py_ssize_t)n, src, now) : NULL;
+            Py_XDECREF(src);
+            if (res == NULL) {
+                Py_DECREF(key);
+                return NULL;
+            }
+            Py_DECREF(res);
+        }
+        Py_DECREF(key);
+    }
+    return PyBool_FromLong(read > 0);
+}
+
+static PyObject *SharedDemux_route(SharedDemux *self, PyObject *args) {
+    PyObject *address, *relay;
+    if (!PyArg_ParseTuple(args, "OO!:route", &address, &SteadyRelayType, &relay))
+        return NULL;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (parse_address(address, &ss, &len) < 0)
+        return NULL;
+    PyObject *key = address_key(&ss);
+    if (key == NULL)
+        return NULL;
+    int r = PyDict_SetItem(self->routes, key, relay);
+    Py_DECREF(key);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SharedDemux_unroute(SharedDemux *self, PyObject *args) {
+    PyObject *address, *relay = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:unroute", &address, &relay))
+        return NULL;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (parse_address(address, &ss, &len) < 0)
+        return NULL;
+    PyObject *key = address_key(&ss);
+    if (key == NULL)
+        return NULL;
+    PyObject *current = PyDict_GetItemWithError(self->routes, key);
+    int r = 0;
+    if (current != NULL && (relay == Py_None || current == relay)) /* only the given relay's route */
+        r = PyDict_DelItem(self->routes, key);
+    Py_DECREF(key);
+    if (r < 0 || (current == NULL && PyErr_Occurred()))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SharedDemux_len(SharedDemux *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(PyDict_GET_SIZE(self->routes));
+}
+
+static PyObject *SharedDemux_counts(SharedDemux *self, void *Py_UNUSED(closure)) {
+    return Py_BuildValue("(LL)", (long long)self->relayed, (long long)self->punted);
+}
+
+static int SharedDemux_init(SharedDemux *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"fd", "buffer", "punt", "failed", "reads", NULL};
+    int fd, reads;
+    PyObject *buffer, *punt, *failed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iYOOi:SharedDemux", kwlist, &fd, &buffer, &punt, &failed,
+                                     &reads))
+        return -1;
+    if (fd < 0 || reads < 1) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor and reads >= 1 are needed");
+        return -1;
+    }
+    if (PyByteArray_GET_SIZE(buffer) <= TRAILER_ROOM + 12) {
+        PyErr_SetString(PyExc_ValueError, "the buffer is too small");
+        return -1;
+    }
+    if (!PyCallable_Check(punt) || !PyCallable_Check(failed)) {
+        PyErr_SetString(PyExc_TypeError, "punt and failed must be callable");
+        return -1;
+    }
+    PyObject *routes = PyDict_New();
+    if (routes == NULL)
+        return -1;
+    self->fd = fd;
+    self->reads = reads;
+    Py_INCREF(buffer);
+    Py_INCREF(punt);
+    Py_INCREF(failed);
+    Py_XSETREF(self->buffer, buffer);
+    Py_XSETREF(self->punt, punt);
+    Py_XSETREF(self->failed, failed);
+    Py_XSETREF(self->routes, routes);
+    return 0;
+}
+
+static int SharedDemux_traverse(SharedDemux *self, visitproc visit, void *arg) {
+    Py_VISIT(self->buffer);
+    Py_VISIT(self->punt);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->routes);
+    return 0;
+}
+
+static int SharedDemux_clear(SharedDemux *self) {
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->punt);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->routes);
+    return 0;
+}
+
+static void SharedDemux_dealloc(SharedDemux *self) {
+    PyObject_GC_UnTrack(self);
+    SharedDemux_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef SharedDemux_methods[] = {
+    {"route", (PyCFunction)SharedDemux_route, METH_VARARGS,
+     "route((host, port), relay): that address's datagrams go to the SteadyRelay from now on"},
+    {"unroute", (PyCFunction)SharedDemux_unroute, METH_VARARGS,
+     "unroute((host, port)[, relay]): no route for that address (only if it is relay's, if given)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef SharedDemux_getset[] = {
+    {"routes", (getter)SharedDemux_len, NULL, "how many addresses are routed", NULL},
+    {"counts", (getter)SharedDemux_counts, NULL, "(datagrams handed to a routed relay, punted)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SharedDemuxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtp._steady.SharedDemux",
+    .tp_basicsize = sizeof(SharedDemux),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The shared browser port's reader without twins: routed addresses to their SteadyRelay.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SharedDemux_init,
+    .tp_call = (ternaryfunc)SharedDemux_call,
+    .tp_dealloc = (destructor)SharedDemux_dealloc,
+    .tp_traverse = (traverseproc)SharedDemux_traverse,
+    .tp_clear = (inquiry)SharedDemux_clear,
+    .tp_methods = SharedDemux_methods,
+    .tp_getset = SharedDemux_getset,
+};
+
 static struct PyModuleDef steady_module = {
     PyModuleDef_HEAD_INIT, .m_name = "rtp._steady",
     .m_doc = "The steady media stream of a call, relayed in C (rtp.media uses it when built).", .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__steady(void) {
-    if (PyType_Ready(&SteadyRelayType) < 0 || PyType_Ready(&DispatcherType) < 0)
+    if (PyType_Ready(&SteadyRelayType) < 0 || PyType_Ready(&DispatcherType) < 0 ||
+        PyType_Ready(&SharedDemuxType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&steady_module);
     if (m == NULL)
@@ -735,6 +997,12 @@ PyMODINIT_FUNC PyInit__steady(void) {
     Py_INCREF(&DispatcherType);
     if (PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
         Py_DECREF(&DispatcherType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SharedDemuxType);
+    if (PyModule_AddObject(m, "SharedDemux", (PyObject *)&SharedDemuxType) < 0) {
+        Py_DECREF(&SharedDemuxType);
         Py_DECREF(m);
         return NULL;
     }

@@ -48,6 +48,7 @@ import logging
 import platform
 import re
 import socket
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -55,6 +56,11 @@ import trio
 from rtp.plane import MediaPlane
 from rtp.ports import SOCKET_BUFFER_BYTES
 from rtp.stun import Address, local_ufrag_untrusted
+
+try:  # the reader without twins in C (src/rtp/_steady.c), built where a compiler is
+    from rtp import _steady
+except ImportError:  # pragma: no cover - the wheel without its extension
+    _steady = None  # type: ignore[assignment]
 
 __all__ = [
     "BrowserLeg",
@@ -98,6 +104,8 @@ class SharedPortCounters:
     leg_errors: int = 0  # a call's handler raised (a bug): that call ends, the others go on
     # Not read by this port: datagrams of others a new twin found queued (rtp.media `_drop_strays`).
     twin_strays: int = 0
+    # Not in `datagrams`: read and handed straight to a call's C relay by the C reader (no twins).
+    routed_in_c: int = 0
 
 
 class BrowserLeg(Protocol):
@@ -158,6 +166,10 @@ class PortRoutes(Generic[L]):
         self._ufrags[ufrag] = leg
         self._addresses.setdefault(leg, (ufrag, set()))
         return self._held.pop(ufrag, [])
+
+    def leg_at(self, src: Address) -> L | None:
+        """The leg `src` is routed to, if any."""
+        return self._by_address.get(src)
 
     def detach(self, leg: L) -> None:
         """Route nothing to `leg` any more; its ufrag stays reserved until `release`. Idempotent."""
@@ -268,8 +280,15 @@ class SharedBrowserPort:
         self._buf = self._pkt.data
         self._view = self._pkt.view
         self._closed = False
+        # Without twins, the calls' steady streams come here: a C reader hands a routed address's
+        # datagrams to its call's C relay and the rest to `_routed` (rtp._steady.SharedDemux).
+        self._demux: _steady.SharedDemux | None = None
+        if not self.twins and _steady is not None and plane.steady:
+            self._demux = _steady.SharedDemux(
+                sock.fileno(), self._buf, self._routed, self._relay_failed, READS_PER_CALL
+            )
         try:
-            plane.register(sock, self._datagram, self._on_error)
+            plane.register(sock, self._demux or self._datagram, self._on_error)
         except BaseException:
             sock.close()
             raise
@@ -286,7 +305,10 @@ class SharedBrowserPort:
 
     @property
     def counters(self) -> SharedPortCounters:
-        return self.routes.counters
+        counters = self.routes.counters
+        if self._demux is not None:
+            counters.routed_in_c = self._demux.counts[0]
+        return counters
 
     @property
     def closed(self) -> bool:
@@ -319,6 +341,18 @@ class SharedBrowserPort:
     def validated(self, src: Address, leg: BrowserLeg) -> None:
         self.routes.validated(src, leg)
 
+    def route_steady(self, peer: Address, relay: _steady.SteadyRelay) -> None:
+        """Without twins: `peer`'s datagrams go straight to a call's C relay (if C reads this port)."""
+        if self._demux is not None:
+            with suppress(ValueError):  # an address C does not parse (an IPv6 zone): the Python route
+                self._demux.route(peer, relay)
+
+    def unroute_steady(self, peer: Address, relay: _steady.SteadyRelay) -> None:
+        """Undo `route_steady` (if that route is still `relay`'s)."""
+        if self._demux is not None:
+            with suppress(ValueError):
+                self._demux.unroute(peer, relay)
+
     def close(self) -> None:
         """Stop serving and close the socket (calls still alive then count failed sends). Idempotent."""
         if self._closed:
@@ -328,6 +362,21 @@ class SharedBrowserPort:
         self.socket.close()
 
     # The plane's side.
+
+    def _routed(self, n: int, src: Address, now: float) -> None:
+        """A datagram the C reader read from an address it has no route for (in the buffer)."""
+        leg = self.routes.route_untrusted(self._view[:n], src)
+        if leg is not None:
+            self._serve(leg, n, src, now)
+
+    def _relay_failed(self, src: Address, exc: BaseException) -> None:
+        """A call's C relay, on a routed datagram, ran its Python handler, which raised (a bug)."""
+        leg = self.routes.leg_at(src)
+        self.routes.counters.leg_errors += 1
+        log.error("browser media handler of a call failed; the call is detached", exc_info=exc)
+        if leg is not None:
+            self.routes.detach(leg)
+            leg.shared_failed(exc)
 
     def _datagram(self, now: float) -> bool:
         """Up to READS_PER_CALL datagrams from the shared socket, each handed to its call before

@@ -984,14 +984,20 @@ class MediaSession:
         self._steady = steady
         if browser_twin is not None:
             self._plane.replace(browser_twin, steady.browser)
+        elif self._browser_port is not None:
+            self._browser_port.route_steady(peer, steady)  # the port's C reader: peer -> steady
         self._plane.replace(sip_twin, steady.sip)
 
     def _steady_stop(self) -> None:
         """Back to Python handlers on the twins (one is about to move or close)."""
-        if self._steady is None:
+        steady = self._steady
+        if steady is None:
             return
         self._steady_collect()
         self._steady = None
+        peer = self._browser_twin_peer
+        if self._browser_twin is None and peer is not None and self._browser_port is not None:
+            self._browser_port.unroute_steady(peer, steady)
         if self._browser_twin is not None:
             self._plane.replace(self._browser_twin, self._browser_twin_datagram)
         if self._sip_twin is not None:

@@ -176,11 +176,26 @@ async def test_calls_on_one_port_relay_both_ways(
                     else:
                         assert relay is None
             counters = r.port.counters
-            if not twins:  # every browser datagram came through the port: 20 media per call at least
+            demux = r.port._demux
+            if not twins and steady:  # the port's C reader handed the calls' streams to their C relays
+                assert demux is not None
+                relayed, punted = demux.counts
+                assert relayed >= 3 * 18, demux.counts  # of 20 media datagrams per call
+                assert punted == counters.datagrams  # the rest went through the Python routing
+                assert r.port.counters.routed_in_c == relayed  # (what /metrics adds up)
+                assert demux.routes == 3
+            elif not twins:  # every browser datagram came through the Python routing
+                assert demux is None
                 assert counters.datagrams >= 3 * 20
+            else:
+                assert demux is None
             assert counters.unknown_ufrag == counters.unknown_address == counters.stun_no_ufrag == 0
             assert counters.leg_errors == 0
             nursery.cancel_scope.cancel()
+            for call in r.calls:  # the calls end: their routes in the C reader go with them
+                call.media.close()
+            if demux is not None:
+                assert demux.routes == 0
 
 
 async def test_a_check_before_the_call_serves_its_leg_is_held_for_it() -> None:

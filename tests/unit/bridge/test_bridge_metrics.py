@@ -136,13 +136,13 @@ def test_shared_browser_port_counters_are_exported_in_single_port_mode_only() ->
     from rtp.browser_port import SharedPortCounters
 
     shared = SharedPortCounters(datagrams=10, stun_no_ufrag=1, unknown_ufrag=2, held=3, unknown_address=4)
-    shared.twin_strays, shared.leg_errors = 5, 6
+    shared.twin_strays, shared.leg_errors, shared.routed_in_c = 5, 6, 7
     port: list[SharedPortCounters | None] = [None]  # the worker's port is opened after its metrics
     metrics = BridgeMetrics(active_calls=int, stats=BridgeStats, browser_port=lambda: port[0])
     assert not any(name.startswith("mccp_bridge_browser_port") for name, _ in samples(metrics))
     port[0] = shared
     got = samples(metrics)
-    assert got[("mccp_bridge_browser_port_datagrams_total", frozenset())] == 10
+    assert got[("mccp_bridge_browser_port_datagrams_total", frozenset())] == 17  # read in Python and C
     assert got[("mccp_bridge_browser_port_held_total", frozenset())] == 3
     causes = {"stun_no_ufrag": 1, "unknown_ufrag": 2, "unknown_address": 4, "twin_strays": 5, "leg_errors": 6}
     for cause, n in causes.items():

@@ -10,6 +10,7 @@ browser-bound SRTP must match byte for byte too.
 from __future__ import annotations
 
 import gc
+import socket
 import struct
 
 import pytest
@@ -218,3 +219,65 @@ def test_browser_dest_and_browser_in_check_their_arguments() -> None:
         for n in (-1, len(p.buf.data) + 1):
             with pytest.raises(ValueError):
                 p.relay.browser_in(n, 1.0)
+
+
+def test_the_shared_port_reader_routes_to_the_relay_punts_strangers_and_reports_failures() -> None:
+    """rtp._steady.SharedDemux (the shared browser port without twins): a routed address's datagrams
+    go to its SteadyRelay (the same output as the Python relay), any other's to `punt` with the
+    source as Python's socket module gives it; a relay whose Python handler raises is unrouted and
+    reported to `failed`, and reading goes on."""
+    punted: list[tuple[int, tuple[str, int], float]] = []
+    failures: list[tuple[tuple[str, int], BaseException]] = []
+    with pair(shared=True) as p:
+        demux = steady.SharedDemux(
+            p.b_twin.fileno(), p.buf.data, lambda *a: punted.append(a), lambda *a: failures.append(a), 4
+        )
+        browser = p.b_peer.getsockname()
+        demux.route(browser, p.relay)
+        assert demux.routes == 1
+        now = 20.0
+        for i in range(5):
+            now += 0.02
+            datagram = p.browser_tx.protect(rtp(0, 300 + i, 160 * i, 0xB0B0))
+            want = python_reference(p, datagram, now)
+            p.b_peer.sendto(datagram, p.b_twin.getsockname())
+            assert demux(now) is True
+            assert p.s_peer.recv(4096) == want
+        assert demux(now) is False  # nothing left
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.1", 0))
+            for _ in range(6):
+                stranger.sendto(b"\x00\x01junk", p.b_twin.getsockname())
+            assert demux(now) is True  # 4 read (reads=4)
+            assert demux(now) is True  # the other 2
+            assert [(n, src) for n, src, _ in punted] == [(6, stranger.getsockname())] * 6
+        assert demux.counts == (5, 6)
+        other = steady.SteadyRelay(p.b_twin.fileno(), p.s_twin.fileno(), p.buf.data, print, print)
+        demux.unroute(browser, other)
+        assert demux.routes == 1  # another relay's route is left alone
+
+        def boom(n: int, now: float) -> None:
+            raise RuntimeError("a bug in the call's handler")
+
+        broken = steady.SteadyRelay(p.b_twin.fileno(), p.s_twin.fileno(), p.buf.data, boom, print, browser)
+        demux.route(browser, broken)  # not armed: every datagram goes to its Python handler
+        p.b_peer.sendto(b"\x80\x00" + bytes(20), p.b_twin.getsockname())
+        p.b_peer.sendto(b"\x80\x00" + bytes(20), p.b_twin.getsockname())
+        assert demux(now) is True
+        assert [(src, str(exc)) for src, exc in failures] == [(browser, "a bug in the call's handler")]
+        assert demux.routes == 0  # unrouted at its first failure: the second datagram was punted
+        assert punted[-1][:2] == (22, browser)
+        demux.unroute(browser)  # no route: nothing to do
+        for bad in (("127.0.0.1", 0), ("host", 5), "x"):
+            with pytest.raises((ValueError, TypeError)):
+                demux.route(bad, p.relay)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            demux.route(browser, object())  # type: ignore[arg-type]
+
+
+def python_reference(p: Pair, datagram: bytes, now: float) -> bytes | None:
+    """What the Python relay (the definition) sends to SIP for this browser datagram."""
+    from fuzz.steady_relay import python_browser
+
+    p.ref_buf.data[: len(datagram)] = datagram
+    return python_browser(p.ref, p.ref_buf, len(datagram), now)
