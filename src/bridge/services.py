@@ -39,7 +39,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.openssl_thread import OpenSslThread
 from bridge.routing import NoRoute, Route, route_call
 from bridge.workers import split_port_range, worker_sip_port
-from rtp.browser_port import SharedBrowserPort
+from rtp.browser_port import SharedBrowserPort, kernel_hashes_connected_udp
 from rtp.dtls import DtlsCertificate, warm_up
 from rtp.media import HANDSHAKE_TIMEOUT, STEADY_IN_C
 from rtp.plane import MediaPlane
@@ -168,11 +168,13 @@ def _open_browser_port(
         "browser media on UDP %s:%d (single port%s); SIP media on per-call ports",
         host, port, f", worker {index} of {span}" if count > 1 else "",
     )  # fmt: skip
-    if index == 0 and not shared.twins:
-        log.info(
-            "kernel %s has no 4-tuple hash for connected UDP sockets (Linux 6.13+): the shared browser "
-            "port routes every call's media itself, without connected twins (docs/media-ports.md)",
-            platform.release(),
+    release = platform.release()
+    if index == 0 and shared.twins and not kernel_hashes_connected_udp(release):
+        log.warning(
+            "kernel %s is older than Linux 6.13 and the media relay is not in C: with rtp_browser_port "
+            "every datagram's socket lookup walks all the calls' sockets on the shared port "
+            "(docs/media-ports.md)",
+            release,
         )
     return shared
 

@@ -412,16 +412,17 @@ async def plane() -> AsyncIterator[MediaPlane]:
         yield running
 
 
-async def test_ipv6_shared_port(plane: MediaPlane) -> None:
+@pytest.mark.parametrize("twins", [True, False], ids=["twins", "no-twins"])
+async def test_ipv6_shared_port(plane: MediaPlane, twins: bool) -> None:
     """A shared port on ::1: sources arrive as 4-tuples, the table keys on (host, port), and the
-    call's first SRTP opens its IPv6 twin on the shared port."""
+    call's first SRTP opens its IPv6 twin on the shared port (or, without twins, keeps its peer)."""
 
     async def udp6() -> trio.socket.SocketType:
         sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
         await sock.bind(("::1", 0))
         return sock
 
-    with trio.fail_after(10), SharedBrowserPort(plane, "::1", free_port("::1")) as shared:
+    with trio.fail_after(10), SharedBrowserPort(plane, "::1", free_port("::1"), twins=twins) as shared:
         s1, s2, browser_sock = await udp(), await udp(), await udp6()
         with s1, s2, browser_sock:
             assert shared.reserve("v6ufrag1")
@@ -452,10 +453,14 @@ async def test_ipv6_shared_port(plane: MediaPlane) -> None:
                         await browser.send_rtp(seq, 160 * seq, b"\x00" * 160)
                     while media.stats().edge.no_sip_address < 3:
                         await trio.sleep(0.01)
-                    assert (media.stats().edge.twins, media.stats().edge.twin_failed) == (1, 0)
+                    assert (media.stats().edge.twins, media.stats().edge.twin_failed) == (int(twins), 0)
                     twin = media._browser_twin
-                    assert twin is not None
-                    assert twin.getsockname()[:2] == shared.socket.getsockname()[:2]
+                    if twins:
+                        assert twin is not None
+                        assert twin.getsockname()[:2] == shared.socket.getsockname()[:2]
+                    else:
+                        assert twin is None
+                        assert media._browser_twin_peer == here
                     assert shared.counters.unknown_address == shared.counters.unknown_ufrag == 0
                     nursery.cancel_scope.cancel()
             finally:
