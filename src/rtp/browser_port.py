@@ -30,24 +30,23 @@ from an address succeeded (`validated`). A session is attached (by its ufrag) wh
 `open_media` to the session's `close()` (which leaves no entry), so no two live calls of the
 worker share one.
 
-The steady stream: where rtp._steady is built (the default), this socket carries every datagram
-and is read in C (`rtp._steady.SharedDemux`, up to READS_PER_CALL per call): a call's nominated
-browser address, once the call's C relay exists (rtp.media `_steady_start`), is routed straight to
-that relay (`SteadyRelay` with `browser_dest`: it sends to the browser from this socket), and only
-the rest comes to the Python routing below. Measured (bench.relay --single-port, 500 x 50 pps):
-the same CPU per packet as connected twins, and no kernel dependency.
-
-Without the extension (or with `media_c_relay` off), calls open connected twins on this same port
-(rtp.media `_twin`): the kernel gives a connected socket the datagrams of its exact 4-tuple, so the
-steady stream skips this socket. On Linux 6.13 and later that socket is found by a hash of the
-4-tuple; older kernels walk every socket bound to the port for each datagram (~10 us per 1,000
-calls, docs/media-ports.md: the bridge warns at start). With twins, datagrams that match none
-(ICE set-up, strangers) walk the port's sockets on any kernel.
+The steady stream, on Linux 6.13 and later, does not come here: once the browser's nominated
+address sends media, the call opens a connected twin socket on this same port (rtp.media `_twin`),
+and the kernel gives a connected socket the datagrams of its exact 4-tuple, found by a hash of it.
+So the cost per relayed packet is the per-call mode's (measured). Older kernels have no such hash:
+every datagram's lookup would walk all the sockets bound to the port (~10 us per 1,000 calls,
+docs/media-ports.md). There (`twins` False) this socket carries everything and is read in C
+(`rtp._steady.SharedDemux`, up to READS_PER_CALL per call): a call's nominated browser address,
+once the call's C relay exists (rtp.media `_steady_start`), is routed straight to that relay
+(`SteadyRelay` with `browser_dest`: it sends to the browser from this socket), and only the rest
+comes to the Python routing here. Without the C relay, twins on any kernel (and a warning at start
+on old ones). With twins, datagrams that match none (ICE set-up, strangers) walk the port's sockets.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import re
 import socket
 from contextlib import suppress
@@ -252,9 +251,11 @@ class SharedBrowserPort:
         buffer_bytes: int = SOCKET_BUFFER_BYTES,
         twins: bool | None = None,
     ) -> None:
-        # This socket for every datagram, read in C (the default where rtp._steady is built and
-        # the plane relays in C), or connected twins on this port for the calls' steady streams.
-        self.twins = (_steady is None or not plane.steady) if twins is None else twins
+        # Connected twins on this port for the calls' steady streams where the kernel finds them by
+        # a hash (or the relay is not in C), else this socket for every datagram, read in C.
+        if twins is None:
+            twins = _steady is None or not plane.steady or kernel_hashes_connected_udp(platform.release())
+        self.twins = twins
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((host, port))
