@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tests.integration.test_cli_serve import Serving, cli, serving
 from tests.support.synthetic_browser import open_synthetic_browser
+from tests.trio.rtp.test_browser_port_services import free_run
 
 import trio
 from bridge.extensions import ExtensionTable, make_extension, save_extensions
@@ -32,24 +33,6 @@ def _data_dir(tmp_path: Path) -> Path:
     table = ExtensionTable(()).with_extension(make_extension("100", PASSWORD, realm="mccp-bridge", n=2**10))
     save_extensions(data / "extensions.toml", table)
     return data
-
-
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive UDP ports nobody holds (checked, not reserved)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + count - 1 > 65535:
-            continue
-        try:
-            for port in range(first, first + count):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise AssertionError("no run of free UDP ports")
 
 
 def _free_tcp_port() -> int:
@@ -76,7 +59,7 @@ async def _call_port(bridge: Serving, wss_port: int) -> tuple[int, int]:
 
 async def test_each_worker_serves_its_calls_on_its_own_browser_port(tmp_path: Path) -> None:
     data = _data_dir(tmp_path)
-    first = _free_ports(2)
+    first = free_run(2)
     wss = _free_tcp_port()
     with trio.fail_after(60):
         async with serving(

@@ -20,6 +20,8 @@ def free_run(count: int) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             first = int(probe.getsockname()[1])
+        if first + count - 1 > 65535:
+            continue
         try:
             for port in range(first, first + count):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
