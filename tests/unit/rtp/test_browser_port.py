@@ -9,31 +9,10 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.rtp.test_rtp_ice_stun import SAMPLE_IPV4_RESPONSE, SAMPLE_REQUEST  # RFC 5769 vectors
 
 from rtp.browser_port import HELD_PER_CALL, PortRoutes, kernel_hashes_connected_udp
 from rtp.stun import binding_request, binding_success, local_ufrag_untrusted
-
-
-def unhex(s: str) -> bytes:
-    return bytes.fromhex("".join(s.split()))
-
-
-# RFC 5769 section 2.1 (Copyright (c) 2010 IETF Trust; Simplified BSD License): USERNAME "evtj:h6vY".
-SAMPLE_REQUEST = unhex("""
-    00 01 00 58 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
-    80 22 00 10 53 54 55 4e 20 74 65 73 74 20 63 6c 69 65 6e 74
-    00 24 00 04 6e 00 01 ff
-    80 29 00 08 93 2f f9 b1 51 26 3b 36
-    00 06 00 09 65 76 74 6a 3a 68 36 76 59 20 20 20
-    00 08 00 14 9a ea a7 0c bf d8 cb 56 78 1e f2 b5 b2 d3 f2 49 c1 b5 71 a2
-    80 28 00 04 e5 7a 3b cf""")
-# RFC 5769 section 2.2: a Binding success response, without USERNAME.
-SAMPLE_IPV4_RESPONSE = unhex("""
-    01 01 00 3c 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
-    80 22 00 0b 74 65 73 74 20 76 65 63 74 6f 72 20
-    00 20 00 08 00 01 a1 47 e1 12 a6 43
-    00 08 00 14 2b 91 f5 99 fd 9e 90 c3 8c 74 89 f9 2a f9 ba 53 f0 6b e7 d7
-    80 28 00 04 c0 7d 4c 96""")
 
 
 def check(username: str) -> bytes:
